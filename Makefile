@@ -1,0 +1,38 @@
+# A newcomer runs `make demo` or `make test` on a fresh machine; both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch/torchvision are pinned first: this pair installs from local disk on our machines,
+# while a looser requirement could start a multi-GB download.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv demo test lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/zoo list
+	$(BIN)/zoo count 'resnet*' 'resnext*' 'wide_*'
+	$(BIN)/python benchmarks/throughput.py --models resnet50 --batch-sizes 8 --iters 5 --repeats 3 --out runs/demo-bench
+
+test: $(STAMP)
+	$(BIN)/ruff check zoo tools benchmarks tests
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check zoo tools benchmarks tests
+	$(BIN)/ruff format --check zoo tools benchmarks tests
+
+format: $(STAMP)
+	$(BIN)/ruff format zoo tools benchmarks tests
+	$(BIN)/ruff check --fix zoo tools benchmarks tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

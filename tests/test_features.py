@@ -1,0 +1,122 @@
+"""features_only backbones, checked with real consumers: torchvision's FPN and Faster R-CNN."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+import zoo
+
+
+def test_out_indices_select_maps() -> None:
+    model = zoo.create_model("resnet50", features_only=True, out_indices=(2, -1)).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape for f in feats] == [(1, 512, 8, 8), (1, 2048, 2, 2)]
+    assert model.feature_info.channels() == [512, 2048] and model.feature_info.reduction() == [8, 32]
+    assert not hasattr(model, "fc") and not hasattr(model, "global_pool")
+    shallow = zoo.create_model("resnet50", features_only=True, out_indices=(1, 2))
+    assert hasattr(shallow, "layer2") and not hasattr(shallow, "layer3")  # nothing computed in vain
+
+
+def test_backbone_keys_are_the_classifiers() -> None:
+    full = zoo.create_model("resnet50").state_dict()
+    backbone = zoo.create_model("resnet50", features_only=True).state_dict()
+    assert list(backbone) == [k for k in full if not k.startswith("fc.")]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            dict(out_indices=(5,)),
+            r"out_indices: 5 in \(5,\) is out of range; this model has 5 feature maps, 0..4",
+        ),
+        (dict(out_indices=(1, 1)), r"out_indices: \(1, 1\) names a feature map twice"),
+        (dict(out_indices=3), r"out_indices: expected a non-empty list of ints, got 3"),
+        (dict(frozen_stages=5), r"frozen_stages: expected an integer in -1..4 .* got 5"),
+        (dict(norm_eval="no"), r"norm_eval: expected true or false, got 'no'"),
+    ],
+)
+def test_bad_feature_options(kwargs: dict, message: str) -> None:
+    with pytest.raises(zoo.ConfigError, match=message):
+        zoo.create_model("resnet18", features_only=True, **kwargs)
+
+
+def test_frozen_stages_get_no_gradient_and_stay_in_eval() -> None:
+    model = zoo.create_model("resnet18", features_only=True, frozen_stages=2).train()
+    feats = model(torch.randn(2, 3, 64, 64))
+    sum(f.sum() for f in feats).backward()
+    for name, p in model.named_parameters():
+        frozen = name.split(".")[0] in {"conv1", "bn1", "layer1", "layer2"}
+        assert p.requires_grad is not frozen, name
+        assert (p.grad is None) is frozen, name
+    assert not model.bn1.training and not model.layer2[0].bn1.training and model.layer3[0].bn1.training
+
+
+def test_norm_eval_keeps_statistics_fixed_while_training() -> None:
+    model = zoo.create_model("resnet18", features_only=True, norm_eval=True).train()
+    before = model.layer1[0].bn1.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64))
+    assert torch.equal(model.layer1[0].bn1.running_mean, before)
+    assert model.training and model.layer1[0].conv1.weight.requires_grad
+
+
+def test_features_with_output_stride_and_grad_checkpointing() -> None:
+    model = zoo.create_model("resnet50", features_only=True, out_indices=(1, 4), output_stride=16)
+    x = torch.randn(2, 3, 64, 64)
+    plain = model(x)
+    model.set_grad_checkpointing(True)
+    ckpt = model(x)
+    assert [f.shape[-1] for f in plain] == [16, 4] and model.feature_info.reduction() == [4, 16]
+    for a, b in zip(plain, ckpt, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_feature_pyramid_network_consumes_the_maps() -> None:
+    backbone = zoo.create_model("resnet18", features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    fpn = FeaturePyramidNetwork(backbone.feature_info.channels(), out_channels=64).eval()
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 128, 128))
+        pyramid = fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+    assert [p.shape for p in pyramid.values()] == [(1, 64, s, s) for s in (32, 16, 8, 4)]
+
+
+class _Backbone(nn.Module):
+    """The few lines a torchvision detector needs around a zoo backbone: a dict and ``out_channels``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = zoo.create_model("resnet50", features_only=True, out_indices=(1, 2, 3, 4), frozen_stages=1)
+        self.fpn = FeaturePyramidNetwork(
+            self.body.feature_info.channels(), out_channels=64, extra_blocks=LastLevelMaxPool()
+        )
+        self.out_channels = 64
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+
+
+def test_faster_rcnn_trains_and_infers_on_a_zoo_backbone() -> None:
+    model = FasterRCNN(_Backbone(), num_classes=3, min_size=128, max_size=128)
+    images = [torch.rand(3, 128, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 70.0, 90.0]]), "labels": torch.tensor([1])}]
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) >= {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.backbone.body.layer4[0].conv1.weight.grad is not None
+    assert model.backbone.body.layer1[0].conv1.weight.grad is None  # frozen
+    assert model.backbone.body.layer2[0].conv1.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        (detections,) = model(images)
+    assert set(detections) == {"boxes", "labels", "scores"}

@@ -1,0 +1,77 @@
+"""The zoo's exceptions.
+
+Every error is a ``ZooError`` and also the builtin a caller would catch without
+knowing the zoo (``ValueError`` for a bad argument, ``LookupError`` for an
+unknown name, ``FileNotFoundError`` for missing weights), so both
+``except zoo.ZooError`` and ``except ValueError`` work.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class ZooError(Exception):
+    """Base class of every error the zoo raises on purpose."""
+
+
+class ConfigError(ZooError, ValueError):
+    """An architecture option or config field has a bad value.
+
+    ``field`` is the dotted path of the offending field (``"layers[2]"``), so a
+    reader of another schema (the YAML backbone format) can re-word it in its own
+    terms; ``problem`` is the message without the path.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class UnknownModelError(ZooError, LookupError):
+    """No model or weight tag is registered under the requested name."""
+
+    def __str__(self) -> str:  # LookupError would repr() a single argument
+        return str(self.args[0]) if self.args else ""
+
+
+class RegistryError(ZooError, ValueError):
+    """A name was registered twice, or registered with a bad value."""
+
+
+class StateDictError(ZooError, RuntimeError):
+    """A state dict does not fit the model: missing, unexpected or misshapen keys."""
+
+
+class WeightsNotFoundError(ZooError, FileNotFoundError):
+    """Pretrained weights were found in none of the places the zoo looks."""
+
+
+class WeightsIntegrityError(ZooError, OSError):
+    """A weights file is truncated, corrupted or does not match its pinned hash."""
+
+
+class UnsafeCheckpointError(ZooError, ValueError):
+    """A legacy pickle checkpoint needs code execution to load, which the zoo refuses."""
+
+
+_LOOKALIKES = str.maketrans("oil", "011")  # resnet5O -> resnet50: typed letters that look like digits
+
+
+def suggest(value: object, allowed: Iterable[str], n: int = 3) -> str:
+    """Return ``"; did you mean 'a', 'b'?"`` for close matches of ``value``, or ``""``."""
+    by_key = {}
+    for name in allowed:
+        by_key.setdefault(name.lower().translate(_LOOKALIKES), name)
+    key = str(value).lower().translate(_LOOKALIKES)
+    close = [by_key[k] for k in difflib.get_close_matches(key, list(by_key), n=n, cutoff=0.6)]
+    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+def not_one_of(value: object, allowed: Iterable[object]) -> str:
+    """``"'botleneck' is not one of 'basic', 'bottleneck'; did you mean 'bottleneck'?"``"""
+    allowed = list(allowed)
+    hint = suggest(value, [a for a in allowed if isinstance(a, str)])
+    return f"{value!r} is not one of {', '.join(map(repr, allowed))}{hint}"

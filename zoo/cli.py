@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("zoo.cli", "list registered models (fnmatch patterns)"),
+    "train": ("zoo.train.cli", "train on CIFAR or an image folder (torchrun for many processes)"),
 }
 
 

@@ -38,3 +38,57 @@ def default_pretrained_cfg(cfg: ResNetConfig) -> dict[str, Any]:
         "first_conv": "conv1.0" if cfg.stem == "deep" else "conv1",
         "classifier": "fc",
     }
+
+
+def resolve_data_config(
+    model: Any = None, *, pretrained_cfg: dict[str, Any] | None = None, use_test_size: bool = False, **overrides: Any
+) -> dict[str, Any]:
+    """The preprocessing a model (or a pretrained cfg) expects.
+
+    Returns ``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct`` and
+    ``crop_mode``; ``use_test_size`` takes the weights' test-time resolution
+    (timm's A1 weights are trained at 224 and tested at 288). ``overrides``
+    replace single entries (``crop_pct=1.0``).
+    """
+    cfg = dict(pretrained_cfg if pretrained_cfg is not None else getattr(model, "pretrained_cfg", {}) or {})
+    if not cfg:
+        raise ValueError("resolve_data_config needs a model with a pretrained_cfg, or pretrained_cfg=")
+    size = cfg.get("test_input_size") if use_test_size and cfg.get("test_input_size") else cfg["input_size"]
+    crop_pct = cfg.get("test_crop_pct") if use_test_size and cfg.get("test_crop_pct") else cfg["crop_pct"]
+    config = {
+        "input_size": tuple(size),
+        "interpolation": cfg.get("interpolation", "bilinear"),
+        "mean": tuple(cfg["mean"]),
+        "std": tuple(cfg["std"]),
+        "crop_pct": crop_pct,
+        "crop_mode": cfg.get("crop_mode", "center"),
+    }
+    unknown = set(overrides) - set(config)
+    if unknown:
+        raise ValueError(f"unknown data config keys {sorted(unknown)}; keys are {sorted(config)}")
+    return {**config, **overrides}
+
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def create_transform(config: dict[str, Any], *, training: bool = False) -> Any:
+    """torchvision transforms for a data config: the exact eval transform of the weights.
+
+    Eval: resize the short side to ``size / crop_pct`` (rounded down, as timm and
+    torchvision do), center-crop ``size``, to tensor, normalize. Training:
+    random-resized-crop and horizontal flip, then the same normalization.
+    """
+    from torchvision import transforms as T
+
+    if config["interpolation"] not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {config['interpolation']!r} is not one of {INTERPOLATIONS}")
+    interpolation = T.InterpolationMode(config["interpolation"])
+    size = config["input_size"][-2:]
+    normalize = [T.ToTensor(), T.Normalize(config["mean"], config["std"])]
+    if training:
+        return T.Compose([T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip(), *normalize])
+    scale = (
+        int(size[0] / config["crop_pct"]) if size[0] == size[1] else tuple(int(s / config["crop_pct"]) for s in size)
+    )
+    return T.Compose([T.Resize(scale, interpolation=interpolation), T.CenterCrop(size), *normalize])

@@ -73,6 +73,19 @@ class FeatureInfo(Sequence[dict[str, Any]]):
         return FeatureInfo([self._entries[i] for i in indices])
 
 
+def stem_and_stages(model: nn.Module, k: int) -> list[str]:
+    """Names of the model's children that make up its stem and first ``k`` stages (k=-1: none)."""
+    if k < 0:
+        return []
+    last = model.feature_info.module_name()[k]
+    names = []
+    for name, _ in model.named_children():
+        names.append(name)
+        if name == last:
+            return names
+    raise ValueError(f"feature module {last!r} is not a child of {type(model).__name__}")
+
+
 class FeatureExtractor(nn.Module):
     """Runs a backbone's children in order and returns the requested feature maps as a list.
 
@@ -114,15 +127,11 @@ class FeatureExtractor(nn.Module):
         last = names[max(self.out_indices)]
         self._returns = {names[i]: pos for pos, i in enumerate(self.out_indices)}
         self._stages = set(names[1:])
-        frozen_upto = names[frozen_stages] if frozen_stages >= 0 else None
-        self._frozen: list[str] = []
-        freezing = frozen_upto is not None
+        self._frozen = stem_and_stages(model, frozen_stages)
         for name, child in model.named_children():
             self.add_module(name, child)
-            if freezing:
-                self._frozen.append(name)
+            if name in self._frozen:
                 child.requires_grad_(False)
-                freezing = name != frozen_upto
             if name == last:
                 break
         self.train(model.training)

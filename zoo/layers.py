@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -59,6 +60,48 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose training statistics come from the whole global batch, on any device.
+
+    torch's SyncBatchNorm only runs on GPUs; this one all-reduces per-channel sums
+    with an autograd-aware collective, so it also works with gloo on CPUs.
+    Outside distributed training it is a plain BatchNorm2d (same state-dict keys).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        xf = x.float()
+        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_tensor([x.numel() / c])])
+        total = all_reduce(local)
+        count = total[-1]
+        mean = total[:c] / count
+        var = (total[c : 2 * c] / count - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.lerp_(mean.detach(), momentum)
+            self.running_var.lerp_(var.detach() * count / max(float(count) - 1, 1.0), momentum)
+        y = (xf - mean.view(1, c, 1, 1)) * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
+        return (y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)).to(x.dtype)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """Replace every BatchNorm2d in ``module`` with a SyncBatchNorm2d holding the same state."""
+        for name, child in module.named_children():
+            if type(child) is nn.BatchNorm2d:
+                sync = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+                sync.load_state_dict(child.state_dict())
+                sync.to(child.weight.device)
+                setattr(module, name, sync)
+            else:
+                cls.convert(child)
+        return module
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
     # 32 groups (Wu & He 2018) where the width allows it, fewer for narrow nets (16 channels).
     return nn.GroupNorm(math.gcd(32, channels), channels)
@@ -67,7 +110,7 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 NORM_LAYERS: dict[Norm, NormFactory] = {
     "batch_norm": nn.BatchNorm2d,
     "frozen_batch_norm": FrozenBatchNorm2d,
-    "sync_batch_norm": nn.SyncBatchNorm,
+    "sync_batch_norm": SyncBatchNorm2d,
     "group_norm": _group_norm,
     "instance_norm": lambda c: nn.InstanceNorm2d(c, affine=True),
     "layer_norm": LayerNorm2d,

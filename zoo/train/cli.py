@@ -1,0 +1,152 @@
+"""``zoo train`` (and ``tools/train.py``): the command line of the trainer.
+
+The flags of the common minimal CIFAR trainer (``--batch_size``, ``--num_epochs``,
+``--lr_scheduler CosineAnnealingLR``, ``--model_name ResNet18``, ...) are accepted
+as aliases, so its documented command runs unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+
+from ..errors import ZooError
+from .data import DATASETS
+from .recipe import OPTIMIZERS, SCHEDULES
+
+# The minimal trainer's names for our choices.
+SCHEDULE_ALIASES = {"cosineannealinglr": "cosine", "onecyclelr": "onecycle", "multisteplr": "multistep"}
+PRECISIONS = ("fp32", "bf16", "fp16")
+NORMS = ("model", "dataset", "half")
+
+
+def _lower_choice(choices: tuple[str, ...], aliases: dict[str, str] | None = None):
+    def parse(value: str) -> str:
+        key = value.lower()
+        key = (aliases or {}).get(key, key)
+        if key not in choices:
+            raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(choices)}")
+        return key
+
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", type=_lower_choice(DATASETS), default="cifar10", help=" | ".join(DATASETS))
+    data.add_argument("--root", default="data", help="dataset folder, or a .tar.gz of an image folder")
+    data.add_argument("--download", action="store_true", help="fetch CIFAR where the network allows")
+    data.add_argument("--val-split", type=float, default=0.1, help="validation fraction carved from train/")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    data.add_argument("--cache-dir", default=None, help="unpacked archives and decoded images ($ZOO_CACHE)")
+    data.add_argument(
+        "--in-memory", action=argparse.BooleanOptionalAction, default=None,
+        help="decode all images once into memory (default: when images are at most 64 px)",
+    )  # fmt: skip
+    data.add_argument("--workers", "--num_workers", type=int, default=2, help="DataLoader workers (streamed data)")
+    data.add_argument("--pin-memory", "--pin_memory", action="store_true")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", "--model_name", default="resnet20", help="registered name or YAML config")
+    model.add_argument("--pretrained", action="store_true", help="fine-tune from the model's weights")
+    model.add_argument("--freeze-stages", type=int, default=-1, help="freeze the stem and first K stages")
+    model.add_argument("--in-chans", type=int, default=None)
+    model.add_argument("--drop-rate", type=float, default=None)
+    model.add_argument("--drop-path-rate", type=float, default=None)
+
+    recipe = p.add_argument_group("recipe")
+    recipe.add_argument("--epochs", "--num_epochs", type=int, default=30)
+    recipe.add_argument("--batch-size", "--batch_size", type=int, default=256, help="per process")
+    recipe.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
+    recipe.add_argument("--optimizer", type=_lower_choice(OPTIMIZERS), default="sgd", help=" | ".join(OPTIMIZERS))
+    recipe.add_argument("--momentum", type=float, default=0.9)
+    recipe.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
+    recipe.add_argument("--weight-decay", type=float, default=5e-4)
+    recipe.add_argument("--decay-norm-and-bias", action="store_true", help="also decay norm weights and biases")
+    recipe.add_argument(
+        "--schedule", "--lr_scheduler", type=_lower_choice(SCHEDULES, SCHEDULE_ALIASES), default="onecycle",
+        help=" | ".join(SCHEDULES),
+    )  # fmt: skip
+    recipe.add_argument(
+        "--warmup-epochs", type=float, default=None, help="linear warm-up (default: 25%% for onecycle, else 0)"
+    )
+    recipe.add_argument(
+        "--milestones", type=float, nargs="*", default=None, help="multistep: epochs (default 50%%, 75%%)"
+    )
+    recipe.add_argument("--gamma", type=float, default=0.1, help="multistep decay factor")
+    recipe.add_argument("--min-lr-factor", type=float, default=0.0, help="final lr as a fraction of the peak")
+    recipe.add_argument("--t-max", "--t_max", type=int, default=None, help="cosine: period in epochs")
+    recipe.add_argument("--label-smoothing", type=float, default=0.0)
+    recipe.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
+    recipe.add_argument("--ema-decay", type=float, default=0.0, help="EMA of weights per step (0: off)")
+    recipe.add_argument("--crop-pad", type=int, default=4, help="small images: random crop after reflect padding")
+    recipe.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    recipe.add_argument("--trivial-augment", action="store_true")
+    recipe.add_argument("--random-erasing", type=float, default=0.0, help="probability per image")
+    recipe.add_argument("--image-size", type=int, default=None, help="streamed images: training crop size")
+    recipe.add_argument("--norm", type=_lower_choice(NORMS), default="model", help=" | ".join(NORMS))
+    recipe.add_argument(
+        "--transform", dest="norm", action="store_const", const="half", help="alias: --norm half (mean=std=0.5)"
+    )
+
+    speed = p.add_argument_group("speed")
+    speed.add_argument("--precision", type=_lower_choice(PRECISIONS), default="fp32", help=" | ".join(PRECISIONS))
+    speed.add_argument("--channels-last", action="store_true")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the training model (inductor)")
+    speed.add_argument("--compile-mode", default="default")
+    speed.add_argument("--sync-bn", action="store_true", help="batch statistics over all processes")
+    speed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--output", "--ckpt_dir", default="runs/train", help="checkpoints, metrics, curves")
+    run.add_argument("--resume", nargs="?", const=True, default=None, help="continue from output/last (or PATH)")
+    run.add_argument("--seed", "--random_seed", type=int, default=0)
+
+
+def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill defaults that depend on other flags; translate the minimal trainer's model names."""
+    match = re.fullmatch(r"ResNet(\d+)", args.model)
+    if match:  # its ResNet18..152 are the CIFAR-stem nets on CIFAR, the ImageNet ones elsewhere
+        args.model = f"resnet{match[1]}" + ("_cifar" if args.dataset.startswith("cifar") else "")
+    if args.warmup_epochs is None:
+        args.warmup_epochs = 0.25 * args.epochs if args.schedule == "onecycle" else 0.0
+    if args.milestones is None:
+        args.milestones = [0.5 * args.epochs, 0.75 * args.epochs] if args.schedule == "multistep" else []
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ZooError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
+    return args
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="zoo train", description="Train a zoo model (torchrun for many processes)")
+    add_arguments(parser)
+    return finish_arguments(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from .engine import TrainingDiverged, train
+
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    try:
+        summary = train(finish_arguments(args))
+    except TrainingDiverged as e:
+        print(f"zoo train: stopped: {e}", file=sys.stderr)
+        return 3
+    except ZooError as e:
+        print(f"zoo train: error: {e}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        print(json.dumps(summary.get("best"), indent=None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="train.py", description="Train a zoo model (torchrun for many processes)")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,439 @@
+"""Training data: CIFAR and image folders, in memory for small images, streamed for large ones.
+
+Small images (CIFAR-sized) are decoded once into a uint8 tensor, cached on disk,
+and augmented a whole batch at a time with tensor ops: on a 2-core CPU this
+keeps the cores on the model instead of on JPEG decoding and per-image PIL
+transforms. Large images stream through a DataLoader with workers.
+
+Every source of randomness is seeded by (seed, epoch[, rank]), so an epoch is
+the same whether the run was resumed before it or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ConfigError
+from ..hub import save_torch
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+DATASETS = ("cifar10", "cifar100", "imagefolder")
+IN_MEMORY_MAX_SIDE = 64  # images up to this side are decoded once and augmented as tensors
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "resnet-zoo"))
+
+
+@dataclass
+class Split:
+    """One split of a dataset: in-memory uint8 images, or image files decoded per item."""
+
+    labels: torch.Tensor  # (N,) int64
+    images: torch.Tensor | None = None  # (N, C, H, W) uint8 when in memory
+    files: list[str] = field(default_factory=list)  # when streamed
+    skipped: int = 0  # unreadable images left out
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split | None  # a held-out test split, reported at the end, never used to choose
+    classes: list[str]
+    in_memory: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the training images (in memory only)."""
+        if self.train.images is None:
+            raise ConfigError("--norm", "'dataset' statistics need in-memory (small) images; use --norm model")
+        x = self.train.images.float().div_(255)
+        return tuple(x.mean((0, 2, 3)).tolist()), tuple(x.std((0, 2, 3)).tolist())
+
+
+# --- sources -------------------------------------------------------------------------------------
+
+
+def load_dataset(
+    name: str,
+    root: str | os.PathLike[str],
+    *,
+    val_split: float = 0.1,
+    split_seed: int = 0,
+    download: bool = False,
+    cache_dir: Path | None = None,
+    in_memory: bool | None = None,
+) -> Dataset:
+    """Load ``name`` from ``root``; carve a stratified, seeded validation split when there is none."""
+    if name not in DATASETS:
+        raise ConfigError("--dataset", f"{name!r} is not one of {', '.join(DATASETS)}")
+    if not 0.0 < val_split < 1.0:
+        raise ConfigError("--val-split", f"expected a fraction in (0, 1), got {val_split!r}")
+    cache_dir = cache_dir or default_cache_dir()
+    if name in ("cifar10", "cifar100"):
+        return _load_cifar(name, Path(root), val_split, split_seed, download)
+    return _load_image_folder(Path(root), val_split, split_seed, cache_dir, in_memory)
+
+
+def _load_cifar(name: str, root: Path, val_split: float, split_seed: int, download: bool) -> Dataset:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        train, test = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise ConfigError("--root", f"{name} not found under {str(root)!r}; pass --download to fetch it") from e
+
+    def split(ds: Any) -> Split:
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
+        return Split(torch.tensor(ds.targets, dtype=torch.int64), images)
+
+    full = split(train)
+    tr, va = _stratified_split(full.labels, val_split, split_seed)
+    return Dataset(_subset(full, tr), _subset(full, va), split(test), list(train.classes), in_memory=True)
+
+
+def _unpack_once(archive: Path, cache_dir: Path) -> Path:
+    """Unpack a .tar.gz into the cache, once per archive content, atomically."""
+    stat = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir / "datasets" / f"{archive.name.split('.')[0]}-{key}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        log.info("unpacking %s into %s", archive, target)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")  # "data": no absolute paths, links out or devices
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _find_root(path: Path) -> Path:
+    """The folder holding ``train/`` (an archive may wrap it in one more folder)."""
+    if (path / "train").is_dir():
+        return path
+    subdirs = [p for p in path.iterdir() if p.is_dir()]
+    if len(subdirs) == 1 and (subdirs[0] / "train").is_dir():
+        return subdirs[0]
+    raise ConfigError("--root", f"{str(path)!r} has no train/<class>/ folders (expected root/train/<class>/*.jpg)")
+
+
+def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[str], list[int]]:
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = classes or found
+    if not classes:
+        raise ConfigError("--root", f"{str(folder)!r} has no class folders")
+    unknown = set(found) - set(classes)
+    if unknown:
+        raise ConfigError("--root", f"{str(folder)!r} has classes {sorted(unknown)} that train/ does not have")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for p in sorted((folder / name).rglob("*")):
+            if p.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(str(p))
+                labels.append(label)
+    return classes, files, labels
+
+
+def _load_image_folder(
+    root: Path, val_split: float, split_seed: int, cache_dir: Path, in_memory: bool | None
+) -> Dataset:
+    if not root.exists():
+        raise ConfigError("--root", f"{str(root)!r} does not exist")
+    if root.is_file():
+        if not root.name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise ConfigError("--root", f"{str(root)!r} is a file; expected a folder or a .tar.gz of one")
+        root = _unpack_once(root, cache_dir)
+    root = _find_root(root)
+    classes, files, labels = _scan(root / "train")
+    train = Split(torch.tensor(labels, dtype=torch.int64), files=files)
+    if (root / "val").is_dir():
+        _, vfiles, vlabels = _scan(root / "val", classes)
+        val = Split(torch.tensor(vlabels, dtype=torch.int64), files=vfiles)
+    else:
+        tr, va = _stratified_split(train.labels, val_split, split_seed)
+        train, val = _subset(train, tr), _subset(train, va)
+    if in_memory is None:
+        in_memory = _small_images(files[:16])
+    if in_memory:
+        train, val = (_decode_cached(s, cache_dir) for s in (train, val))
+    return Dataset(train, val, None, classes, in_memory)
+
+
+def _small_images(sample: Sequence[str]) -> bool:
+    for path in sample:
+        try:
+            with Image.open(path) as im:
+                return max(im.size) <= IN_MEMORY_MAX_SIDE
+        except (OSError, UnidentifiedImageError):
+            continue
+    return False
+
+
+def read_image(path: str) -> Image.Image | None:
+    """An RGB image, or None when the file cannot be decoded (counted by the caller, not fatal)."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        log.debug("unreadable image %s: %s", path, e)
+        return None
+
+
+def _decode_cached(split: Split, cache_dir: Path) -> Split:
+    """Decode every image of ``split`` once into a uint8 tensor, cached on disk by content."""
+    digest = hashlib.sha256()
+    for f in split.files:
+        st = os.stat(f)
+        digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    cache = cache_dir / "decoded" / f"{digest.hexdigest()[:24]}.pt"
+    if cache.is_file():
+        data = torch.load(cache, weights_only=True)
+        return Split(data["labels"], data["images"], skipped=int(data["skipped"]))
+    from tqdm import tqdm
+
+    images, labels, size = [], [], None
+    for path, label in tqdm(zip(split.files, split.labels.tolist(), strict=True), total=len(split), desc="decode"):
+        im = read_image(path)
+        if im is None:
+            continue
+        size = size or im.size
+        if im.size != size:
+            im = im.resize(size, Image.BILINEAR)
+        images.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size[1], size[0], 3))
+        labels.append(label)
+    skipped = len(split) - len(images)
+    if skipped:
+        log.warning("skipped %d unreadable image(s) of %d", skipped, len(split))
+    if not images:
+        raise ConfigError("--root", "no readable images found")
+    out = Split(torch.tensor(labels), torch.stack(images).permute(0, 3, 1, 2).contiguous(), skipped=skipped)
+    save_torch(cache, {"images": out.images, "labels": out.labels, "skipped": skipped})
+    return out
+
+
+def _stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, val): ``fraction`` of every class goes to val, chosen with ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = max(1, round(len(idx) * fraction))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def _subset(split: Split, idx: torch.Tensor) -> Split:
+    return Split(
+        split.labels[idx],
+        None if split.images is None else split.images[idx],
+        [split.files[i] for i in idx.tolist()] if split.files else [],
+        split.skipped,
+    )
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Augment:
+    crop_pad: int = 4  # random crop after reflect-padding (32x32 data); 0 disables
+    flip: bool = True
+    trivial_augment: bool = False  # TrivialAugmentWide (Muller & Hutter 2021)
+    random_erasing: float = 0.0  # probability per image (Zhong et al. 2017)
+    image_size: int | None = None  # streamed data: random-resized-crop / eval size
+
+
+def _seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+class TensorBatches:
+    """Batches of in-memory uint8 images, augmented per batch with tensor ops.
+
+    Sharded across ``world`` ranks: each takes every ``world``-th index of the
+    epoch's permutation, which all ranks compute from the same seed.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        train: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: Augment = Augment(),
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        assert split.images is not None
+        self.split, self.batch_size, self.train, self.augment = split, batch_size, train, augment
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, -1, 1, 1) * 255
+        self.seed, self.rank, self.world, self.channels_last = seed, rank, world, channels_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.split)
+        if not self.train:
+            return torch.arange(self.rank, n, self.world)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
+        per_rank = (n // self.world // self.batch_size) * self.batch_size  # full batches, equal on all ranks
+        return order[self.rank :: self.world][:per_rank]
+
+    def __len__(self) -> int:
+        n = len(self._indices())
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.rank, 1))
+        for idx in self._indices().split(self.batch_size):
+            x, y = self.split.images[idx], self.split.labels[idx]  # type: ignore[index]
+            if self.train:
+                x = self._augment(x, g)
+            x = (x.float() - self.mean) / self.std
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        a, (n, _, h, w) = self.augment, x.shape
+        if a.trivial_augment:
+            from torchvision.transforms import v2
+
+            policy = v2.TrivialAugmentWide()
+            with torch.random.fork_rng():  # torchvision draws from the global RNG
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+                x = torch.stack([policy(img) for img in x])
+        if a.crop_pad:
+            p = a.crop_pad
+            padded = F.pad(x.float(), (p, p, p, p), mode="reflect").to(torch.uint8)
+            dy, dx = torch.randint(0, 2 * p + 1, (2, n, 1), generator=g)
+            rows = (dy + torch.arange(h)).view(n, 1, h, 1)
+            cols = (dx + torch.arange(w)).view(n, 1, 1, w)
+            x = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(x.shape[1]).view(1, -1, 1, 1), rows, cols]
+        if a.flip:
+            flip = torch.rand(n, generator=g) < 0.5
+            x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+        if a.random_erasing:
+            x = _random_erasing(x, a.random_erasing, g)
+        return x
+
+
+def _random_erasing(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Erase one random rectangle (2%-33% of the area, aspect 0.3-3.3) with noise, per image with prob ``p``."""
+    x = x.clone()
+    n, c, h, w = x.shape
+    for i in torch.nonzero(torch.rand(n, generator=g) < p).flatten().tolist():
+        area = h * w * (0.02 + 0.31 * torch.rand(1, generator=g).item())
+        aspect = torch.exp(torch.empty(1).uniform_(-1.2, 1.2, generator=g)).item()
+        eh, ew = min(h, round((area * aspect) ** 0.5)), min(w, round((area / aspect) ** 0.5))
+        top = int(torch.randint(0, h - eh + 1, (1,), generator=g))
+        left = int(torch.randint(0, w - ew + 1, (1,), generator=g))
+        x[i, :, top : top + eh, left : left + ew] = torch.randint(0, 256, (c, eh, ew), generator=g, dtype=torch.uint8)
+    return x
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    def __init__(self, split: Split, transform: Any) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        image = read_image(self.split.files[i])
+        return None if image is None else (self.transform(image), int(self.split.labels[i]))
+
+
+def _collate(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; report how many were unreadable (skipped, not fatal)."""
+    good = [b for b in batch if b is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), len(batch)
+    return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), len(batch) - len(good)
+
+
+class FileBatches:
+    """Batches of image files through a DataLoader (workers, pinned memory), for large images."""
+
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        train: bool,
+        transform: Any,
+        workers: int = 2,
+        pin_memory: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        from torch.utils.data import DataLoader
+        from torch.utils.data.distributed import DistributedSampler
+
+        self.dataset = _FileDataset(split, transform)
+        self.sampler = DistributedSampler(
+            self.dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=train
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            drop_last=train,
+            collate_fn=_collate,
+            persistent_workers=False,
+        )
+        self.seed, self.channels_last, self.skipped = seed, channels_last, 0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.loader.generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch))  # worker seeds
+        for x, y, skipped in self.loader:
+            self.skipped += skipped
+            if len(y):
+                yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y

@@ -1,0 +1,536 @@
+"""The training loop: one process or many under torchrun, checkpoints, metrics, exact resume."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from .. import create_model
+from ..data import resolve_data_config
+from ..errors import ConfigError, ZooError
+from ..features import stem_and_stages
+from ..hub import atomic_write, folder_config, save_json, save_model_folder, save_torch
+from ..layers import BATCH_NORMS, SyncBatchNorm2d
+from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
+from .recipe import ModelEma, lr_factor, make_optimizer
+
+log = logging.getLogger("zoo.train")
+
+
+class TrainingDiverged(ZooError, FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """Where this process sits: rank, world size and device (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, device: str) -> Processes:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device", "'cuda' was asked for but no CUDA device is available")
+        dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(dev)
+        if world > 1:
+            dist.init_process_group("nccl" if cuda else "gloo")
+        return cls(dist.get_rank() if world > 1 else 0, world, dev)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def stop(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def _point(link: Path, target: Path) -> None:
+    """Make ``link`` a symlink to ``target`` atomically (a crash leaves the old or the new one)."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(tmp, link)
+
+
+def _resolve(link: Path) -> Path | None:
+    return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
+
+class Checkpoints:
+    """``output/checkpoints/epoch-NNNN/`` folders, ``last`` and ``best`` symlinks, older ones pruned.
+
+    A folder is written under a temporary name and renamed when complete; the
+    symlinks flip only then. Each folder is a Hub model folder (model.safetensors,
+    config.json) plus ``state.pt`` (optimizer, schedule, EMA, epoch, RNG) to resume.
+    """
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.root = output / "checkpoints"
+
+    @property
+    def last(self) -> Path | None:
+        return _resolve(self.output / "last")
+
+    @property
+    def best(self) -> Path | None:
+        return _resolve(self.output / "best")
+
+    def save(
+        self, epoch: int, weights: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any], best: bool
+    ) -> Path:
+        final = self.root / f"epoch-{epoch:04d}"
+        tmp = self.root / f".epoch-{epoch:04d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model_folder(tmp, weights, config, {"epoch": str(epoch)})
+        save_torch(tmp / "state.pt", state)
+        if final.exists():  # left by a run that was resumed from an earlier epoch
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _point(self.output / "last", final)
+        if best:
+            _point(self.output / "best", final)
+        keep = {self.last, self.best}
+        for old in self.root.glob("epoch-*"):
+            if old.resolve() not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Per-epoch rows in metrics.jsonl and metrics.csv, and the curves as a PNG."""
+
+    def __init__(self, output: Path, start_epoch: int) -> None:
+        self.output = output
+        self.rows: list[dict[str, Any]] = []
+        jsonl = output / "metrics.jsonl"
+        if start_epoch and jsonl.exists():  # resumed: keep the epochs before the resume point
+            rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["epoch"] <= start_epoch]
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with atomic_write(self.output / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        with atomic_write(self.output / "metrics.csv", "w") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[-1]))
+            writer.writeheader()
+            writer.writerows(self.rows)
+        self.plot()
+
+    def plot(self) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:  # plots are optional: pip install 'resnet-zoo[plot]'
+            return
+        epochs = [r["epoch"] for r in self.rows]
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+        for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+            ax_loss.plot(epochs, [r[key] for r in self.rows], label=label)
+        for key, label in (("train_acc", "train"), ("val_acc1", "validation"), ("ema_val_acc1", "validation (EMA)")):
+            if key in self.rows[-1]:
+                ax_acc.plot(epochs, [r[key] for r in self.rows], label=label)
+        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+        ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        with atomic_write(self.output / "curves.png") as f:
+            fig.savefig(f, format="png", dpi=100)
+        plt.close(fig)
+
+
+# --- one epoch ------------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", channels_last: bool = False
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (%) over ``batches``, summed over all ranks."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, count
+    for x, y in batches:
+        x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
+        with _autocast(procs.device, precision):
+            logits = model(x).float()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5 == y[:, None]
+        sums += torch.tensor(
+            [
+                F.cross_entropy(logits, y, reduction="sum").item(),
+                hits[:, 0].sum().item(),
+                hits.any(1).sum().item(),
+                len(y),
+            ],
+            dtype=torch.float64,
+        )
+    loss, top1, top5_hits, n = procs.sum(sums).tolist()
+    n = max(n, 1)
+    return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5_hits / n}
+
+
+@dataclass
+class Step:
+    """What a training step needs besides the batch."""
+
+    model: nn.Module  # what is called: maybe compiled, maybe DDP-wrapped
+    raw: nn.Module  # the bare model, for EMA and clipping
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    ema: ModelEma | None
+    scaler: torch.amp.GradScaler | None
+    clip_grad: float
+    precision: str
+    frozen: list[str]
+
+
+def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epochs: int) -> dict[str, float]:
+    from tqdm import tqdm
+
+    step.model.train()
+    for name in step.frozen:  # frozen stem/stages keep their norms in eval mode
+        getattr(step.raw, name).eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, hits, count
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(batches), desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not procs.main, leave=False,
+        mininterval=0.5 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s, not every step
+    )  # fmt: skip
+    for i, (x, y) in enumerate(batches):
+        x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
+        with _autocast(procs.device, step.precision):
+            logits = step.model(x)
+            loss = step.criterion(logits.float(), y)
+        bad = procs.sum((~torch.isfinite(loss.detach())).float().reshape(1))
+        if bad.item():
+            bar.close()
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {epoch}, step {i + 1}; stopped without saving. "
+                "The last good checkpoint is kept: lower --lr, add --clip-grad or use --precision fp32, "
+                "then --resume"
+            )
+        step.optimizer.zero_grad(set_to_none=True)
+        if step.scaler is not None:
+            step.scaler.scale(loss).backward()
+            step.scaler.unscale_(step.optimizer)
+        else:
+            loss.backward()
+        if step.clip_grad:
+            nn.utils.clip_grad_norm_(step.raw.parameters(), step.clip_grad)
+        if step.scaler is not None:
+            step.scaler.step(step.optimizer)
+            step.scaler.update()
+        else:
+            step.optimizer.step()
+        step.schedule.step()
+        if step.ema is not None:
+            step.ema.update(step.raw)
+        n = len(y)
+        sums += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n], dtype=torch.float64)
+        if procs.main and (i % 10 == 0 or i + 1 == len(batches)):
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(
+                loss=f"{sums[0] / sums[2]:.3f}",
+                acc=f"{100 * sums[1] / sums[2]:.1f}",
+                img_s=f"{sums[2] * procs.world / elapsed:.0f}",
+                lr=f"{step.optimizer.param_groups[0]['lr']:.3g}",
+                refresh=False,
+            )
+        bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    loss_sum, hits, n = procs.sum(sums).tolist()
+    return {"loss": loss_sum / n, "acc": 100 * hits / n, "img_per_s": n / elapsed, "seconds": elapsed}
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def _normalization(args: argparse.Namespace, model: nn.Module, data: Dataset) -> tuple[tuple, tuple]:
+    if args.norm == "dataset":
+        return data.mean_std()
+    if args.norm == "half":  # the minimal CIFAR trainer's --transform: Normalize((0.5,)*3, (0.5,)*3)
+        return (0.5,) * 3, (0.5,) * 3
+    cfg = resolve_data_config(model)
+    return cfg["mean"], cfg["std"]
+
+
+def _batches(args: argparse.Namespace, split: Split, train: bool, model: nn.Module, mean, std, procs) -> Any:
+    common = dict(batch_size=args.batch_size, train=train, seed=args.seed, rank=procs.rank, world=procs.world)
+    if split.images is not None:
+        augment = Augment(
+            crop_pad=args.crop_pad, flip=args.flip, trivial_augment=args.trivial_augment,
+            random_erasing=args.random_erasing,
+        )  # fmt: skip
+        return TensorBatches(split, mean=mean, std=std, augment=augment, channels_last=args.channels_last, **common)
+    from torchvision.transforms import v2
+
+    config = resolve_data_config(model, mean=tuple(mean), std=tuple(std))
+    if args.image_size:
+        config["input_size"] = (config["input_size"][0], args.image_size, args.image_size)
+    size = config["input_size"][-2:]
+    interpolation = v2.InterpolationMode(config["interpolation"])
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if train:
+        ops = [v2.RandomResizedCrop(size, interpolation=interpolation, antialias=True)]
+        ops += [v2.RandomHorizontalFlip()] if args.flip else []
+        ops += [v2.TrivialAugmentWide(interpolation=interpolation)] if args.trivial_augment else []
+        ops += to_tensor + ([v2.RandomErasing(args.random_erasing)] if args.random_erasing else [])
+        transform = v2.Compose(ops)
+    else:
+        from ..data import create_transform
+
+        transform = create_transform(config)
+    return FileBatches(
+        split, transform=transform, workers=args.workers, pin_memory=args.pin_memory,
+        channels_last=args.channels_last, **common,
+    )  # fmt: skip
+
+
+def _model_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_classes": num_classes}
+    for name in ("drop_rate", "drop_path_rate", "in_chans"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return options
+
+
+def _state(step: Step, epoch: int, best: dict | None, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "best": best,
+        "model": step.raw.state_dict() if step.ema is not None else None,  # EMA runs save the EMA as the model
+        "optimizer": step.optimizer.state_dict(),
+        "schedule": step.schedule.state_dict(),
+        "scaler": step.scaler.state_dict() if step.scaler is not None else None,
+        "rng": torch.get_rng_state(),
+        "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))},
+    }
+
+
+def _resume(ckpt: Path, step: Step) -> tuple[int, dict | None]:
+    state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+    weights = load_file(ckpt / "model.safetensors")
+    if step.ema is not None:
+        step.ema.module.load_state_dict(weights)
+        step.raw.load_state_dict(state["model"])
+    else:
+        step.raw.load_state_dict(weights)
+    step.optimizer.load_state_dict(state["optimizer"])
+    step.schedule.load_state_dict(state["schedule"])
+    if step.scaler is not None and state["scaler"] is not None:
+        step.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["epoch"]), state["best"]
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run training as ``args`` says; returns the summary (also written to ``output/summary.json``)."""
+    procs = Processes.start(args.device)
+    try:
+        return _train(args, procs)
+    finally:
+        procs.stop()
+
+
+def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
+    output = Path(args.output)
+    if args.precision == "fp16" and procs.device.type != "cuda":
+        raise ConfigError("--precision", "'fp16' needs a CUDA device; on a CPU use 'bf16' (or 'fp32')")
+    if procs.main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+        save_json(output / "args.json", {k: v for k, v in vars(args).items()})
+    torch.manual_seed(args.seed)
+
+    # Data: the main process unpacks and decodes into the cache first, the others then read it.
+    load = partial(
+        load_dataset, args.dataset, args.root, val_split=args.val_split, split_seed=args.split_seed,
+        download=args.download, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        in_memory=args.in_memory,
+    )  # fmt: skip
+    data = load() if procs.main else None
+    procs.barrier()
+    data = data or load()
+
+    model = create_model(args.model, pretrained=args.pretrained, **_model_options(args, data.num_classes))
+    frozen = stem_and_stages(model, args.freeze_stages)
+    for name in frozen:
+        getattr(model, name).requires_grad_(False)
+    if args.sync_bn and procs.world > 1:
+        SyncBatchNorm2d.convert(model)
+    model.to(procs.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    mean, std = _normalization(args, model, data)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(mean), "std": tuple(std)}
+
+    train_batches = _batches(args, data.train, True, model, mean, std, procs)
+    val_batches = _batches(args, data.val, False, model, mean, std, procs)
+    steps_per_epoch = len(train_batches)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            "--batch-size",
+            f"{args.batch_size} x {procs.world} process(es) is more than the {len(data.train)} training images",
+        )
+    total_steps = args.epochs * steps_per_epoch
+    optimizer = make_optimizer(
+        args.optimizer, model, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+        nesterov=args.nesterov, decay_norm_and_bias=args.decay_norm_and_bias,
+    )  # fmt: skip
+    factor = partial(
+        lr_factor, total_steps=total_steps, schedule=args.schedule,
+        warmup_steps=round(args.warmup_epochs * steps_per_epoch),
+        milestones=[round(m * steps_per_epoch) for m in args.milestones], gamma=args.gamma,
+        min_factor=args.min_lr_factor, cosine_steps=args.t_max * steps_per_epoch if args.t_max else None,
+    )  # fmt: skip
+    step = Step(
+        model=model,
+        raw=model,
+        optimizer=optimizer,
+        schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
+        criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+        ema=ModelEma(model, args.ema_decay) if args.ema_decay else None,
+        scaler=torch.amp.GradScaler("cuda") if args.precision == "fp16" else None,
+        clip_grad=args.clip_grad,
+        precision=args.precision,
+        frozen=frozen,
+    )
+
+    checkpoints = Checkpoints(output)
+    start_epoch, best = 0, None
+    if args.resume:
+        ckpt = Path(args.resume) if isinstance(args.resume, str) else checkpoints.last
+        if ckpt is None or not (ckpt / "state.pt").is_file():
+            raise ConfigError("--resume", f"no checkpoint to resume from in {str(output)!r}")
+        start_epoch, best = _resume(ckpt, step)
+        if procs.main:
+            log.info("resumed from %s (epoch %d)", ckpt, start_epoch)
+
+    if procs.world > 1:
+        step.model = nn.parallel.DistributedDataParallel(model)
+    if args.compile:
+        step.model = torch.compile(step.model, mode=args.compile_mode)
+    eval_model = step.ema.module if step.ema is not None else model
+    arch = args.model if not str(args.model).endswith((".yaml", ".yml")) else "resnet"
+    metrics = Metrics(output, start_epoch) if procs.main else None
+    run_start = time.perf_counter() - (metrics.rows[-1]["elapsed_s"] if metrics and metrics.rows else 0.0)
+    if procs.main:
+        log.info(
+            "training %s on %s: %d train / %d val images, %d classes, %d epochs of %d steps, %d process(es)",
+            args.model, args.dataset, len(data.train), len(data.val), data.num_classes, args.epochs,
+            steps_per_epoch, procs.world,
+        )  # fmt: skip
+
+    for epoch in range(start_epoch + 1, args.epochs + 1):
+        # Everything random in an epoch derives from (seed, epoch): resuming is exact.
+        torch.manual_seed(_seed(args.seed, epoch, procs.rank))
+        train_batches.set_epoch(epoch)
+        stats = train_one_epoch(step, train_batches, procs, epoch, args.epochs)
+        val = evaluate(model, val_batches, procs, args.precision)
+        row = {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": stats["loss"],
+            "train_acc": stats["acc"],
+            "val_loss": val["loss"],
+            "val_acc1": val["acc1"],
+            "val_acc5": val["acc5"],
+        }
+        if step.ema is not None:
+            ema_val = evaluate(step.ema.module, val_batches, procs, args.precision)
+            row.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
+        chosen = row["ema_val_acc1"] if step.ema is not None else row["val_acc1"]
+        is_best = best is None or chosen > best["val_acc1"]
+        if is_best:
+            best = {"epoch": epoch, "val_acc1": chosen, "val_acc5": row.get("ema_val_acc5", row["val_acc5"])}
+        row.update(img_per_s=stats["img_per_s"] * procs.world, epoch_s=stats["seconds"])
+        row["elapsed_s"] = time.perf_counter() - run_start
+        if procs.main:
+            assert metrics is not None
+            metrics.add(row)
+            config = folder_config(
+                arch, getattr(eval_model, "cfg", None) and eval_model.cfg.to_dict(), eval_model.pretrained_cfg,
+                num_features=getattr(eval_model, "num_features", None),
+            )  # fmt: skip
+            checkpoints.save(epoch, eval_model.state_dict(), config, _state(step, epoch, best, args), is_best)
+            log.info(
+                "epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | %.0f img/s | best %.2f%% (epoch %d)",
+                epoch, args.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc1"],
+                f" | EMA {row['ema_val_acc1']:.2f}%" if step.ema is not None else "", row["img_per_s"],
+                best["val_acc1"], best["epoch"],
+            )  # fmt: skip
+        procs.barrier()
+
+    summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "best": best}
+    if metrics is not None and metrics.rows:
+        summary.update(final=metrics.rows[-1], wall_time_s=metrics.rows[-1]["elapsed_s"])
+    skipped = (
+        data.train.skipped + data.val.skipped + sum(getattr(b, "skipped", 0) for b in (train_batches, val_batches))
+    )
+    summary["skipped_images"] = skipped
+    if data.test is not None and checkpoints.best is not None and best is not None:
+        # The test split is looked at once, with the weights the validation split chose.
+        eval_model.load_state_dict(load_file(checkpoints.best / "model.safetensors"))
+        test_batches = _batches(args, data.test, False, eval_model, mean, std, procs)
+        summary["test"] = evaluate(eval_model, test_batches, procs, args.precision)
+    if procs.main:
+        save_json(output / "summary.json", summary)
+    return summary

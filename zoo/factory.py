@@ -2,14 +2,131 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from .errors import ConfigError
+from . import hub
+from .config import ResNetConfig
+from .errors import ConfigError, StateDictError, UnknownModelError, WeightsNotFoundError
 from .features import FeatureExtractor
-from .registry import get_entry
+from .registry import get_entry, get_weights, split_name
+from .resnet import ResNet
+from .weights import Weights, fit_state_dict
+
+log = logging.getLogger(__name__)
+
+# The repository's bundled weights (the zoo's own CIFAR-10 weights), in Hub folder layout.
+BUNDLED_DIR = Path(os.environ.get("ZOO_WEIGHTS_DIR", Path(__file__).resolve().parent.parent / "weights"))
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a model name resolves to: how to build it and which weights it may load."""
+
+    name: str  # the name as given
+    builder: Callable[..., nn.Module]
+    weights: Weights | None = None
+    tag: str | None = None  # "arch.tag" of the weights
+    folder: Path | None = None  # a local Hub-layout folder holding the weights
+
+
+def _from_folder_config(config: dict[str, Any], name: str) -> Callable[..., nn.Module]:
+    """A builder for a Hub folder's config.json: the zoo's full config, else a registered architecture."""
+    if config.get("zoo_config"):
+        base = ResNetConfig.from_dict(config["zoo_config"])
+        return lambda **options: ResNet(base.replace(**options))
+    arch = config.get("architecture")
+    if not arch:
+        raise ConfigError(name, "its config.json names no 'architecture' and has no 'zoo_config'")
+    entry = get_entry(arch)
+    model_args = config.get("model_args", {})
+    return lambda **options: entry.builder(**{**model_args, **options})
+
+
+def _folder_weights(config: dict[str, Any], repo_id: str, revision: str | None = None) -> Weights:
+    cfg = config.get("pretrained_cfg", {})
+    known = {f for f in Weights.__dataclass_fields__}
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in known}
+    fields.pop("hf_hub_id", None)
+    return Weights(hf_hub_id=repo_id, revision=revision, **{**fields, "num_classes": config.get("num_classes", 1000)})
+
+
+def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Source:
+    """Turn ``resnet50.tv2_in1k``, ``hf-hub:org/repo[@rev]``, ``local-dir:PATH`` or a YAML path into a Source."""
+    if not isinstance(name, str) or not name:
+        raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:") :]).expanduser()
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise WeightsNotFoundError(f"{name}: no config.json in {str(folder)!r}")
+        config = json.loads(config_path.read_text())
+        return Source(name, _from_folder_config(config, name), _folder_weights(config, str(folder)), name, folder)
+    if name.startswith("hf-hub:"):
+        repo_id, _, revision = name[len("hf-hub:") :].partition("@")
+        config = json.loads(
+            hub.hub_file(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir).read_text()
+        )
+        weights = _folder_weights(config, repo_id, revision or None)
+        return Source(name, _from_folder_config(config, name), weights, name)
+    if name.endswith((".yaml", ".yml")):
+        from .yaml_config import builder_from_yaml
+
+        return Source(name, builder_from_yaml(name))
+    entry = get_entry(name)
+    tag = split_name(name)[1]
+    try:
+        full, weights = get_weights(name)
+    except UnknownModelError:
+        if tag is not None:  # an explicit tag that does not exist is an error; no tag means no weights
+            raise
+        return Source(name, entry.builder)
+    folder = BUNDLED_DIR / full if weights.bundled else None
+    return Source(name, entry.builder, weights, full, folder)
+
+
+def _weights_file(
+    source: Source,
+    *,
+    checkpoint_path: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> Path:
+    """Find the weights, in order: an explicit file, a local folder (bundled weights), the Hub cache, the Hub."""
+    tried: list[str] = []
+    if checkpoint_path is not None:
+        return Path(checkpoint_path)
+    weights = source.weights
+    if weights is None:
+        raise UnknownModelError(
+            f"model {source.name!r} has no pretrained weights; pass checkpoint_path= or pretrained=False"
+        )
+    if source.folder is not None:
+        local = source.folder / weights.filename
+        if local.is_file():
+            hub.verify(local, weights.sha256)
+            return local
+        tried.append(f"local folder {local}: not there")
+        if source.name.startswith("local-dir:"):
+            raise WeightsNotFoundError(hub._not_found(str(local), tried))
+    try:
+        return hub.hub_file(
+            weights.hf_hub_id, weights.filename, revision=weights.revision, sha256=weights.sha256,
+            cache_dir=cache_dir, tried=tried,
+        )  # fmt: skip
+    except WeightsNotFoundError as e:
+        raise WeightsNotFoundError(
+            f"{e}\nOn a machine with network, prefetch them with `zoo download {source.tag}` "
+            "and copy the Hub cache (HF_HOME) here, or pass checkpoint_path="
+        ) from e
 
 
 def create_model(
@@ -20,29 +137,89 @@ def create_model(
     out_indices: Sequence[int] | None = None,
     frozen_stages: int = -1,
     norm_eval: bool = False,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model by name.
+    """Build a model by name, optionally with pretrained weights.
 
     Args:
-        model_name: ``arch`` or ``arch.tag`` (``"resnet50.tv2_in1k"``).
-        pretrained: load the weights the name points to.
+        model_name: ``arch`` or ``arch.tag`` (``"resnet50.tv2_in1k"``), ``"hf-hub:org/repo"``,
+            ``"local-dir:PATH"`` (a Hub-layout folder), or a path to a YAML backbone config.
+        pretrained: load the weights the name points to (``arch`` alone: its best weights).
         features_only: return a backbone whose forward gives a list of feature maps.
         out_indices: which feature maps (0 = stem, 1.. = stages); default all.
         frozen_stages: with ``features_only``: freeze the stem and the first k stages (-1: none).
         norm_eval: with ``features_only``: keep batch norms in eval mode while training.
+        checkpoint_path: load this local file (safetensors, or a tensors-only .pth/.bin) instead.
+        pretrained_cfg_overlay: overrides of the weights' record; ``dict(file=PATH)`` loads a local file.
+        cache_dir: the Hub cache to use instead of ``HF_HUB_CACHE`` / ``HF_HOME``.
         **kwargs: architecture options (``num_classes``, ``in_chans``, ``norm_layer``, ...).
     """
-    entry = get_entry(model_name)
     if not isinstance(features_only, bool):
         raise ConfigError("features_only", f"expected true or false, got {features_only!r}")
     if not features_only and (out_indices is not None or frozen_stages != -1 or norm_eval):
         raise ConfigError(
             "features_only", "out_indices, frozen_stages and norm_eval only apply with features_only=True"
         )
-    model = entry.builder(**kwargs)
-    if pretrained:
-        raise NotImplementedError("pretrained weights: see issue 3")
+    source = resolve(model_name, cache_dir=cache_dir)
+    overlay = dict(pretrained_cfg_overlay or {})
+    checkpoint_path = checkpoint_path or overlay.pop("file", None)
+    if overlay and source.weights is not None:
+        source = replace(source, weights=replace(source.weights, **overlay))
+    if features_only:
+        kwargs["num_classes"] = 0  # a backbone has no head
+
+    if not (pretrained or checkpoint_path):
+        model = source.builder(**kwargs)
+    else:
+        path = _weights_file(source, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
+        state = hub.load_state_dict(path)
+        model = _build_with_weights(source, state, kwargs)
+        log.info("loaded %s from %s", source.tag or model_name, path)
+    if source.weights is not None and (pretrained or source.tag == model_name):
+        _describe_weights(model, source, kwargs.get("in_chans", 3))
     if features_only:
         model = FeatureExtractor(model, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
     return model
+
+
+def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> nn.Module:
+    """Build on the meta device (no random init: the weights follow), then take the tensors as they are."""
+    with torch.device("meta"):
+        probe = source.builder(**kwargs)
+    cfg = probe.pretrained_cfg
+    classifier, first_conv = cfg.get("classifier", "fc"), cfg.get("first_conv", "conv1")
+    head = state.get(f"{classifier}.weight")
+    if "num_classes" not in kwargs and head is not None and head.shape[0] != getattr(probe, "num_classes", None):
+        kwargs = {**kwargs, "num_classes": head.shape[0]}  # the weights' own head unless told otherwise
+        with torch.device("meta"):
+            probe = source.builder(**kwargs)
+    model = probe
+    model_keys = {k: v.shape for k, v in model.state_dict().items()}
+    head_replaced = head is not None and model_keys.get(f"{classifier}.weight") != head.shape
+    state = fit_state_dict(
+        state, model_keys, first_conv=first_conv, classifier=classifier,
+        in_chans=kwargs.get("in_chans", 3), head_replaced=head_replaced,
+    )  # fmt: skip
+    model.load_state_dict(state, strict=False, assign=True)
+    if head_replaced and getattr(model, "num_classes", 0):
+        log.info("the weights' head has %d classes; re-initialized a %d-class head", head.shape[0], model.num_classes)
+        model.reset_classifier(model.num_classes)
+    left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:  # fit_state_dict should have named them; this guards builders with unusual modules
+        raise StateDictError(f"not loaded from the weights: {', '.join(left[:8])}")
+    return model
+
+
+def _describe_weights(model: nn.Module, source: Source, in_chans: int) -> None:
+    """Give the model the ``pretrained_cfg`` of its weights (data config, labels, provenance)."""
+    assert source.weights is not None
+    arch_cfg = {**model.pretrained_cfg, "num_classes": getattr(model, "num_classes", None)}
+    cfg = source.weights.pretrained_cfg(source.tag or source.name, arch_cfg)
+    cfg["num_classes"] = arch_cfg["num_classes"]
+    if in_chans != 3:  # the first conv was adapted: one mean/std per input channel
+        cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+        cfg["mean"], cfg["std"] = ((sum(cfg[k]) / len(cfg[k]),) * in_chans for k in ("mean", "std"))
+    model.pretrained_cfg = cfg

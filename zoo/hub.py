@@ -7,16 +7,29 @@ a crash or Ctrl-C never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from .errors import (
+    StateDictError,
+    UnsafeCheckpointError,
+    WeightsIntegrityError,
+    WeightsNotFoundError,
+    ZooError,
+)
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -107,3 +120,211 @@ def save_model_folder(
     save_safetensors(folder / "model.safetensors", state_dict, metadata)
     save_json(folder / "config.json", config)
     return folder
+
+
+# --- reading weights files --------------------------------------------------------------------------
+
+
+def check_safetensors(path: str | os.PathLike[str]) -> None:
+    """Cheap integrity check: a parseable header whose tensors end exactly at the end of the file."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise WeightsIntegrityError(f"{path} is truncated: {size} bytes, not even a safetensors header")
+        header_len = int.from_bytes(raw, "little")
+        if header_len > size - 8 or header_len > 100_000_000:
+            raise WeightsIntegrityError(f"{path} is truncated or not safetensors: header of {header_len} bytes")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise WeightsIntegrityError(f"{path} has a corrupted safetensors header: {e}") from e
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != size:
+        raise WeightsIntegrityError(
+            f"{path} is truncated or padded: the header describes {8 + header_len + end} bytes, the file has {size}"
+        )
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def zoo_cache_dir() -> Path:
+    return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "resnet-zoo"))
+
+
+def verify(path: str | os.PathLike[str], sha256: str | None) -> None:
+    """Check a weights file before it is trusted: header and size always, the hash when one is pinned.
+
+    A file whose hash was checked once is remembered by (size, mtime, inode), so a
+    warm load does not re-hash hundreds of megabytes.
+    """
+    path = Path(path).resolve()
+    if path.suffix == ".safetensors" or path.name.endswith(".safetensors") or _looks_like_safetensors(path):
+        check_safetensors(path)
+    if not sha256:
+        return
+    st = path.stat()
+    stamp = zoo_cache_dir() / "verified" / sha256
+    seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+    if stamp.is_file() and stamp.read_text() == seen:
+        return
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise WeightsIntegrityError(f"{path} is corrupted: sha256 {actual}, expected {sha256}")
+    with contextlib.suppress(OSError), atomic_write(stamp, "w") as f:  # read-only cache: re-hash next time
+        f.write(seen)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    # Hub cache blobs have no suffix; the snapshot link that points to them has it.
+    return path.parent.name == "blobs"
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: safetensors, or a legacy pickle that holds only tensors.
+
+    Pickles load with ``torch.load(weights_only=True)``: one that needs code
+    execution (custom classes, functions) is refused, never run.
+    """
+    from .weights import clean_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix in (".pth", ".pt", ".bin", ".ckpt", ".tar"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f"{path} is a pickle that needs code execution to load ({str(e).splitlines()[0][:200]}). "
+                "The zoo only loads plain tensors; re-save it as safetensors (tools/convert.py) where you trust it"
+            ) from e
+        if not isinstance(state, dict):
+            raise StateDictError(f"{path} holds a {type(state).__name__}, not a state dict")
+        return clean_state_dict(state)
+    try:
+        return clean_state_dict(load_file(path))
+    except SafetensorError as e:
+        raise WeightsIntegrityError(f"{path} is not a readable safetensors file: {e}") from e
+
+
+# --- the Hugging Face Hub -------------------------------------------------------------------------
+# huggingface_hub reads its environment once, when imported; the zoo reads it at every call,
+# so HF_ENDPOINT, HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE set later are honoured too.
+
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    return Path(home) / "hub"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+
+
+def _hf() -> Any:
+    # No usage telemetry: its first call would reach huggingface.co even with another HF_ENDPOINT.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        import huggingface_hub
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ImportError("downloading weights needs huggingface_hub: pip install huggingface-hub") from e
+    return huggingface_hub
+
+
+def _evict(path: Path) -> None:
+    """Remove a bad cache entry: the snapshot link and the blob it points to."""
+    blob = path.resolve()
+    for p in (path, blob):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def cached_file(
+    repo_id: str, filename: str, *, revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """The file in the local Hub cache, found with no network request, or None."""
+    found = _hf().try_to_load_from_cache(
+        repo_id, filename, cache_dir=str(hub_cache_dir(cache_dir)), revision=revision or "main"
+    )
+    return Path(found) if isinstance(found, str) else None
+
+
+def hub_file(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    sha256: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    tried: list[str] | None = None,
+) -> Path:
+    """A verified local copy of a Hub file: from the cache with no request at all, else downloaded.
+
+    A cached copy that fails verification is evicted and fetched again. ``tried``
+    collects a line per place looked at, for the caller's error message.
+    """
+    tried = tried if tried is not None else []
+    cache = hub_cache_dir(cache_dir)
+    where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+    cached = cached_file(repo_id, filename, revision=revision, cache_dir=cache)
+    if cached is not None:
+        try:
+            verify(cached, sha256)
+            return cached
+        except WeightsIntegrityError as e:
+            log.warning("cached weights are damaged, fetching them again: %s", e)
+            _evict(cached)
+    tried.append(f"Hub cache {cache} ({where}): " + ("damaged, evicted" if cached else "not there"))
+    endpoint = hub_endpoint()
+    if hub_offline():
+        tried.append(f"Hub {endpoint}/{repo_id}: not asked, HF_HUB_OFFLINE is set")
+        raise WeightsNotFoundError(_not_found(where, tried))
+    hf = _hf()
+    from huggingface_hub import errors as hf_errors
+
+    try:
+        path = Path(hf.hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), endpoint=endpoint))
+    except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as e:
+        tried.append(f"Hub {endpoint}/{repo_id}: {type(e).__name__}: {_first_line(e)}")
+        raise WeightsNotFoundError(_not_found(where, tried)) from e
+    except hf_errors.LocalEntryNotFoundError as e:  # network down or server failing, nothing cached
+        tried.append(f"Hub {endpoint}/{repo_id}: unreachable ({_first_line(e.__cause__ or e)})")
+        raise WeightsNotFoundError(_not_found(where, tried)) from e
+    except Exception as e:  # a broken transfer: huggingface_hub removes its partial file
+        if isinstance(e, ZooError):
+            raise
+        tried.append(f"Hub {endpoint}/{repo_id}: download failed ({type(e).__name__}: {_first_line(e)})")
+        raise WeightsIntegrityError(_not_found(where, tried)) from e
+    try:
+        verify(path, sha256)
+    except WeightsIntegrityError as e:
+        _evict(path)
+        raise WeightsIntegrityError(f"downloaded {where} is damaged and was removed from the cache: {e}") from e
+    return path
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _not_found(where: str, tried: list[str]) -> str:
+    places = "\n".join(f"  - {t}" for t in tried)
+    return f"weights {where} not found. Looked in:\n{places}"

@@ -150,3 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train.py", description="Train a zoo model (torchrun for many processes)")
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def train_command(parser: argparse.ArgumentParser):  # `zoo train`
+    add_arguments(parser)
+    return run

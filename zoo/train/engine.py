@@ -12,7 +12,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from ..data import resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..features import stem_and_stages
 from ..hub import atomic_write, folder_config, save_json, save_model_folder, save_torch
-from ..layers import BATCH_NORMS, SyncBatchNorm2d
+from ..layers import SyncBatchNorm2d
 from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
 from .recipe import ModelEma, lr_factor, make_optimizer
 
@@ -48,7 +48,7 @@ class Processes:
 
     rank: int = 0
     world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -512,7 +512,8 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
             )  # fmt: skip
             checkpoints.save(epoch, eval_model.state_dict(), config, _state(step, epoch, best, args), is_best)
             log.info(
-                "epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | %.0f img/s | best %.2f%% (epoch %d)",
+                "epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | %.0f img/s "
+                "| best %.2f%% (epoch %d)",
                 epoch, args.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc1"],
                 f" | EMA {row['ema_val_acc1']:.2f}%" if step.ema is not None else "", row["img_per_s"],
                 best["val_acc1"], best["epoch"],

@@ -1,0 +1,290 @@
+"""Pretrained weights through a real Hub client: olah and a stdlib Hub double on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from hubservers import FakeHub, Olah, publish
+from safetensors.torch import save, save_file
+
+import zoo
+from zoo import hub
+from zoo.registry import _weights, get_weights, register_weights
+from zoo.weights import Weights
+
+
+@pytest.fixture
+def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty Hub cache and zoo cache; online unless a test says otherwise."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "zoo"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path / "hf" / "hub"
+
+
+class _NoSleep:
+    """huggingface_hub backs off for ~25 s before giving up on a failing server; tests need not wait."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        pass
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.file_download
+    import huggingface_hub.utils._http
+
+    monkeypatch.setattr(huggingface_hub.utils._http, "time", _NoSleep())
+    monkeypatch.setattr(huggingface_hub.file_download, "time", _NoSleep())
+
+
+def cache_files(cache: Path) -> list[str]:
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file() and ".locks" not in p.parts)
+
+
+# --- the happy path through olah, a real Hub-compatible server --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def olah_resnet50(tmp_path_factory: pytest.TempPathFactory):
+    """olah serving a torchvision resnet50 (random init) as timm/resnet50.tv_in1k."""
+    workdir = tmp_path_factory.mktemp("olah")
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50().eval()
+    for m in reference.modules():  # non-trivial statistics, so a wrong load would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    config = {"architecture": "resnet50", "num_classes": 1000, "pretrained_cfg": {"tag": "tv_in1k"}}
+    weights = save({k: v.contiguous() for k, v in reference.state_dict().items()}, metadata={"format": "pt"})
+    publish(
+        workdir / "mirrors",
+        "timm/resnet50.tv_in1k",
+        {"model.safetensors": weights, "config.json": json.dumps(config).encode()},
+    )
+    server = Olah(workdir, "timm/resnet50.tv_in1k").start()
+    yield server, reference
+    server.stop()
+
+
+def test_pretrained_from_olah_then_offline_from_the_cache(olah_resnet50, hf_home: Path, monkeypatch) -> None:
+    server, reference = olah_resnet50
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference(x)
+        model = zoo.create_model("resnet50.tv_in1k", pretrained=True).eval()
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+    assert model.pretrained_cfg["tag"] == "resnet50.tv_in1k" and model.pretrained_cfg["crop_pct"] == 0.875
+    assert len(model.pretrained_cfg["label_names"]) == 1000
+    assert any("models--timm--resnet50.tv_in1k" in f for f in cache_files(hf_home))
+
+    server.stop()  # the network is gone: the cache alone must do, with no request at all
+    try:
+        for offline in ("", "1"):
+            monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+            started = time.perf_counter()
+            with torch.no_grad():
+                again = zoo.create_model("resnet50.tv_in1k", pretrained=True).eval()
+                torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=0)
+            assert time.perf_counter() - started < 10  # a request to a dead server would back off for ~25 s
+    finally:
+        server.start()
+
+
+def test_hf_hub_name_and_features_only(olah_resnet50, hf_home: Path, monkeypatch) -> None:
+    server, reference = olah_resnet50
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    model = zoo.create_model("hf-hub:timm/resnet50.tv_in1k", pretrained=True, features_only=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = model(x)
+        torch.testing.assert_close(feats[-1], torchvision.models.feature_extraction.create_feature_extractor(
+            reference, ["layer4"])(x)["layer4"], atol=1e-5, rtol=0)  # fmt: skip
+    assert "fc.weight" not in model.state_dict()
+
+
+# --- error paths through the stdlib double -----------------------------------------------------------
+
+
+def tiny_weights(num_classes: int = 10) -> tuple[bytes, dict[str, torch.Tensor]]:
+    model = zoo.create_model("resnet20", num_classes=num_classes)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return save(state, metadata={"format": "pt"}), state
+
+
+@pytest.fixture
+def fake_hub(hf_home: Path, monkeypatch: pytest.MonkeyPatch):
+    """The double serving resnet20 weights as testorg/resnet20, registered as tag resnet20.hubtest."""
+    data, state = tiny_weights()
+    register_weights("resnet20", "hubtest", Weights("testorg/resnet20", num_classes=10, label_names="cifar-10"))
+    with FakeHub({"testorg/resnet20": {"model.safetensors": data}}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        server.data, server.state = data, state  # type: ignore[attr-defined]
+        try:
+            yield server
+        finally:
+            _weights["resnet20"].pop("hubtest")
+
+
+def load_from(hub_id: str = "testorg/resnet20", **overlay: object) -> torch.nn.Module:
+    return zoo.create_model(
+        "resnet20.hubtest", pretrained=True, pretrained_cfg_overlay={"hf_hub_id": hub_id, **overlay}
+    )
+
+
+def test_download_verify_and_warm_load_makes_no_request(fake_hub: FakeHub, hf_home: Path) -> None:
+    import hashlib
+
+    sha = hashlib.sha256(fake_hub.data).hexdigest()  # type: ignore[attr-defined]
+    model = load_from(sha256=sha)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, fake_hub.state[k], msg=k)  # type: ignore[attr-defined]
+    seen = len(fake_hub.requests)
+    load_from(sha256=sha)
+    assert len(fake_hub.requests) == seen  # from the cache, no HEAD, no GET
+
+
+def test_cdn_redirect(fake_hub: FakeHub) -> None:
+    fake_hub.faults["model.safetensors"] = "cdn"
+    load_from()
+    assert any(path.startswith("/cdn/") for _, path in fake_hub.requests)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        (dict(hub_id="testorg/missing"), r"RepositoryNotFoundError"),
+        (dict(filename="nope.safetensors"), r"EntryNotFoundError"),
+        (dict(revision="0" * 40), r"RevisionNotFoundError"),
+    ],
+)
+def test_missing_things_are_named_with_every_place_tried(fake_hub: FakeHub, hf_home: Path, overlay, message) -> None:
+    hub_id = overlay.pop("hub_id", "testorg/resnet20")
+    with pytest.raises(zoo.WeightsNotFoundError, match=message) as info:
+        load_from(hub_id, **overlay)
+    text = str(info.value)
+    assert "Looked in:" in text and "Hub cache" in text and fake_hub.url in text
+    assert "zoo download resnet20.hubtest" in text
+    assert not [f for f in cache_files(hf_home) if "blobs" in f]
+
+
+def test_server_error_without_cache(fake_hub: FakeHub, hf_home: Path, no_backoff: None) -> None:
+    fake_hub.faults["model.safetensors"] = "server_error"
+    with pytest.raises(zoo.WeightsNotFoundError, match="unreachable"):
+        load_from()
+    assert not [f for f in cache_files(hf_home) if "blobs" in f]
+
+
+def test_truncated_download_leaves_no_partial_file(fake_hub: FakeHub, hf_home: Path, no_backoff: None) -> None:
+    fake_hub.faults["model.safetensors"] = "truncate"
+    with pytest.raises(zoo.WeightsIntegrityError, match="download failed"):
+        load_from()
+    assert not [f for f in cache_files(hf_home) if "blobs" in f or f.endswith(".incomplete")]
+
+
+def test_corrupted_download_fails_its_hash_and_is_removed(fake_hub: FakeHub, hf_home: Path) -> None:
+    import hashlib
+
+    fake_hub.faults["model.safetensors"] = "corrupt"
+    sha = hashlib.sha256(fake_hub.data).hexdigest()  # type: ignore[attr-defined]
+    with pytest.raises(zoo.WeightsIntegrityError, match=f"sha256 .* expected {sha}"):
+        load_from(sha256=sha)
+    assert not [f for f in cache_files(hf_home) if "blobs" in f or "snapshots" in f]
+
+
+def test_damaged_cache_is_fetched_again(fake_hub: FakeHub, hf_home: Path, caplog) -> None:
+    load_from()
+    (blob,) = [p for p in hf_home.rglob("*") if p.parent.name == "blobs"]
+    blob.write_bytes(blob.read_bytes()[:1000])  # truncated on disk
+    gets = sum(m == "GET" for m, _ in fake_hub.requests)
+    with caplog.at_level(logging.WARNING):
+        model = load_from()
+    assert "damaged" in caplog.text
+    assert sum(m == "GET" for m, _ in fake_hub.requests) == gets + 1
+    torch.testing.assert_close(model.fc.weight, fake_hub.state["fc.weight"])  # type: ignore[attr-defined]
+
+
+def test_offline_with_empty_cache_says_where_it_looked(hf_home: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(zoo.WeightsNotFoundError) as info:
+        zoo.create_model("resnet50.tv2_in1k", pretrained=True)
+    text = str(info.value)
+    assert "HF_HUB_OFFLINE is set" in text and str(hf_home) in text and "zoo download resnet50.tv2_in1k" in text
+    assert isinstance(info.value, FileNotFoundError)
+
+
+# --- local files, adaptation, strictness ------------------------------------------------------------
+
+
+def test_checkpoint_path_num_classes_and_in_chans(tmp_path: Path, caplog) -> None:
+    source = zoo.create_model("resnet18").eval()
+    path = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    loaded = zoo.create_model("resnet18", checkpoint_path=path).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x))
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        gray = zoo.create_model("resnet18", checkpoint_path=path, in_chans=1, num_classes=10).eval()
+    assert "re-initialized a 10-class head" in caplog.text
+    torch.testing.assert_close(gray.conv1.weight, source.conv1.weight.sum(1, keepdim=True))
+    with torch.no_grad():  # a gray image through the adapted conv = the same image as RGB through the original
+        g = torch.randn(1, 1, 64, 64)
+        torch.testing.assert_close(
+            gray.forward_features(g), source.forward_features(g.expand(1, 3, 64, 64)), atol=1e-4, rtol=1e-4
+        )
+    five = zoo.create_model("resnet18", checkpoint_path=path, in_chans=5)
+    torch.testing.assert_close(five.conv1.weight[:, 3:5], source.conv1.weight[:, :2] * 3 / 5)
+
+
+def test_legacy_pth_loads_and_code_pickles_are_refused(tmp_path: Path) -> None:
+    source = zoo.create_model("resnet20")
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, tmp_path / "ok.pth"
+    )
+    loaded = zoo.create_model("resnet20", checkpoint_path=tmp_path / "ok.pth")
+    torch.testing.assert_close(loaded.fc.weight, source.fc.weight)
+    torch.save({"model": source}, tmp_path / "code.pth")  # a pickled module needs its class code to load
+    with pytest.raises(zoo.UnsafeCheckpointError, match="needs code execution"):
+        zoo.create_model("resnet20", checkpoint_path=tmp_path / "code.pth")
+
+
+def test_strict_keys(tmp_path: Path) -> None:
+    state = dict(zoo.create_model("resnet20").state_dict())
+    state["extra.weight"] = torch.zeros(1)
+    del state["layer1.0.conv1.weight"]
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "bad.safetensors")
+    with pytest.raises(zoo.StateDictError, match=r"missing keys: layer1.0.conv1.weight; unexpected keys: extra.weight"):
+        zoo.create_model("resnet20", checkpoint_path=tmp_path / "bad.safetensors")
+    with pytest.raises(
+        zoo.StateDictError, match=r"misshapen keys: conv1.weight: weights \(16, 3, 3, 3\), model \(64, 3, 7, 7\)"
+    ):
+        zoo.create_model("resnet18", checkpoint_path=tmp_path / "bad.safetensors")
+
+
+def test_local_dir_folder(tmp_path: Path) -> None:
+    source = zoo.create_model("resnet20", num_classes=4)
+    config = hub.folder_config("resnet20", source.cfg.to_dict(), source.pretrained_cfg, num_features=64)
+    hub.save_model_folder(tmp_path / "run", source.state_dict(), config)
+    loaded = zoo.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True)
+    assert loaded.num_classes == 4
+    torch.testing.assert_close(loaded.fc.weight, source.fc.weight)
+
+
+def test_unknown_tag() -> None:
+    with pytest.raises(
+        zoo.UnknownModelError, match=r"unknown weights resnet50.tv3_in1k; resnet50 has .*resnet50.tv2_in1k"
+    ):
+        get_weights("resnet50.tv3_in1k")

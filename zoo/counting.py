@@ -1,0 +1,150 @@
+"""Parameters, MACs, FLOPs and activations of models (fvcore), and ``zoo count``.
+
+Convention, stated in every output: a MAC is one fused multiply-add. fvcore calls
+it a "flop"; real floating-point operations are about twice as many (FLOPs = 2 x
+MACs). "conv+linear" MACs are what torchvision documents as "GFLOPS"; the fvcore
+total adds the norms. Element-wise adds, activations and pooling are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+CONVENTION = (
+    "MACs = fused multiply-adds (fvcore's 'flops'); FLOPs = 2 x MACs. conv+linear MACs = torchvision's "
+    "'GFLOPS'; total MACs add the norms. Adds, activations and pooling are not counted."
+)
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+@dataclass
+class Cost:
+    model: str
+    input_size: tuple[int, int, int]
+    params: int
+    macs: float  # fvcore total: conv + linear + norms
+    conv_linear_macs: float
+    activations: int  # output elements of convs and linears (fvcore's activation count)
+    stages: dict[str, float] = field(default_factory=dict)  # MACs per stem/stage/head, on request
+
+    @property
+    def flops(self) -> float:
+        return 2 * self.macs
+
+
+def _stage_of(module_name: str) -> str:
+    top = module_name.split(".")[0]
+    return top if top.startswith("layer") else ("head" if top in ("fc", "global_pool") else "stem")
+
+
+def count(
+    model: nn.Module, input_size: tuple[int, int, int] | None = None, *, name: str = "", stages: bool = False
+) -> Cost:
+    """The cost of ``model`` for one image of ``input_size`` (default: its pretrained_cfg's)."""
+    with warnings.catch_warnings():  # fvcore imports torch.jit.script, deprecated in torch 2.x
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
+
+    size = tuple(input_size or model.pretrained_cfg["input_size"])
+    x = torch.zeros(1, *size)
+    model = model.eval()
+    logging.getLogger("fvcore").setLevel(logging.ERROR)  # "unsupported op aten::add" is expected
+    with torch.no_grad():
+        flops = FlopCountAnalysis(model, x)
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        by_op = flops.by_operator()
+        acts = ActivationCountAnalysis(model, x)
+        acts.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        per_stage: dict[str, float] = {}
+        if stages:
+            for module, macs in flops.by_module().items():
+                if module and "." not in module:  # top-level children only
+                    per_stage[_stage_of(module)] = per_stage.get(_stage_of(module), 0) + macs
+    return Cost(
+        model=name or type(model).__name__,
+        input_size=size,  # type: ignore[arg-type]
+        params=sum(p.numel() for p in model.parameters()),
+        macs=float(flops.total()),
+        conv_linear_macs=float(by_op.get("conv", 0) + by_op.get("linear", 0) + by_op.get("addmm", 0)),
+        activations=int(acts.total()),
+        stages=per_stage,
+    )
+
+
+def count_models(
+    names: list[str], input_size: int | None = None, *, stages: bool = False, progress: bool = True
+) -> list[Cost]:
+    """Costs of registered models (names or fnmatch patterns), each at its own or the given input size."""
+    from tqdm import tqdm
+
+    from .factory import create_model
+    from .registry import get_entry, list_models
+
+    resolved = [
+        n for pattern in names for n in (list_models(pattern) if any(c in pattern for c in "*?[") else [pattern])
+    ]
+    if not resolved:
+        raise ConfigError("models", f"no registered model matches {' '.join(names)}; see `zoo list`")
+    costs = []
+    for name in tqdm(resolved, desc="count", disable=not progress, leave=False):
+        get_entry(name)
+        model = create_model(name)
+        size = model.pretrained_cfg["input_size"]
+        costs.append(count(model, (size[0], input_size, input_size) if input_size else size, name=name, stages=stages))
+    return costs
+
+
+def render(costs: list[Cost], fmt: str = "table") -> str:
+    """The costs as an aligned table, markdown, CSV or JSON."""
+    if fmt not in FORMATS:
+        raise ConfigError("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "json":
+        return json.dumps(
+            {"convention": CONVENTION, "models": [{**asdict(c), "flops": c.flops} for c in costs]}, indent=2
+        )
+    stage_names = sorted({s for c in costs for s in c.stages}, key=lambda s: (s != "stem", s == "head", s))
+    header = ["model", "input", "params (M)", "conv+linear MACs (G)", "total MACs (G)", "FLOPs (G)", "activations (M)"]
+    header += [f"{s} MACs (G)" for s in stage_names]
+    rows = [
+        [
+            c.model, "x".join(map(str, c.input_size[1:])), f"{c.params / 1e6:.3f}", f"{c.conv_linear_macs / 1e9:.3f}",
+            f"{c.macs / 1e9:.3f}", f"{c.flops / 1e9:.3f}", f"{c.activations / 1e6:.2f}",
+            *(f"{c.stages.get(s, 0) / 1e9:.3f}" for s in stage_names),
+        ]
+        for c in costs
+    ]  # fmt: skip
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(rows)
+        return out.getvalue()
+    from .cli import format_table
+
+    note = f"{CONVENTION}\n\n" if fmt == "table" else f"_{CONVENTION}_\n\n"
+    return note + format_table(header, rows, markdown=fmt == "markdown")
+
+
+def count_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:  # `zoo count`
+    parser.add_argument("models", nargs="+", help="names or fnmatch patterns, e.g. 'resnet*'")
+    parser.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
+    parser.add_argument("--stages", action="store_true", help="MACs per stem, stage and head")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+
+    def run(args: argparse.Namespace) -> int:
+        print(render(count_models(args.models, args.input_size, stages=args.stages), args.format))
+        return 0
+
+    return run

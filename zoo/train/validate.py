@@ -1,0 +1,120 @@
+"""``zoo validate`` (and ``tools/validate.py``): top-1/top-5 and loss with the model's own eval transform."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import create_model
+from ..data import create_transform, resolve_data_config
+from ..errors import ConfigError, ZooError
+from ..hub import save_json
+from .data import DATASETS, FileBatches, TensorBatches, load_dataset
+from .engine import Processes, evaluate
+
+SPLITS = ("val", "test", "train")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registered name (with tag), hf-hub:..., local-dir:... or YAML")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--pretrained", action="store_true", help="the model's published weights")
+    source.add_argument("--checkpoint", default=None, help="a weights file or a training checkpoint folder")
+    p.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    p.add_argument("--root", default="data", help="dataset folder, or a .tar.gz of an image folder")
+    p.add_argument("--split", choices=SPLITS, default="val", help="val: val/ or the seeded split the trainer carves")
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--output", default=None, help="JSON file for the result (default: runs/validate/<model>.json)")
+
+
+def validate(args: argparse.Namespace) -> dict[str, Any]:
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
+        model = create_model(f"local-dir:{checkpoint}", pretrained=True)
+    else:
+        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=checkpoint)
+    procs = Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(procs.device)
+    data = load_dataset(
+        args.dataset, args.root, val_split=args.val_split, split_seed=args.split_seed, download=args.download,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+    )  # fmt: skip
+    split = getattr(data, args.split)
+    if split is None:
+        raise ConfigError("--split", f"{args.dataset} at {args.root!r} has no {args.split} split")
+    classes = getattr(model, "num_classes", None)
+    if classes is not None and classes != data.num_classes:
+        raise ConfigError("--model", f"has {classes} classes, the dataset {data.num_classes}")
+    config = resolve_data_config(model, use_test_size=True)
+    side = config["input_size"][-1]
+    if split.images is not None and split.images.shape[-1] == side and config["crop_pct"] == 1.0:
+        # Images already at the model's size, full crop: the transform is only the normalization.
+        batches: Any = TensorBatches(
+            split, batch_size=args.batch_size, train=False, mean=config["mean"], std=config["std"]
+        )
+    elif split.files:
+        batches = FileBatches(
+            split, batch_size=args.batch_size, train=False, transform=create_transform(config), workers=args.workers
+        )
+    else:
+        raise ConfigError(
+            "--model", f"expects {side}px inputs; this in-memory dataset has {split.images.shape[-1]}px images"
+        )  # type: ignore[union-attr]
+    start = time.perf_counter()
+    metrics = evaluate(model, batches, procs, args.precision)
+    return {
+        "model": args.model,
+        "weights": str(checkpoint) if checkpoint else model.pretrained_cfg.get("tag", "random init"),
+        "dataset": args.dataset,
+        "split": args.split,
+        "images": len(split),
+        "top1": round(metrics["acc1"], 3),
+        "top5": round(metrics["acc5"], 3),
+        "loss": round(metrics["loss"], 4),
+        "input_size": list(config["input_size"]),
+        "crop_pct": config["crop_pct"],
+        "interpolation": config["interpolation"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        result = validate(args)
+    except ZooError as e:
+        print(f"zoo validate: error: {e}", file=sys.stderr)
+        return 2
+    r = result
+    print(
+        f"{r['model']} ({r['weights']}) on {r['dataset']} {r['split']} ({r['images']} images): "
+        f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
+    )
+    output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}.json"
+    save_json(output, result)
+    return 0
+
+
+def validate_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:  # `zoo validate`
+    add_arguments(parser)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="validate.py", description="Top-1/top-5 of a zoo model")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

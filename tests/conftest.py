@@ -1,9 +1,45 @@
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
+import sys
+import tempfile
 
 import pytest
 import torch
+
+# Tests never touch the user's caches, never phone home, and never leave this machine.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="zoo-tests-")
+os.environ["HF_HOME"] = os.path.join(_SESSION_CACHE, "hf")
+os.environ["ZOO_CACHE"] = os.path.join(_SESSION_CACHE, "zoo")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+for _var in ("HF_ENDPOINT", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+    os.environ.pop(_var, None)
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a dead local port: a stray download fails fast, here
+
+
+def _loopback_only(event: str, args: tuple) -> None:
+    """Refuse any connection that would leave this machine (audit hook: covers every library)."""
+    if event == "socket.connect":
+        address = args[1]
+        if isinstance(address, tuple) and address:
+            host = str(address[0])
+            try:
+                local = ipaddress.ip_address(host.split("%")[0]).is_loopback
+            except ValueError:
+                local = host == "localhost"
+            if not local:
+                raise ConnectionRefusedError(f"tests may only connect to 127.0.0.1, not {host}")
+    elif event == "socket.getaddrinfo" and args and args[0] not in (None, "localhost", b"localhost"):
+        host = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise socket.gaierror(f"tests may not resolve {host!r}") from None
+
+
+sys.addaudithook(_loopback_only)
 
 # Two cores here: one intra-op thread per core.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import json
 import re
 import socket
 import subprocess
@@ -165,6 +167,9 @@ class FakeHub:
             def do_GET(self) -> None:
                 hub._answer(self, head=False)
 
+            def do_POST(self) -> None:
+                hub._post(self)
+
         self._server = _Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -183,6 +188,37 @@ class FakeHub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _post(self, h: BaseHTTPRequestHandler) -> None:
+        """The upload side, as HfApi uses it: create a repo, preupload (all "regular"), commit."""
+        path = urlsplit(h.path).path
+        body = h.rfile.read(int(h.headers.get("Content-Length", 0)))
+        self.requests.append(("POST", path))
+        reply: object = {}
+        if path == "/api/repos/create":
+            request = json.loads(body)
+            repo_id = f"{request.get('organization') or 'user'}/{request['name']}"
+            self.repos.setdefault(repo_id, {})
+            reply = {"url": f"{self.url}/{repo_id}"}
+        elif path == "/api/validate-yaml":
+            reply = {"warnings": []}
+        elif m := re.match(r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/[^/]+$", path):
+            files = json.loads(body)["files"]
+            reply = {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+        elif m := re.match(r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/[^/]+$", path):
+            repo = self.repos.setdefault(m["repo"], {})
+            for line in body.splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    repo[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            self.commit = hashlib.sha1(repr(sorted((k, sorted(v)) for k, v in self.repos.items())).encode()).hexdigest()
+            reply = {"commitUrl": f"{self.url}/{m['repo']}/commit/{self.commit}", "commitOid": self.commit}
+        data = json.dumps(reply).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
 
     def _find(self, sha: str) -> bytes | None:
         return next(

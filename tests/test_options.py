@@ -160,7 +160,8 @@ def test_torch_export_matches_eager(name: str) -> None:
 BAD = [
     (dict(norm_layer="batchnorm"), r"norm_layer: 'batchnorm' is not one of .*'batch_norm'.*did you mean 'batch_norm'"),
     (dict(act_layer="swish"), r"act_layer: 'swish' is not one of 'relu'"),
-    (dict(output_stride=12), r"output_stride: expected a power of two >= 8 \(8, 16, 32, ...\), got 12"),
+    (dict(output_stride=12), r"output_stride: expected a power of two >= 4, the stem's stride \(4, 8, 16, 32, ...\), got 12"),
+    (dict(output_stride=2), r"output_stride: expected a power of two >= 4.* got 2"),
     (dict(in_chans=0), r"in_chans: expected a positive integer, got 0"),
     (dict(num_classes=-1), r"num_classes: expected an integer >= 0, got -1"),
     (dict(num_classes=2.5), r"num_classes: expected an integer >= 0, got 2.5"),

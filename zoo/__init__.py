@@ -1,7 +1,10 @@
 """resnet-zoo: the ResNet family, exact and fast, with pretrained weights."""
 
+from . import pretrained as _pretrained  # noqa: F401  (registers the weight tags)
 from . import variants as _variants  # noqa: F401  (registers the model table)
 from .config import ResNetConfig
+from .counting import count
+from .data import create_transform, resolve_data_config
 from .errors import (
     ConfigError,
     RegistryError,
@@ -12,11 +15,13 @@ from .errors import (
     WeightsNotFoundError,
     ZooError,
 )
-from .factory import create_model
+from .factory import create_model, create_model_from_config
 from .features import FeatureExtractor, FeatureInfo
-from .registry import is_model, list_models, list_pretrained, register_model
+from .registry import is_model, list_models, list_pretrained, register_model, register_weights
 from .resnet import ResNet
 from .variants import register_resnet
+from .weights import Weights
+from .yaml_config import model_config, save_config
 
 __version__ = "0.1.0"
 
@@ -30,13 +35,21 @@ __all__ = [
     "StateDictError",
     "UnknownModelError",
     "UnsafeCheckpointError",
+    "Weights",
     "WeightsIntegrityError",
     "WeightsNotFoundError",
     "ZooError",
+    "count",
     "create_model",
+    "create_model_from_config",
+    "create_transform",
     "is_model",
     "list_models",
     "list_pretrained",
+    "model_config",
     "register_model",
     "register_resnet",
+    "register_weights",
+    "resolve_data_config",
+    "save_config",
 ]

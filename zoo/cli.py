@@ -67,7 +67,7 @@ def info_command(parser: argparse.ArgumentParser) -> Runner:
             raise ZooError(f"no weights match {' '.join(args.names)}; see `zoo list --pretrained`")
         header = ["weights", "top-1", "top-5", "params", "MACs", "train / test size", "interp.", "license", "source"]
         print(format_table(header, rows))
-        print("\ntop-1/top-5 as published, at the test size; MACs at the train size (fused multiply-adds).")
+        print("\ntop-1/top-5 as published and MACs (fused multiply-adds, incl. norms), both at the test size.")
         return 0
 
     return run

@@ -58,8 +58,8 @@ class ResNetConfig:
     in_chans: int = 3
     norm_layer: Norm = "batch_norm"
     act_layer: Act = "relu"
-    output_stride: int = 32  # 8 or 16: later stages dilate instead of striding (segmentation);
-    #                          a power of two >= 8, larger than the net's own stride means no cap
+    output_stride: int = 32  # 8 or 16: later stages dilate instead of striding (segmentation); a power
+    #                          of two >= the stem's stride; above the net's own stride it changes nothing
     drop_rate: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this over the blocks
     first_stage_shortcut_conv: bool = False  # project stage 1's shortcut even when shapes match
@@ -189,9 +189,12 @@ def _validate(cfg: ResNetConfig) -> None:
     _check_int("in_chans", cfg.in_chans, 1)
     _check_choice("norm_layer", cfg.norm_layer, NORMS)
     _check_choice("act_layer", cfg.act_layer, ACTS)
-    stride = cfg.output_stride
-    if not _is_int(stride) or stride < 8 or stride & (stride - 1):
-        raise ConfigError("output_stride", f"expected a power of two >= 8 (8, 16, 32, ...), got {stride!r}")
+    stride, least = cfg.output_stride, cfg.stem_stride
+    if not _is_int(stride) or stride < least or stride & (stride - 1):
+        allowed = ", ".join(str(least * 2**i) for i in range(4 if least == 4 else 5))
+        raise ConfigError(
+            "output_stride", f"expected a power of two >= {least}, the stem's stride ({allowed}, ...), got {stride!r}"
+        )
     _check_rate("drop_rate", cfg.drop_rate)
     _check_rate("drop_path_rate", cfg.drop_path_rate)
     for name in ("first_stage_shortcut_conv", "zero_init_last"):

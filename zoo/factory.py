@@ -6,7 +6,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import hub
+from . import hub, yaml_config
 from .config import ResNetConfig
 from .errors import ConfigError, StateDictError, UnknownModelError, WeightsNotFoundError
 from .features import FeatureExtractor
@@ -37,6 +37,12 @@ class Source:
     weights: Weights | None = None
     tag: str | None = None  # "arch.tag" of the weights
     folder: Path | None = None  # a local Hub-layout folder holding the weights
+    out_indices: tuple[int, ...] | None = None  # default feature maps (a YAML config's return_stage_idx)
+
+
+def _config_source(name: str, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Source:
+    cfg, out_indices = yaml_config.load(path_or_mapping)
+    return Source(name, lambda **options: ResNet(cfg.replace(**options)), out_indices=out_indices)
 
 
 def _from_folder_config(config: dict[str, Any], name: str) -> Callable[..., nn.Module]:
@@ -79,9 +85,7 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
         weights = _folder_weights(config, repo_id, revision or None)
         return Source(name, _from_folder_config(config, name), weights, name)
     if name.endswith((".yaml", ".yml")):
-        from .yaml_config import builder_from_yaml
-
-        return Source(name, builder_from_yaml(name))
+        return _config_source(name, name)
     entry = get_entry(name)
     tag = split_name(name)[1]
     try:
@@ -129,8 +133,33 @@ def _weights_file(
         ) from e
 
 
-def create_model(
-    model_name: str,
+def create_model(model_name: str, pretrained: bool = False, **options: Any) -> nn.Module:
+    """Build a model by name, optionally with pretrained weights.
+
+    Args:
+        model_name: ``arch`` or ``arch.tag`` (``"resnet50.tv2_in1k"``), ``"hf-hub:org/repo[@revision]"``,
+            ``"local-dir:PATH"`` (a Hub-layout folder), or the path of a YAML backbone config.
+        pretrained: load the weights the name points to (``arch`` alone: its most accurate weights).
+        **options: see :func:`build`: ``features_only``, ``out_indices``, ``checkpoint_path``, ...,
+            and architecture options (``num_classes``, ``in_chans``, ``norm_layer``, ...).
+    """
+    return build(resolve(model_name, cache_dir=options.get("cache_dir")), pretrained, **options)
+
+
+def create_model_from_config(
+    path_or_mapping: str | os.PathLike[str] | Mapping[str, Any], pretrained: bool = False, **options: Any
+) -> nn.Module:
+    """Build the ResNet a YAML backbone config (NetsPresso schema) describes; options as for create_model.
+
+    The config's ``return_stage_idx`` is the default ``out_indices`` of ``features_only=True``.
+    A config names no weights: ``pretrained=True`` needs ``checkpoint_path=``.
+    """
+    name = str(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<config>"
+    return build(_config_source(name, path_or_mapping), pretrained, **options)
+
+
+def build(
+    source: Source,
     pretrained: bool = False,
     *,
     features_only: bool = False,
@@ -142,12 +171,9 @@ def create_model(
     cache_dir: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a model by name, optionally with pretrained weights.
+    """Build ``source``'s model, load its weights, wrap it as a backbone if asked.
 
     Args:
-        model_name: ``arch`` or ``arch.tag`` (``"resnet50.tv2_in1k"``), ``"hf-hub:org/repo"``,
-            ``"local-dir:PATH"`` (a Hub-layout folder), or a path to a YAML backbone config.
-        pretrained: load the weights the name points to (``arch`` alone: its best weights).
         features_only: return a backbone whose forward gives a list of feature maps.
         out_indices: which feature maps (0 = stem, 1.. = stages); default all.
         frozen_stages: with ``features_only``: freeze the stem and the first k stages (-1: none).
@@ -163,7 +189,6 @@ def create_model(
         raise ConfigError(
             "features_only", "out_indices, frozen_stages and norm_eval only apply with features_only=True"
         )
-    source = resolve(model_name, cache_dir=cache_dir)
     overlay = dict(pretrained_cfg_overlay or {})
     checkpoint_path = checkpoint_path or overlay.pop("file", None)
     if overlay and source.weights is not None:
@@ -177,10 +202,11 @@ def create_model(
         path = _weights_file(source, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
         state = hub.load_state_dict(path)
         model = _build_with_weights(source, state, kwargs)
-        log.info("loaded %s from %s", source.tag or model_name, path)
-    if source.weights is not None and (pretrained or source.tag == model_name):
+        log.info("loaded %s from %s", source.tag or source.name, path)
+    if source.weights is not None and (pretrained or source.tag == source.name):
         _describe_weights(model, source, kwargs.get("in_chans", 3))
     if features_only:
+        out_indices = source.out_indices if out_indices is None else out_indices
         model = FeatureExtractor(model, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
     return model
 

@@ -420,7 +420,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     mean, std = _normalization(args, model, data)
-    model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(mean), "std": tuple(std)}
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
 
     train_batches = _batches(args, data.train, True, model, mean, std, procs)
     val_batches = _batches(args, data.val, False, model, mean, std, procs)

@@ -1,0 +1,479 @@
+#!/usr/bin/env python
+"""Throughput and latency of zoo models: GPU first, CPU too.
+
+    python benchmarks/throughput.py --models resnet50 --batch-sizes 1 8 32 --optimize --dtype bf16 \\
+        --baseline torchvision
+    python benchmarks/throughput.py --models resnet18_cifar --mode train --batch-sizes 128 \\
+        --dtype bf16 --channels-last --baseline eager
+    python benchmarks/throughput.py --smoke
+
+Modes: ``infer`` (forward under inference_mode), ``train`` (forward, backward, SGD step)
+and ``latency`` (batch 1). Warm-up iterations are excluded; each configuration is
+timed in ``--repeats`` rounds of ``--iters`` iterations, interleaved with its
+baseline when one is asked for, so the speed-up ratio is measured under the same
+machine conditions. Every row carries its environment. Outputs: a table, JSON
+and CSV files and a PNG plot of img/s against batch size in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import zoo
+from zoo.cli import format_table
+from zoo.errors import ZooError
+from zoo.optimize import DTYPES, optimize_for_inference
+
+MODES = ("infer", "train", "latency")
+BASELINES = ("none", "torchvision", "eager")
+TORCHVISION_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                     "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}  # fmt: skip
+
+
+class BadInput(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+# --- environment --------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "device": device.type,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "commit": git_commit(),
+    }
+
+
+class PeakMemory:
+    """Peak memory of a measured block: CUDA's max allocated, or the process's peak RSS on CPU.
+
+    On Linux the RSS high-water mark is reset for each block (``/proc/self/clear_refs``);
+    elsewhere it is the process peak so far.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- what is timed ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setting:
+    model: str
+    mode: str
+    batch_size: int
+    img_size: int
+    dtype: str
+    channels_last: bool
+    compile: bool
+    optimize: bool
+    label: str = ""  # "zoo" or the baseline's name
+
+    def describe(self) -> str:
+        parts = [self.dtype, "NHWC" if self.channels_last else "NCHW"]
+        parts += ["optimize"] if self.optimize else (["compile"] if self.compile else ["eager"])
+        return f"{self.label}:{'/'.join(parts)}"
+
+
+@dataclass
+class Result:
+    setting: Setting
+    img_per_s: list[float] = field(default_factory=list)  # one per repeat
+    latencies_ms: list[float] = field(default_factory=list)  # one per iteration
+    peak_mb: float = 0.0
+
+    def row(self, env: dict[str, Any], macs: float, ceiling: dict[str, float]) -> dict[str, Any]:
+        s, ips = self.setting, sorted(self.img_per_s)
+        lat = sorted(self.latencies_ms)
+        q = lambda xs, p: xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]  # noqa: E731
+        median = statistics.median(ips)
+        achieved = 2 * macs * median / 1e9 * (3 if s.mode == "train" else 1)  # backward ~ 2x forward
+        row = {
+            **asdict(s),
+            "config": s.describe(),
+            "img_per_s": round(median, 2),
+            "img_per_s_p10": round(q(ips, 0.1), 2),
+            "img_per_s_p90": round(q(ips, 0.9), 2),
+            "latency_ms_p50": round(q(lat, 0.5), 3),
+            "latency_ms_p90": round(q(lat, 0.9), 3),
+            "latency_ms_p99": round(q(lat, 0.99), 3),
+            "peak_mem_mb": round(self.peak_mb, 1),
+            "gflops_achieved": round(achieved, 1),
+            **env,
+        }
+        for kind, value in ceiling.items():
+            row[f"pct_of_{kind}_ceiling"] = round(100 * achieved / value, 1) if value else None
+        return row
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
+
+
+def build_step(setting: Setting, device: torch.device, compile_mode: str | None) -> Callable[[], None]:
+    """The closure one iteration runs, with its model and data ready on the device."""
+    if setting.label == "torchvision":
+        import torchvision
+
+        model: nn.Module = getattr(torchvision.models, setting.model)()
+    else:
+        model = zoo.create_model(setting.model)
+    model.to(device)
+    in_chans = model.pretrained_cfg["input_size"][0] if hasattr(model, "pretrained_cfg") else 3
+    x = torch.randn(setting.batch_size, in_chans, setting.img_size, setting.img_size, device=device)
+    if setting.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    if setting.mode == "train":
+        model.train()
+        y = torch.randint(0, getattr(model, "num_classes", 1000) or 1000, (setting.batch_size,), device=device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        run = torch.compile(model, mode=compile_mode) if setting.compile else model
+
+        def train_step() -> None:
+            with _autocast(device, setting.dtype):
+                loss = nn.functional.cross_entropy(run(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return train_step
+
+    model.eval()
+    if setting.optimize:
+        fast = optimize_for_inference(model, setting.dtype, compile=setting.compile, compile_mode=compile_mode)
+
+        def optimized_step() -> None:
+            fast(x)
+
+        return optimized_step
+    run = torch.compile(model, mode=compile_mode) if setting.compile else model
+
+    def infer_step() -> None:
+        with torch.inference_mode(), _autocast(device, setting.dtype):
+            run(x)
+
+    return infer_step
+
+
+def time_round(step: Callable[[], None], iters: int, device: torch.device, batch: int) -> tuple[float, list[float]]:
+    """img/s over ``iters`` iterations and each iteration's latency (ms); CUDA events on GPU."""
+    latencies = []
+    if device.type == "cuda":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+        starts[0].record()
+        for i in range(iters):
+            step()
+            starts[i + 1].record()
+        torch.cuda.synchronize(device)
+        latencies = [starts[i].elapsed_time(starts[i + 1]) for i in range(iters)]
+        total = sum(latencies) / 1000
+    else:
+        begin = time.perf_counter()
+        for _ in range(iters):
+            t = time.perf_counter()
+            step()
+            latencies.append((time.perf_counter() - t) * 1000)
+        total = time.perf_counter() - begin
+    return batch * iters / total, latencies
+
+
+# --- the ceiling ------------------------------------------------------------------------------------------
+
+
+def measure_ceiling(device: torch.device, dtype: str, seconds: float = 2.0) -> dict[str, float]:
+    """The device's GFLOP/s for ``dtype`` on a large 3x3 conv (channels_last) and a large matmul."""
+
+    def rate(fn: Callable[[], Any], flops: float) -> float:
+        fn()
+        _sync(device)
+        n, begin = 0, time.perf_counter()
+        while time.perf_counter() - begin < seconds:
+            fn()
+            n += 1
+        _sync(device)
+        return flops * n / (time.perf_counter() - begin) / 1e9
+
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(32, 256, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    conv_flops = 2 * 32 * 28 * 28 * 256 * 256 * 9
+    a = torch.randn(2048, 2048, device=device)
+    b = torch.randn(2048, 2048, device=device)
+    with torch.inference_mode(), _autocast(device, dtype):
+        return {
+            "conv": round(rate(lambda: conv(x), conv_flops), 1),
+            "matmul": round(rate(lambda: a @ b, 2 * 2048**3), 1),
+        }
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["resnet50"], help="names or fnmatch patterns")
+    p.add_argument("--mode", nargs="+", choices=MODES, default=["infer"])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[32])
+    p.add_argument("--img-size", type=int, default=None, help="default: each model's own input size")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="autocast dtype (weights too with --optimize)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
+    p.add_argument("--compile-mode", default=None, help="e.g. max-autotune")
+    p.add_argument("--optimize", action="store_true", help="zoo.optimize_for_inference: fold BN, NHWC, dtype, compile")
+    p.add_argument("--baseline", choices=BASELINES, default="none",
+                   help="torchvision: its model, eager fp32 NCHW; eager: the same zoo model, eager fp32 NCHW")  # fmt: skip
+    p.add_argument("--warmup", type=int, default=3, help="iterations before timing (compilation happens here)")
+    p.add_argument("--iters", type=int, default=10, help="iterations per timed round")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the roofline measurement")
+    p.add_argument("--out", default="runs/bench", help="folder for results.json, results.csv, throughput.png")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long check: resnet20, batch 2, 2 iterations")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.models, args.mode, args.batch_sizes, args.img_size = ["resnet20"], ["infer", "train"], [2], 32
+        args.warmup, args.iters, args.repeats, args.no_ceiling = 1, 2, 1, True
+    return args
+
+
+def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
+    """Validate everything before any timing; each problem is one clear line."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    models = []
+    for pattern in args.models:
+        found = zoo.list_models(pattern) if any(c in pattern for c in "*?[") else ([pattern] if zoo.is_model(pattern) else [])
+        if not found:
+            from zoo.errors import suggest
+
+            raise BadInput(f"--models: {pattern!r} matches no registered model{suggest(pattern, zoo.list_models())}")
+        models += found
+    for b in args.batch_sizes:
+        if b < 1:
+            raise BadInput(f"--batch-sizes: {b} is not a positive batch size")
+    if args.iters < 1 or args.repeats < 1 or args.warmup < 0:
+        raise BadInput("--iters and --repeats must be >= 1, --warmup >= 0")
+    if args.dtype == "fp16" and device.type == "cpu":
+        raise BadInput("--dtype fp16 needs a CUDA device; on a CPU use bf16 (fast with AVX-512 BF16 or AMX)")
+    if args.compile:
+        problem = compile_problem(device)
+        if problem:
+            raise BadInput(f"--compile: torch.compile is unavailable here: {problem}; run without --compile")
+    if args.baseline == "torchvision":
+        missing = [m for m in models if m not in TORCHVISION_ARCHS]
+        if missing:
+            raise BadInput(f"--baseline torchvision: torchvision has no {', '.join(missing)}; use --baseline eager")
+    return device, models
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot work here, or None."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"TorchDynamo does not support Python {platform.python_version()} with torch {torch.__version__}"
+    compiler = os.environ.get("CXX", "g++")
+    if device.type == "cpu" and not (shutil.which(compiler) or shutil.which("clang++")):
+        return f"inductor needs a C++ compiler for CPU code and {compiler!r} is not on PATH"
+    return None
+
+
+def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[Setting, Setting | None]]:
+    pairs = []
+    for model in models:
+        size = args.img_size or zoo.create_model(model).pretrained_cfg["input_size"][-1]
+        for mode in args.mode:
+            for batch in [1] if mode == "latency" else args.batch_sizes:
+                ours = Setting(model, mode, batch, size, args.dtype, args.channels_last or args.optimize,
+                               args.compile, args.optimize and mode != "train", label="zoo")  # fmt: skip
+                base = None
+                if args.baseline != "none":
+                    base = Setting(model, mode, batch, size, "fp32", False, False, False, label=args.baseline)
+                pairs.append((ours, base))
+    return pairs
+
+
+def write(out: Path, rows: list[dict[str, Any]], ceiling: dict[str, float], ratios: list[dict[str, Any]]) -> None:
+    from zoo.hub import atomic_write, save_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(out / "results.json", {"ceiling_gflops": ceiling, "speedups": ratios, "rows": rows})
+    if rows:
+        with atomic_write(out / "results.csv", "w") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        plot(out / "throughput.png", rows)
+
+
+def plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    from zoo.hub import atomic_write
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[str, list[tuple[int, float, float, float]]] = {}
+    for r in rows:
+        key = f"{r['model']} {r['mode']} {r['config']}"
+        series.setdefault(key, []).append((r["batch_size"], r["img_per_s"], r["img_per_s_p10"], r["img_per_s_p90"]))
+    for key, points in series.items():
+        points.sort()
+        xs = [p[0] for p in points]
+        ax.errorbar(xs, [p[1] for p in points], yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]],
+                    marker="o", capsize=3, label=key)  # fmt: skip
+    ax.set(xscale="log", xlabel="batch size", ylabel="images / s (median, p10-p90)",
+           title=f"{rows[0]['device_name']}, torch {rows[0]['torch']}, {rows[0]['threads']} threads")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device, models = check(args)
+        pairs = settings_for(args, models)
+    except (BadInput, ZooError) as e:
+        print(f"throughput.py: error: {e}", file=sys.stderr)
+        return 2
+    env = environment(device)
+    out = Path(args.out)
+    rows: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
+    ceiling: dict[str, float] = {}
+    memory = PeakMemory(device)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill also writes what is done
+    try:
+        if not args.no_ceiling:
+            ceiling = measure_ceiling(device, args.dtype)
+            print(f"ceiling ({args.dtype}, {env['device_name']}): conv {ceiling['conv']} GFLOP/s, "
+                  f"matmul {ceiling['matmul']} GFLOP/s", flush=True)  # fmt: skip
+        for ours, base in pairs:
+            macs = zoo.count(zoo.create_model(ours.model), (3, ours.img_size, ours.img_size)).conv_linear_macs
+            results = [Result(ours)] + ([Result(base)] if base else [])
+            steps = []
+            for result in results:
+                memory.reset()
+                step = build_step(result.setting, device, args.compile_mode)
+                for _ in range(args.warmup):
+                    step()
+                _sync(device)
+                result.peak_mb = memory.peak_mb()
+                steps.append(step)
+            for _ in range(args.repeats):  # interleaved: ours, baseline, ours, baseline, ...
+                for result, step in zip(results, steps, strict=True):
+                    ips, lat = time_round(step, args.iters, device, result.setting.batch_size)
+                    result.img_per_s.append(ips)
+                    result.latencies_ms += lat
+            new = [r.row(env, macs, ceiling) for r in results]
+            rows += new
+            for r in new:
+                pct = f", {r['pct_of_conv_ceiling']}% of conv ceiling" if ceiling else ""
+                print(f"{r['model']} {r['mode']} b{r['batch_size']} {r['config']}: {r['img_per_s']} img/s "
+                      f"(p10 {r['img_per_s_p10']}, p90 {r['img_per_s_p90']}), p50 {r['latency_ms_p50']} ms, "
+                      f"{r['gflops_achieved']} GFLOP/s{pct}", flush=True)  # fmt: skip
+            if base:
+                ratio = new[0]["img_per_s"] / new[1]["img_per_s"]
+                ratios.append({"model": ours.model, "mode": ours.mode, "batch_size": ours.batch_size,
+                               "ours": ours.describe(), "baseline": base.describe(), "speedup": round(ratio, 2)})  # fmt: skip
+                print(f"  speed-up over {base.describe()}: {ratio:.2f}x", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: writing the rows finished so far", file=sys.stderr)
+        write(out, rows, ceiling, ratios)
+        return 130
+    write(out, rows, ceiling, ratios)
+    header = ["model", "mode", "batch", "config", "img/s", "p10", "p90", "p50 ms", "p99 ms", "GFLOP/s", "% conv ceil.", "peak MB"]
+    print()
+    print(format_table(header, [[r["model"], r["mode"], r["batch_size"], r["config"], r["img_per_s"], r["img_per_s_p10"],
+                                 r["img_per_s_p90"], r["latency_ms_p50"], r["latency_ms_p99"], r["gflops_achieved"],
+                                 r.get("pct_of_conv_ceiling", "-"), r["peak_mem_mb"]] for r in rows]))  # fmt: skip
+    for r in ratios:
+        print(f"speed-up {r['model']} {r['mode']} b{r['batch_size']}: {r['ours']} vs {r['baseline']} = {r['speedup']}x")
+    print(f"\n{env['device_name']} | torch {env['torch']} | {env['threads']} threads | commit {env['commit']}")
+    print(f"wrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'throughput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""Counting, fast inference, the throughput benchmark, conversion, publishing and the zoo command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from hubservers import FakeHub
+from safetensors.torch import save_file
+
+import zoo
+from zoo.cli import main as zoo_main
+from zoo.counting import count_models, render
+from zoo.optimize import fold_batch_norms, optimize_for_inference
+from zoo.pretrained import IMAGENET
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def run_script(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+# --- counting ---------------------------------------------------------------------------------------
+
+PUBLISHED_224 = {  # conv+linear MACs (torchvision "GFLOPS") and fvcore totals incl. norms, in G
+    "resnet18": (1.814, 1.82),
+    "resnet34": (3.664, 3.67),
+    "resnet50": (4.089, 4.11),
+    "resnet101": (7.801, 7.83),
+    "resnet152": (11.514, 11.56),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_224))
+def test_counts_reproduce_published_figures(name: str) -> None:
+    (cost,) = count_models([name], progress=False)
+    conv_linear, total = PUBLISHED_224[name]
+    assert cost.conv_linear_macs / 1e9 == pytest.approx(conv_linear, abs=0.0006)
+    assert cost.macs / 1e9 == pytest.approx(total, abs=0.006)
+    assert cost.flops == 2 * cost.macs and cost.params == sum(p.numel() for p in zoo.create_model(name).parameters())
+
+
+def test_cifar_counts_and_stages() -> None:
+    r18, r20 = count_models(["resnet18_cifar", "resnet20"], stages=True, progress=False)
+    assert r18.input_size == (3, 32, 32) and r18.macs / 1e9 == pytest.approx(0.557, abs=0.0015)
+    assert r20.macs / 1e9 == pytest.approx(0.041, abs=0.0006)
+    assert set(r20.stages) == {"stem", "layer1", "layer2", "layer3", "head"}
+    assert sum(r20.stages.values()) == pytest.approx(r20.macs)
+
+
+def test_count_formats() -> None:
+    costs = count_models(["resnet20"], progress=False)
+    table, markdown, csv_text = (render(costs, f) for f in ("table", "markdown", "csv"))
+    assert "fused multiply-adds" in table and "FLOPs = 2 x MACs" in table
+    assert markdown.splitlines()[2].startswith("| model") and "resnet20" in csv_text.splitlines()[1]
+    data = json.loads(render(costs, "json"))
+    assert data["models"][0]["flops"] == 2 * data["models"][0]["macs"] and "convention" in data
+
+
+@pytest.mark.parametrize(("full", "weights"), [(f"{a}.{t}", w) for (a, t), w in IMAGENET.items()])
+def test_weight_tags_record_the_models_size_and_cost(full: str, weights: zoo.Weights) -> None:
+    arch = full.split(".")[0]
+    size = (weights.test_input_size or weights.input_size)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in zoo.create_model(arch).parameters())
+    assert params == weights.num_params
+    if arch in {"resnet18", "resnet50d", "resnext50_32x4d"} or "tv2" in full:  # the counter is slow: a sample
+        (cost,) = count_models([arch], size[-1], progress=False)
+        assert cost.macs / 1e9 == pytest.approx(weights.gmacs, abs=0.0006)
+
+
+def test_zoo_count_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert zoo_main(["count", "resnet2*", "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| resnet20 " in out and "MACs" in out
+    assert zoo_main(["count", "nothing*"]) == 2
+
+
+# --- fast inference ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50d", "resnet20"])
+def test_folded_batch_norms_match_eval_model(name: str) -> None:
+    model = zoo.create_model(name).eval()
+    for m in model.modules():  # non-trivial statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    fused = fold_batch_norms(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    size = 32 if name == "resnet20" else 64
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_optimize_for_inference_features_and_bf16() -> None:
+    backbone = zoo.create_model("resnet18", features_only=True, out_indices=(2, 4)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    fast = optimize_for_inference(backbone, "fp32", compile=False)
+    with torch.no_grad():
+        for a, b in zip(fast(x), backbone(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert fast.feature_info.channels() == [128, 512]
+    model = zoo.create_model("resnet18").eval()
+    bf16 = optimize_for_inference(model, "bf16", compile=False)
+    out = bf16(x)
+    assert out.dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), atol=0.15, rtol=0.05)  # bf16 has 8 bits of mantissa
+    with pytest.raises(zoo.ConfigError, match=r"dtype: 'fp16' is for GPUs"):
+        optimize_for_inference(model, "fp16")
+    with pytest.raises(zoo.ConfigError, match=r"dtype: 'int4' is not one of 'fp32', 'bf16', 'fp16'|int4"):
+        optimize_for_inference(model, "int4")
+
+
+def test_optimize_with_inductor_matches_eager() -> None:
+    model = zoo.create_model("resnet20").eval()
+    x = torch.randn(4, 3, 32, 32)
+    fast = optimize_for_inference(model, "fp32", compile=True, example_input=x)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+# --- the benchmark -------------------------------------------------------------------------------------
+
+
+def test_benchmark_smoke_runs_quickly(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    result = run_script("benchmarks/throughput.py", "--smoke", "--out", str(tmp_path))
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {r["mode"] for r in data["rows"]} == {"infer", "train"}
+    row = data["rows"][0]
+    for key in ("device_name", "torch", "threads", "dtype", "channels_last", "compile", "commit", "img_per_s",
+                "img_per_s_p10", "img_per_s_p90", "latency_ms_p99", "peak_mem_mb"):  # fmt: skip
+        assert key in row
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "throughput.png").stat().st_size > 1000
+    assert elapsed < 60  # the issue's budget is 30 s on an idle machine; CI machines are shared
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "resnet5O"], "--models: 'resnet5O' matches no registered model; did you mean 'resnet50'"),
+        (["--batch-sizes", "0"], "--batch-sizes: 0 is not a positive batch size"),
+        (["--dtype", "fp16", "--device", "cpu"], "--dtype fp16 needs a CUDA device"),
+        (["--models", "resnet20", "--baseline", "torchvision"], "torchvision has no resnet20; use --baseline eager"),
+    ],
+)
+def test_benchmark_bad_input(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_script("benchmarks/throughput.py", *args, "--out", str(tmp_path), timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_benchmark_interrupted_keeps_finished_rows(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [PYTHON, "benchmarks/throughput.py", "--models", "resnet20", "--batch-sizes", "1", "2", "4", "8", "16", "32",
+         "--img-size", "32", "--iters", "3", "--repeats", "30", "--no-ceiling", "--out", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait for the first finished row
+        if "img/s" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "writing the rows finished so far" in err
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert 1 <= len(rows) < 6
+
+
+# --- conversion and publishing ----------------------------------------------------------------------------
+
+
+def test_convert_torchvision_checkpoint_checks_logits(tmp_path: Path) -> None:
+    reference = torchvision.models.resnet18()
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    result = run_script("tools/convert.py", str(tmp_path / "r18.pth"), "--arch", "resnet18", "--out", str(tmp_path / "r18.safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert "logits match resnet18 within" in result.stdout
+    loaded = zoo.create_model("resnet18", checkpoint_path=tmp_path / "r18.safetensors")
+    torch.testing.assert_close(loaded.fc.weight, reference.fc.weight)
+
+
+def test_convert_cifar_layout(tmp_path: Path) -> None:
+    source = zoo.create_model("resnet20")
+    renamed = {("linear." + k[3:] if k.startswith("fc.") else k): v for k, v in source.state_dict().items()}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in renamed.items()}, "best_prec1": 91.7}, tmp_path / "r20.th")
+    result = run_script("tools/convert.py", str(tmp_path / "r20.th"), "--arch", "resnet20", "--out", str(tmp_path / "r20.safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert "2 keys renamed" in result.stdout and "no reference model" in result.stdout
+    loaded = zoo.create_model("resnet20", checkpoint_path=tmp_path / "r20.safetensors")
+    torch.testing.assert_close(loaded.fc.weight, source.fc.weight)
+
+
+def test_push_to_hub_folder_loads_and_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = zoo.create_model("resnet20").eval()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
+    folder = tmp_path / "resnet20.mine"
+    result = run_script("tools/push_to_hub.py", "--weights", str(tmp_path / "w.safetensors"), "--arch", "resnet20",
+                        "--tag", "mine", "--out", str(folder), "--dry-run")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0") and "269,722" in card
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "resnet20" and config["pretrained_cfg"]["tag"] == "resnet20.mine"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(zoo.create_model(f"local-dir:{folder}", pretrained=True).eval()(x), source(x))
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with FakeHub({}) as server:
+        result = run_script("tools/push_to_hub.py", "--folder", str(folder), "--repo-id", "me/resnet20.mine",
+                            "--token", "hf_test", env={"HF_ENDPOINT": server.url})  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert set(server.repos["me/resnet20.mine"]) >= {"model.safetensors", "config.json", "README.md"}
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        with torch.no_grad():
+            pulled = zoo.create_model("hf-hub:me/resnet20.mine", pretrained=True).eval()
+            torch.testing.assert_close(pulled(x), source(x))
+
+
+# --- the zoo command ---------------------------------------------------------------------------------------
+
+
+def test_zoo_list_info_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert zoo_main(["list", "resnet1*"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet18", "resnet18_cifar", "resnet18d", "resnet101",
+                                              "resnet101_cifar", "resnet101d", "resnet110", "resnet152",
+                                              "resnet152_cifar", "resnet152d", "resnet1202"]  # fmt: skip
+    assert zoo_main(["info", "resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50.a1_in1k" in out and "81.21" in out and "bsd-3-clause" in out and "224 / 288" in out
+    assert zoo_main(["info", "vgg*"]) == 2
+    assert "no weights match vgg*" in capsys.readouterr().err
+
+
+def test_zoo_download_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    source = zoo.create_model("resnet50")
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in source.state_dict().items()})
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "zoo"))
+    with FakeHub({"timm/resnet50.tv_in1k": {"model.safetensors": data}}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        assert zoo_main(["download", "resnet50.tv_in1k"]) == 0
+    assert "resnet50.tv_in1k:" in capsys.readouterr().out
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # prefetched: now it loads with no network at all
+    model = zoo.create_model("resnet50.tv_in1k", pretrained=True)
+    torch.testing.assert_close(model.fc.weight, source.fc.weight)

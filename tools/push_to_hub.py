@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Write a Hugging Face Hub model folder and upload it.
+
+    # from a `zoo train` run: its best checkpoint, metrics and command become the model card
+    python tools/push_to_hub.py --run runs/c10/resnet20 --tag c10 --out weights/resnet20.c10 --dry-run
+    # from a weights file
+    python tools/push_to_hub.py --weights r50.safetensors --arch resnet50 --tag mine --out hub/resnet50.mine --dry-run
+    # upload a folder as it is (a token from --token or HF_TOKEN)
+    python tools/push_to_hub.py --folder weights/resnet20.c10 --repo-id ORG/resnet20.c10
+
+The folder holds model.safetensors, a timm-compatible config.json and a README.md
+model card; it loads with ``zoo.create_model("local-dir:FOLDER", pretrained=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import zoo
+from zoo import hub
+from zoo.errors import ZooError
+from zoo.publish import Card, read_run, upload_folder, write_folder
+
+PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
+
+
+def _describe(arch: str, dataset: str, trained_here: bool) -> str:
+    if arch in PAPER_NETS:
+        what = (f"The paper's CIFAR ResNet-{PAPER_NETS[arch]} (He et al. 2016, section 4.2: 16/32/64 channels, "
+                "parameter-free option A shortcuts)")  # fmt: skip
+    else:
+        what = f"`{arch}`"
+    how = f"trained from scratch by `zoo train` on {dataset}" if trained_here else f"weights for {dataset}"
+    return f"{what}, {how}."
+
+
+def from_run(args: argparse.Namespace) -> Path:
+    run = read_run(args.run)
+    config, summary, rows = run["config"], run["summary"], run["rows"]
+    arch = config["architecture"]
+    name = f"{arch}.{args.tag}"
+    dataset = args.dataset or summary.get("dataset", "")
+    config["pretrained_cfg"].update(tag=name, license=args.license, hf_hub_id=args.repo_id or name)
+    best = summary.get("best") or {}
+    last = rows[-1] if rows else {}
+    results = [{"split": f"validation ({args.val_note})", "images": args.val_images, "top1": best.get("val_acc1", float("nan")),
+                "top5": best.get("val_acc5", float("nan"))}]  # fmt: skip
+    if summary.get("test"):
+        results.append({"split": "test", "images": "-", "top1": summary["test"]["acc1"], "top5": summary["test"]["acc5"]})
+    wall = summary.get("wall_time_s") or last.get("elapsed_s", 0)
+    env = f"{args.machine}" if args.machine else "a CPU machine"
+    training = "\n".join([
+        "## Training",
+        "",
+        f"Trained on {env}: {summary.get('epochs', len(rows))} epochs, {wall / 60:.1f} minutes of wall time, "
+        f"best validation top-1 {best.get('val_acc1', float('nan')):.2f}% at epoch {best.get('epoch', '-')} "
+        f"(final epoch: {last.get('val_acc1', float('nan')):.2f}%).",
+        "",
+        "```bash",
+        run["command"],
+        "```",
+        "",
+        "![training curves](curves.png)" if (Path(args.run) / "curves.png").is_file() else "",
+    ])  # fmt: skip
+    card = Card(name, _describe(arch, dataset, True), dataset=args.card_dataset, results=results, training=training,
+                license=args.license)  # fmt: skip
+    extra = {n: Path(args.run) / n for n in ("curves.png", "metrics.csv") if (Path(args.run) / n).is_file()}
+    out = write_folder(args.out, run["best"] / "model.safetensors", config, card, extra=extra)
+    hub.save_json(out / "results.json", {"name": name, "results": results, "epochs": summary.get("epochs"),
+                                         "wall_time_s": round(wall, 1), "best_epoch": best.get("epoch")})  # fmt: skip
+    return out
+
+
+def from_weights(args: argparse.Namespace) -> Path:
+    model = zoo.create_model(args.arch, checkpoint_path=args.weights)
+    name = f"{args.arch}.{args.tag}"
+    config = hub.folder_config(args.arch, model.cfg.to_dict(), {**model.pretrained_cfg, "tag": name, "license": args.license},
+                               num_features=model.num_features)  # fmt: skip
+    card = Card(name, _describe(args.arch, args.card_dataset, False), dataset=args.card_dataset, license=args.license)
+    return write_folder(args.out, args.weights, config, card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a `zoo train` output folder")
+    source.add_argument("--weights", help="a .safetensors (or tensors-only .pth) file; needs --arch")
+    source.add_argument("--folder", help="an existing Hub model folder to upload unchanged")
+    p.add_argument("--arch", help="registered architecture of --weights")
+    p.add_argument("--tag", default="custom", help="weight tag: the folder is ARCH.TAG")
+    p.add_argument("--out", help="folder to write (default: hub/ARCH.TAG)")
+    p.add_argument("--repo-id", help="ORG/NAME on the Hub")
+    p.add_argument("--license", default="apache-2.0")
+    p.add_argument("--dataset", default=None, help="dataset name for the card's text")
+    p.add_argument("--card-dataset", default="cifar10", help="dataset id for the card's metadata")
+    p.add_argument("--val-images", default="-", help="validation images, for the results table")
+    p.add_argument("--val-note", default="held out from training", help="how the validation split was made")
+    p.add_argument("--machine", default="", help="where it was trained, for the card")
+    p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN)")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="write the folder only; do not upload")
+    args = p.parse_args(argv)
+    try:
+        if args.folder:
+            folder = Path(args.folder)
+            zoo.create_model(f"local-dir:{folder}", pretrained=True)  # refuse to upload a folder that does not load
+        else:
+            if args.weights and not args.arch:
+                raise ZooError("--weights needs --arch")
+            arch = args.arch or read_run(args.run)["config"]["architecture"]
+            args.out = args.out or f"hub/{arch}.{args.tag}"
+            folder = from_run(args) if args.run else from_weights(args)
+            print(f"wrote {folder}")
+        if args.dry_run:
+            return 0
+        token = args.token or os.environ.get("HF_TOKEN")
+        if not token or not args.repo_id:
+            raise ZooError("uploading needs --repo-id and a token (--token or HF_TOKEN); or pass --dry-run")
+        print(upload_folder(folder, args.repo_id, token=token, private=args.private))
+    except ZooError as e:
+        print(f"push_to_hub.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""One-call fast inference: fold batch norms, channels_last, bf16/fp16, inductor with weight freezing.
+
+``optimize_for_inference(model)`` returns a module with the same call signature
+that runs in inference mode. Each step is also usable alone (``fold_batch_norms``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+import torch._inductor.config
+import torch.fx
+from torch import nn
+
+from .errors import ConfigError
+from .layers import FrozenBatchNorm2d
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+def _fold(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    """A conv computing conv followed by the (eval-mode) norm: w' = w * s, b' = (b - mean) * s + beta."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    fused = copy.deepcopy(conv)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        fused.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias)
+    return fused
+
+
+def fold_batch_norms(model: nn.Module) -> torch.fx.GraphModule:
+    """A copy of ``model`` (eval mode) in which every batch norm that follows a conv is folded into it.
+
+    The pairs are found on the traced graph (a norm whose only input is a conv used
+    nowhere else), so it works for any traceable model: classifiers and
+    ``features_only`` backbones alike. Outputs equal the eval model's up to rounding.
+    """
+    model = copy.deepcopy(model).eval()
+    graph_module = torch.fx.symbolic_trace(model)
+    modules = dict(graph_module.named_modules())
+    folded = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], _NORMS):
+            continue
+        source = node.args[0]
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        conv = modules[source.target]
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        parent, _, name = source.target.rpartition(".")
+        setattr(graph_module.get_submodule(parent) if parent else graph_module, name, _fold(conv, modules[node.target]))
+        node.replace_all_uses_with(source)
+        graph_module.graph.erase_node(node)
+        folded += 1
+    graph_module.graph.lint()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    log.info("folded %d batch norms into their convs", folded)
+    for attr in ("pretrained_cfg", "feature_info", "num_classes", "num_features"):
+        if hasattr(model, attr):
+            setattr(graph_module, attr, getattr(model, attr))
+    return graph_module
+
+
+class InferenceModel(nn.Module):
+    """Runs an optimized model in inference mode: input cast and laid out, outputs back in fp32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool, compiled: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self._run = compiled or model
+        for attr in ("pretrained_cfg", "feature_info", "num_classes", "num_features"):
+            if hasattr(model, attr):
+                setattr(self, attr, getattr(model, attr))
+
+    def forward(self, x: torch.Tensor) -> Any:
+        # Freezing turns the weights into constants, so inductor can fold and pre-pack them for oneDNN/cuDNN;
+        # it applies when the first call compiles.
+        with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
+            x = x.to(dtype=self.dtype, memory_format=torch.channels_last if self.channels_last else None)
+            out = self._run(x)
+            if isinstance(out, (list, tuple)):  # a features_only backbone
+                return [o.float() for o in out]
+            return out.float()
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 math (AVX-512 BF16 or AMX), where bf16 is fast, not emulated."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+        return False
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    dtype: str | torch.dtype = "fp32",
+    *,
+    compile: bool = True,
+    channels_last: bool = True,
+    example_input: torch.Tensor | None = None,
+    compile_mode: str | None = None,
+) -> nn.Module:
+    """A fast inference version of ``model`` with the same call signature.
+
+    Folds every batch norm into its conv, converts to channels_last, casts the
+    weights to ``dtype`` ("fp32", "bf16": CPUs with AVX-512 BF16/AMX and GPUs,
+    "fp16": GPUs), and with ``compile`` compiles with inductor and weight
+    freezing. ``example_input`` triggers the compilation now rather than at the
+    first call. The result always returns fp32 tensors.
+    """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ConfigError("dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ConfigError("dtype", f"{dtype} is not one of {', '.join(map(str, DTYPES.values()))}")
+    device = next(model.parameters()).device
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ConfigError("dtype", "'fp16' is for GPUs; on a CPU use 'bf16' (fast with AVX-512 BF16 or AMX) or 'fp32'")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_supports_bf16():
+        log.warning("this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 will be emulated and slow")
+    fused = fold_batch_norms(model).to(dtype=dtype)
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    compiled = None
+    if compile:
+        compiled = torch.compile(fused, mode=compile_mode)
+    optimized = InferenceModel(fused, dtype, channels_last, compiled)
+    if example_input is not None:
+        optimized(example_input.to(device))
+    return optimized

@@ -1,0 +1,115 @@
+"""The weight tags: each published set of weights is one line of data.
+
+ImageNet weights are the public timm Hub repos ``timm/<arch>.<tag>`` (safetensors,
+torchvision/timm keys). Scores are the published ones: torchvision's
+``weights.meta`` for tv/tv2, timm's ``results-imagenet.csv`` for the others, at
+the test size. The default tag of an arch is its most accurate one at its own
+test size. MACs (G, fvcore total) are at the test size and checked by a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import variants  # noqa: F401  (the architectures must be registered before their weights)
+from .data import CIFAR10_MEAN, CIFAR10_STD
+from .registry import register_weights
+from .weights import Weights
+
+PAPERS = {
+    "resnet": "arXiv:1512.03385",
+    "resnext": "arXiv:1611.05431",
+    "wide": "arXiv:1605.07146",
+    "resnet-d": "arXiv:1812.01187",
+    "rsb": "arXiv:2110.00476",
+}
+TV = dict(license="bsd-3-clause", origin_url="https://github.com/pytorch/vision")
+TIMM = dict(license="apache-2.0", origin_url="https://github.com/huggingface/pytorch-image-models")
+TV_RECIPES = "https://github.com/pytorch/vision/tree/main/references/classification"
+# torchvision V2: trained at 176, evaluated by resizing to 232 and cropping 224 (224 / 232 = crop_pct 0.965)
+TV2 = dict(**TV, input_size=(3, 176, 176), test_input_size=(3, 224, 224), test_crop_pct=0.965)
+# timm's recipes: bicubic, larger test size
+RSB_A1 = dict(**TIMM, interpolation="bicubic", crop_pct=0.95, test_input_size=(3, 288, 288), test_crop_pct=1.0)
+RA2 = dict(**TIMM, interpolation="bicubic", crop_pct=0.875, test_input_size=(3, 288, 288), test_crop_pct=0.95)
+RA2_256 = dict(**TIMM, interpolation="bicubic", input_size=(3, 256, 256), crop_pct=0.95,
+               test_input_size=(3, 320, 320), test_crop_pct=1.0)  # fmt: skip
+GLUON = dict(license="apache-2.0", origin_url="https://cv.gluon.ai/model_zoo/classification.html",
+             interpolation="bicubic")  # fmt: skip
+
+
+def _tv1(arch: str, paper: str, top1: float, top5: float, params: int, gmacs: float) -> Weights:
+    return Weights(f"timm/{arch}.tv_in1k", top1=top1, top5=top5, num_params=params, gmacs=gmacs,
+                   source="torchvision IMAGENET1K_V1", paper=PAPERS[paper], **TV)  # fmt: skip
+
+
+def _tv2(arch: str, paper: str, top1: float, top5: float, params: int, gmacs: float) -> Weights:
+    return Weights(f"timm/{arch}.tv2_in1k", top1=top1, top5=top5, num_params=params, gmacs=gmacs,
+                   source="torchvision IMAGENET1K_V2 (new recipe)", paper=PAPERS[paper], **TV2)  # fmt: skip
+
+
+def _timm(arch: str, tag: str, style: dict[str, Any], top1: float, top5: float, params: int, gmacs: float,
+          **extra: Any) -> Weights:  # fmt: skip
+    paper = PAPERS[
+        "rsb" if tag.startswith(("a1", "a2", "a3", "ra4")) else "resnet-d" if arch.endswith("d") else "resnet"
+    ]
+    return Weights(f"timm/{arch}.{tag}", top1=top1, top5=top5, num_params=params, gmacs=gmacs,
+                   source=f"timm {tag}", paper=paper, **{**style, **extra})  # fmt: skip
+
+
+# (arch, tag) -> weights. top-1/top-5 at the test size; params; G MACs at the test size.
+IMAGENET: dict[tuple[str, str], Weights] = {
+    ("resnet18", "tv_in1k"): _tv1("resnet18", "resnet", 69.758, 89.078, 11_689_512, 1.824),
+    ("resnet34", "tv_in1k"): _tv1("resnet34", "resnet", 73.314, 91.420, 21_797_672, 3.679),
+    ("resnet50", "tv_in1k"): _tv1("resnet50", "resnet", 76.130, 92.862, 25_557_032, 4.111),
+    ("resnet101", "tv_in1k"): _tv1("resnet101", "resnet", 77.374, 93.546, 44_549_160, 7.834),
+    ("resnet152", "tv_in1k"): _tv1("resnet152", "resnet", 78.312, 94.046, 60_192_808, 11.558),
+    ("resnet50", "tv2_in1k"): _tv2("resnet50", "resnet", 80.858, 95.434, 25_557_032, 4.111),
+    ("resnet101", "tv2_in1k"): _tv2("resnet101", "resnet", 81.886, 95.780, 44_549_160, 7.834),
+    ("resnet152", "tv2_in1k"): _tv2("resnet152", "resnet", 82.284, 96.002, 60_192_808, 11.558),
+    ("resnet18", "a1_in1k"): _timm("resnet18", "a1_in1k", RSB_A1, 73.158, 91.026, 11_689_512, 3.015, metrics={"top1_224": 71.49, "top5_224": 90.07}),
+    ("resnet34", "a1_in1k"): _timm("resnet34", "a1_in1k", RSB_A1, 77.918, 93.766, 21_797_672, 6.081, metrics={"top1_224": 76.42, "top5_224": 92.87}),
+    ("resnet50", "a1_in1k"): _timm("resnet50", "a1_in1k", RSB_A1, 81.214, 95.102, 25_557_032, 6.797, metrics={"top1_224": 80.38, "top5_224": 94.60}),
+    ("resnet101", "a1_in1k"): _timm("resnet101", "a1_in1k", RSB_A1, 82.322, 95.632, 44_549_160, 12.949, metrics={"top1_224": 81.50, "top5_224": 95.16}),
+    ("resnet152", "a1_in1k"): _timm("resnet152", "a1_in1k", RSB_A1, 82.732, 95.720, 60_192_808, 19.106, metrics={"top1_224": 81.97, "top5_224": 95.24}),
+    ("resnext50_32x4d", "tv_in1k"): _tv1("resnext50_32x4d", "resnext", 77.618, 93.698, 25_028_904, 4.288),
+    ("resnext50_32x4d", "tv2_in1k"): _tv2("resnext50_32x4d", "resnext", 81.198, 95.340, 25_028_904, 4.288),
+    ("resnext101_32x8d", "tv_in1k"): _tv1("resnext101_32x8d", "resnext", 79.312, 94.526, 88_791_336, 16.539),
+    ("resnext101_32x8d", "tv2_in1k"): _tv2("resnext101_32x8d", "resnext", 82.834, 96.228, 88_791_336, 16.539),
+    ("wide_resnet50_2", "tv_in1k"): _tv1("wide_resnet50_2", "wide", 78.468, 94.086, 68_883_240, 11.435),
+    ("wide_resnet50_2", "tv2_in1k"): _tv2("wide_resnet50_2", "wide", 81.602, 95.758, 68_883_240, 11.435),
+    ("wide_resnet101_2", "tv_in1k"): _tv1("wide_resnet101_2", "wide", 78.848, 94.284, 126_886_696, 22.814),
+    ("wide_resnet101_2", "tv2_in1k"): _tv2("wide_resnet101_2", "wide", 82.510, 96.020, 126_886_696, 22.814),
+    ("resnet18d", "ra2_in1k"): _timm("resnet18d", "ra2_in1k", RA2, 73.794, 91.838, 11_708_744, 3.417, metrics={"top1_224": 72.26, "top5_224": 90.68}),
+    ("resnet34d", "ra2_in1k"): _timm("resnet34d", "ra2_in1k", RA2, 78.436, 94.344, 21_816_904, 6.484, metrics={"top1_224": 77.10, "top5_224": 93.37}),
+    ("resnet50d", "ra2_in1k"): _timm("resnet50d", "ra2_in1k", RA2, 81.356, 95.738, 25_576_264, 7.195, metrics={"top1_224": 80.53, "top5_224": 95.16}),
+    ("resnet50d", "ra4_e3600_r224_in1k"): _timm("resnet50d", "ra4_e3600_r224_in1k", RSB_A1, 81.838, 95.922, 25_576_264, 7.195, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), metrics={"top1_224": 80.952, "top5_224": 95.384}),
+    ("resnet50d", "a1_in1k"): _timm("resnet50d", "a1_in1k", RSB_A1, 81.450, 95.218, 25_576_264, 7.195, metrics={"top1_224": 80.68, "top5_224": 94.71}),
+    ("resnet50d", "a2_in1k"): _timm("resnet50d", "a2_in1k", RSB_A1, 81.164, 95.084, 25_576_264, 7.195, metrics={"top1_224": 80.22, "top5_224": 94.63}),
+    ("resnet50d", "a3_in1k"): _timm("resnet50d", "a3_in1k", RSB_A1, 78.722, 94.236, 25_576_264, 4.351, input_size=(3, 160, 160), test_input_size=(3, 224, 224), test_crop_pct=0.95, metrics={"top1_160": 77.22, "top5_160": 93.27}),
+    ("resnet50d", "gluon_in1k"): _timm("resnet50d", "gluon_in1k", GLUON, 79.078, 94.468, 25_576_264, 4.351),
+    ("resnet101d", "ra2_in1k"): _timm("resnet101d", "ra2_in1k", RA2_256, 83.016, 96.452, 44_568_392, 16.052, metrics={"top1_256": 82.26, "top5_256": 96.07}),
+    ("resnet101d", "gluon_in1k"): _timm("resnet101d", "gluon_in1k", GLUON, 80.426, 95.024, 44_568_392, 8.075),
+    ("resnet152d", "ra2_in1k"): _timm("resnet152d", "ra2_in1k", RA2_256, 83.684, 96.740, 60_212_040, 23.606, metrics={"top1_256": 83.14, "top5_256": 96.38}),
+    ("resnet152d", "gluon_in1k"): _timm("resnet152d", "gluon_in1k", GLUON, 80.476, 95.202, 60_212_040, 11.801),
+}  # fmt: skip
+
+# The zoo's own CIFAR-10 weights, trained by tools/train.py on this repository's data and
+# bundled in weights/<arch>.c10/ (model card there). top-1 is on the seeded 5,000-image
+# validation split of the JPEG CIFAR-10 training set.
+C10 = dict(num_classes=10, label_names="cifar-10", input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR10_MEAN,
+           std=CIFAR10_STD, license="apache-2.0", origin_url="https://github.com/resnet-zoo/resnet-zoo",
+           paper=PAPERS["resnet"], bundled=True)  # fmt: skip
+CIFAR10: dict[tuple[str, str], Weights] = {}
+
+
+def _register() -> None:
+    tables = {**IMAGENET, **CIFAR10}
+    best: dict[str, tuple[float, str]] = {}
+    for (arch, tag), w in tables.items():
+        if w.top1 is not None and w.top1 > best.get(arch, (-1.0, ""))[0]:
+            best[arch] = (w.top1, tag)
+    for (arch, tag), w in tables.items():
+        register_weights(arch, tag, w, default=best.get(arch, (0, ""))[1] == tag)
+
+
+_register()

@@ -1,0 +1,158 @@
+"""Hub model folders: weights, a timm-compatible config.json and a model card; and their upload.
+
+A folder written here loads with ``zoo.create_model("local-dir:FOLDER", pretrained=True)``
+and, once uploaded, with ``zoo.create_model("hf-hub:ORG/NAME", pretrained=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import hub
+from .errors import ConfigError, WeightsNotFoundError
+
+CARD_TEMPLATE = """\
+---
+license: {license}
+library_name: resnet-zoo
+tags:
+- image-classification
+- resnet
+- resnet-zoo
+datasets:
+- {dataset}
+metrics:
+- accuracy
+---
+
+# {name}
+
+{description}
+
+## Results
+
+{results}
+
+## Use
+
+```python
+import zoo
+
+model = zoo.create_model("{use_name}", pretrained=True).eval()
+transform = zoo.create_transform(zoo.resolve_data_config(model))  # {input_note}
+```
+
+## Model
+
+| | |
+|---|---|
+| architecture | `{arch}` ({paper}) |
+| parameters | {params:,} |
+| MACs | {macs} |
+| input | {input_size}, mean {mean}, std {std} |
+| classes | {num_classes}: {labels} |
+| license | {license} |
+
+{training}
+"""
+
+
+@dataclass
+class Card:
+    """What a model card says beyond what config.json holds."""
+
+    name: str  # "resnet20.c10"
+    description: str
+    dataset: str = "imagenet-1k"
+    results: list[dict[str, Any]] = field(default_factory=list)  # rows: split, images, top1, top5
+    training: str = ""  # markdown: recipe, command, wall time
+    license: str = "apache-2.0"
+
+
+def _results_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No evaluation recorded."
+    lines = ["| split | images | top-1 (%) | top-5 (%) |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['split']} | {r.get('images', '-')} | {r['top1']:.2f} | {r.get('top5', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+def model_card(card: Card, config: dict[str, Any], params: int, macs: float | None) -> str:
+    cfg = config["pretrained_cfg"]
+    labels = cfg.get("label_names") or []
+    size = cfg["input_size"]
+    return CARD_TEMPLATE.format(
+        name=card.name,
+        description=card.description,
+        dataset=card.dataset,
+        results=_results_table(card.results),
+        use_name=card.name,
+        input_note=f"{size[-1]}x{size[-1]}, crop_pct {cfg.get('crop_pct')}, {cfg.get('interpolation')}",
+        arch=config["architecture"],
+        paper=cfg.get("paper") or "He et al. 2016",
+        params=params,
+        macs=f"{macs / 1e9:.3f} G (fused multiply-adds, incl. norms)" if macs else "-",
+        input_size="x".join(map(str, size)),
+        mean=tuple(round(m, 4) for m in cfg["mean"]),
+        std=tuple(round(s, 4) for s in cfg["std"]),
+        num_classes=config["num_classes"],
+        labels=", ".join(labels[:10]) + (", ..." if len(labels) > 10 else ""),
+        license=card.license,
+        training=card.training,
+    )
+
+
+def write_folder(
+    out: str | Path, weights: str | Path, config: dict[str, Any], card: Card, *, extra: dict[str, Path] | None = None
+) -> Path:
+    """A Hub model folder: model.safetensors (verified), config.json, README.md and ``extra`` files."""
+    from .factory import create_model
+
+    out, weights = Path(out), Path(weights)
+    if not weights.is_file():
+        raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
+    hub.check_safetensors(weights)
+    out.mkdir(parents=True, exist_ok=True)
+    with hub.atomic_path(out / "model.safetensors") as tmp:
+        shutil.copyfile(weights, tmp)
+    hub.save_json(out / "config.json", config)
+    model = create_model(f"local-dir:{out}", pretrained=True)  # the folder must load: prove it now
+    params = sum(p.numel() for p in model.parameters())
+    from .counting import count
+
+    macs = count(model).macs
+    with hub.atomic_write(out / "README.md", "w") as f:
+        f.write(model_card(card, config, params, macs))
+    for name, path in (extra or {}).items():
+        with hub.atomic_path(out / name) as tmp:
+            shutil.copyfile(path, tmp)
+    return out
+
+
+def upload_folder(folder: str | Path, repo_id: str, *, token: str | None, private: bool = False) -> str:
+    """Create ``repo_id`` if needed and upload ``folder`` to it; returns the commit URL."""
+    if "/" not in repo_id:
+        raise ConfigError("--repo-id", f"expected ORG/NAME, got {repo_id!r}")
+    hf = hub._hf()
+    api = hf.HfApi(endpoint=hub.hub_endpoint(), token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload from resnet-zoo")
+    return str(getattr(info, "commit_url", info))
+
+
+def read_run(run: str | Path) -> dict[str, Any]:
+    """What a training run left: its best checkpoint folder, summary, metrics and command."""
+    run = Path(run)
+    best = run / "best"
+    if not (best / "model.safetensors").is_file():
+        raise WeightsNotFoundError(f"{str(run)!r} has no best/model.safetensors: is it a `zoo train` output folder?")
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
+    command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else ""
+    config = json.loads((best / "config.json").read_text())
+    return {"best": best, "summary": summary, "rows": rows, "command": command, "config": config}

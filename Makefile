@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # while a looser requirement could start a multi-GB download.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format readme clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/zoo list
 	$(BIN)/zoo count 'resnet*' 'resnext*' 'wide_*'
-	$(BIN)/python benchmarks/throughput.py --models resnet50 --batch-sizes 8 --iters 5 --repeats 3 --out runs/demo-bench
+	$(BIN)/python benchmarks/throughput.py --models resnet50 --batch-sizes 8 --iters 5 --repeats 3 \
+		--dtype bf16 --channels-last --baseline torchvision --out runs/demo-bench
 
 test: $(STAMP)
 	$(BIN)/ruff check zoo tools benchmarks tests
@@ -33,6 +34,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format zoo tools benchmarks tests
 	$(BIN)/ruff check --fix zoo tools benchmarks tests
+
+readme: $(STAMP)
+	$(BIN)/python tools/update_readme.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import os
 import platform
 import resource
@@ -146,7 +145,7 @@ class Result:
     def row(self, env: dict[str, Any], macs: float, ceiling: dict[str, float]) -> dict[str, Any]:
         s, ips = self.setting, sorted(self.img_per_s)
         lat = sorted(self.latencies_ms)
-        q = lambda xs, p: xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]  # noqa: E731
+        q = lambda xs, p: xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
         median = statistics.median(ips)
         achieved = 2 * macs * median / 1e9 * (3 if s.mode == "train" else 1)  # backward ~ 2x forward
         row = {
@@ -284,13 +283,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", nargs="+", choices=MODES, default=["infer"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32])
     p.add_argument("--img-size", type=int, default=None, help="default: each model's own input size")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="autocast dtype (weights too with --optimize)")
+    p.add_argument(
+        "--dtype", choices=tuple(DTYPES), default="fp32", help="autocast dtype (weights too with --optimize)"
+    )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
     p.add_argument("--compile-mode", default=None, help="e.g. max-autotune")
     p.add_argument("--optimize", action="store_true", help="zoo.optimize_for_inference: fold BN, NHWC, dtype, compile")
-    p.add_argument("--baseline", choices=BASELINES, default="none",
-                   help="torchvision: its model, eager fp32 NCHW; eager: the same zoo model, eager fp32 NCHW")  # fmt: skip
+    p.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default="none",
+        help="torchvision: its model, eager fp32 NCHW; eager: the same zoo model, eager fp32 NCHW",
+    )
     p.add_argument("--warmup", type=int, default=3, help="iterations before timing (compilation happens here)")
     p.add_argument("--iters", type=int, default=10, help="iterations per timed round")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds")
@@ -313,7 +318,11 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     models = []
     for pattern in args.models:
-        found = zoo.list_models(pattern) if any(c in pattern for c in "*?[") else ([pattern] if zoo.is_model(pattern) else [])
+        found = (
+            zoo.list_models(pattern)
+            if any(c in pattern for c in "*?[")
+            else ([pattern] if zoo.is_model(pattern) else [])
+        )
         if not found:
             from zoo.errors import suggest
 
@@ -455,19 +464,34 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['gflops_achieved']} GFLOP/s{pct}", flush=True)  # fmt: skip
             if base:
                 ratio = new[0]["img_per_s"] / new[1]["img_per_s"]
-                ratios.append({"model": ours.model, "mode": ours.mode, "batch_size": ours.batch_size,
-                               "ours": ours.describe(), "baseline": base.describe(), "speedup": round(ratio, 2)})  # fmt: skip
+                ratios.append(
+                    {"model": ours.model, "mode": ours.mode, "batch_size": ours.batch_size, "ours": ours.describe(),
+                     "baseline": base.describe(), "speedup": round(ratio, 2)}
+                )  # fmt: skip
                 print(f"  speed-up over {base.describe()}: {ratio:.2f}x", flush=True)
     except KeyboardInterrupt:
         print("interrupted: writing the rows finished so far", file=sys.stderr)
         write(out, rows, ceiling, ratios)
         return 130
     write(out, rows, ceiling, ratios)
-    header = ["model", "mode", "batch", "config", "img/s", "p10", "p90", "p50 ms", "p99 ms", "GFLOP/s", "% conv ceil.", "peak MB"]
+    header = [
+        "model",
+        "mode",
+        "batch",
+        "config",
+        "img/s",
+        "p10",
+        "p90",
+        "p50 ms",
+        "p99 ms",
+        "GFLOP/s",
+        "% conv ceil.",
+        "peak MB",
+    ]
     print()
-    print(format_table(header, [[r["model"], r["mode"], r["batch_size"], r["config"], r["img_per_s"], r["img_per_s_p10"],
-                                 r["img_per_s_p90"], r["latency_ms_p50"], r["latency_ms_p99"], r["gflops_achieved"],
-                                 r.get("pct_of_conv_ceiling", "-"), r["peak_mem_mb"]] for r in rows]))  # fmt: skip
+    keys = ["model", "mode", "batch_size", "config", "img_per_s", "img_per_s_p10", "img_per_s_p90", "latency_ms_p50",
+            "latency_ms_p99", "gflops_achieved", "pct_of_conv_ceiling", "peak_mem_mb"]  # fmt: skip
+    print(format_table(header, [[r.get(k, "-") for k in keys] for r in rows]))
     for r in ratios:
         print(f"speed-up {r['model']} {r['mode']} b{r['batch_size']}: {r['ours']} vs {r['baseline']} = {r['speedup']}x")
     print(f"\n{env['device_name']} | torch {env['torch']} | {env['threads']} threads | commit {env['commit']}")

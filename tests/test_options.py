@@ -145,10 +145,10 @@ def test_grad_checkpointing_same_loss_grads_and_statistics() -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)  # BN statistics updated once
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50d", "resnext50_32x4d", "resnet20"])
-def test_torch_export_matches_eager(name: str) -> None:
+@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "resnet50d", "resnet18_cifar", "resnet20"])
+def test_torch_export_matches_eager(name: str) -> None:  # one model of each family
     model = zoo.create_model(name).eval()
-    size = 32 if name == "resnet20" else 64
+    size = 32 if name in ("resnet20", "resnet18_cifar") else 64
     x = torch.randn(2, 3, size, size)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
@@ -160,7 +160,10 @@ def test_torch_export_matches_eager(name: str) -> None:
 BAD = [
     (dict(norm_layer="batchnorm"), r"norm_layer: 'batchnorm' is not one of .*'batch_norm'.*did you mean 'batch_norm'"),
     (dict(act_layer="swish"), r"act_layer: 'swish' is not one of 'relu'"),
-    (dict(output_stride=12), r"output_stride: expected a power of two >= 4, the stem's stride \(4, 8, 16, 32, ...\), got 12"),
+    (
+        dict(output_stride=12),
+        r"output_stride: expected a power of two >= 4, the stem's stride \(4, 8, 16, 32, ...\), got 12",
+    ),
     (dict(output_stride=2), r"output_stride: expected a power of two >= 4.* got 2"),
     (dict(in_chans=0), r"in_chans: expected a positive integer, got 0"),
     (dict(num_classes=-1), r"num_classes: expected an integer >= 0, got -1"),

@@ -71,7 +71,7 @@ def test_count_formats() -> None:
 @pytest.mark.parametrize(("full", "weights"), [(f"{a}.{t}", w) for (a, t), w in IMAGENET.items()])
 def test_weight_tags_record_the_models_size_and_cost(full: str, weights: zoo.Weights) -> None:
     arch = full.split(".")[0]
-    size = (weights.test_input_size or weights.input_size)
+    size = weights.test_input_size or weights.input_size
     with torch.device("meta"):
         params = sum(p.numel() for p in zoo.create_model(arch).parameters())
     assert params == weights.num_params
@@ -191,7 +191,9 @@ def test_benchmark_interrupted_keeps_finished_rows(tmp_path: Path) -> None:
 def test_convert_torchvision_checkpoint_checks_logits(tmp_path: Path) -> None:
     reference = torchvision.models.resnet18()
     torch.save(reference.state_dict(), tmp_path / "r18.pth")
-    result = run_script("tools/convert.py", str(tmp_path / "r18.pth"), "--arch", "resnet18", "--out", str(tmp_path / "r18.safetensors"))
+    result = run_script(
+        "tools/convert.py", str(tmp_path / "r18.pth"), "--arch", "resnet18", "--out", str(tmp_path / "r18.safetensors")
+    )
     assert result.returncode == 0, result.stderr
     assert "logits match resnet18 within" in result.stdout
     loaded = zoo.create_model("resnet18", checkpoint_path=tmp_path / "r18.safetensors")
@@ -202,7 +204,9 @@ def test_convert_cifar_layout(tmp_path: Path) -> None:
     source = zoo.create_model("resnet20")
     renamed = {("linear." + k[3:] if k.startswith("fc.") else k): v for k, v in source.state_dict().items()}
     torch.save({"state_dict": {f"module.{k}": v for k, v in renamed.items()}, "best_prec1": 91.7}, tmp_path / "r20.th")
-    result = run_script("tools/convert.py", str(tmp_path / "r20.th"), "--arch", "resnet20", "--out", str(tmp_path / "r20.safetensors"))
+    result = run_script(
+        "tools/convert.py", str(tmp_path / "r20.th"), "--arch", "resnet20", "--out", str(tmp_path / "r20.safetensors")
+    )
     assert result.returncode == 0, result.stderr
     assert "2 keys renamed" in result.stdout and "no reference model" in result.stdout
     loaded = zoo.create_model("resnet20", checkpoint_path=tmp_path / "r20.safetensors")

@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(state, strict=True)
         model.eval()
         renamed = len(set(state) - set(raw))
-        metadata = {"arch": args.arch, "tag": args.tag, "config": json.dumps(model.cfg.to_dict()), "source": args.checkpoint}
+        metadata = {
+            "arch": args.arch,
+            "tag": args.tag,
+            "config": json.dumps(model.cfg.to_dict()),
+            "source": args.checkpoint,
+        }
         hub.save_safetensors(args.out, model.state_dict(), metadata)
         print(f"wrote {args.out}: {len(state)} tensors ({renamed} keys renamed), {num_classes} classes")
         ref = reference_model(args.arch, state)

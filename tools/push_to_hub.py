@@ -46,10 +46,13 @@ def from_run(args: argparse.Namespace) -> Path:
     config["pretrained_cfg"].update(tag=name, license=args.license, hf_hub_id=args.repo_id or name)
     best = summary.get("best") or {}
     last = rows[-1] if rows else {}
-    results = [{"split": f"validation ({args.val_note})", "images": args.val_images, "top1": best.get("val_acc1", float("nan")),
-                "top5": best.get("val_acc5", float("nan"))}]  # fmt: skip
+    nan = float("nan")
+    results = [{"split": f"validation ({args.val_note})", "images": args.val_images,
+                "top1": best.get("val_acc1", nan), "top5": best.get("val_acc5", nan)}]  # fmt: skip
     if summary.get("test"):
-        results.append({"split": "test", "images": "-", "top1": summary["test"]["acc1"], "top5": summary["test"]["acc5"]})
+        results.append(
+            {"split": "test", "images": "-", "top1": summary["test"]["acc1"], "top5": summary["test"]["acc5"]}
+        )
     wall = summary.get("wall_time_s") or last.get("elapsed_s", 0)
     env = f"{args.machine}" if args.machine else "a CPU machine"
     training = "\n".join([
@@ -77,8 +80,8 @@ def from_run(args: argparse.Namespace) -> Path:
 def from_weights(args: argparse.Namespace) -> Path:
     model = zoo.create_model(args.arch, checkpoint_path=args.weights)
     name = f"{args.arch}.{args.tag}"
-    config = hub.folder_config(args.arch, model.cfg.to_dict(), {**model.pretrained_cfg, "tag": name, "license": args.license},
-                               num_features=model.num_features)  # fmt: skip
+    pretrained_cfg = {**model.pretrained_cfg, "tag": name, "license": args.license}
+    config = hub.folder_config(args.arch, model.cfg.to_dict(), pretrained_cfg, num_features=model.num_features)
     card = Card(name, _describe(args.arch, args.card_dataset, False), dataset=args.card_dataset, license=args.license)
     return write_folder(args.out, args.weights, config, card)
 

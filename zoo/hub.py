@@ -165,9 +165,9 @@ def verify(path: str | os.PathLike[str], sha256: str | None) -> None:
     A file whose hash was checked once is remembered by (size, mtime, inode), so a
     warm load does not re-hash hundreds of megabytes.
     """
-    path = Path(path).resolve()
-    if path.suffix == ".safetensors" or path.name.endswith(".safetensors") or _looks_like_safetensors(path):
+    if Path(path).name.endswith(".safetensors"):  # judged by the link's name: cache blobs have no suffix
         check_safetensors(path)
+    path = Path(path).resolve()
     if not sha256:
         return
     st = path.stat()
@@ -180,11 +180,6 @@ def verify(path: str | os.PathLike[str], sha256: str | None) -> None:
         raise WeightsIntegrityError(f"{path} is corrupted: sha256 {actual}, expected {sha256}")
     with contextlib.suppress(OSError), atomic_write(stamp, "w") as f:  # read-only cache: re-hash next time
         f.write(seen)
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    # Hub cache blobs have no suffix; the snapshot link that points to them has it.
-    return path.parent.name == "blobs"
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

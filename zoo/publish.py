@@ -152,7 +152,11 @@ def read_run(run: str | Path) -> dict[str, Any]:
     if not (best / "model.safetensors").is_file():
         raise WeightsNotFoundError(f"{str(run)!r} has no best/model.safetensors: is it a `zoo train` output folder?")
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
+    rows = (
+        [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        if (run / "metrics.jsonl").is_file()
+        else []
+    )
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else ""
     config = json.loads((best / "config.json").read_text())
     return {"best": best, "summary": summary, "rows": rows, "command": command, "config": config}

@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=" | ".join(SCHEDULES),
     )  # fmt: skip
     recipe.add_argument(
-        "--warmup-epochs", type=float, default=None, help="linear warm-up (default: 25%% for onecycle, else 0)"
+        "--warmup-epochs", type=float, default=None, help="warm-up epochs (default: 25%% for onecycle, else 0)"
     )
     recipe.add_argument(
         "--milestones", type=float, nargs="*", default=None, help="multistep: epochs (default 50%%, 75%%)"
@@ -104,6 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("run")
     run.add_argument("--output", "--ckpt_dir", default="runs/train", help="checkpoints, metrics, curves")
     run.add_argument("--resume", nargs="?", const=True, default=None, help="continue from output/last (or PATH)")
+    run.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    run.add_argument("--keep-checkpoints", type=int, default=1, help="latest epochs kept besides the best")
     run.add_argument("--seed", "--random_seed", type=int, default=0)
 
 
@@ -116,7 +118,7 @@ def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
         args.warmup_epochs = 0.25 * args.epochs if args.schedule == "onecycle" else 0.0
     if args.milestones is None:
         args.milestones = [0.5 * args.epochs, 0.75 * args.epochs] if args.schedule == "multistep" else []
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "keep_checkpoints", "eval_every"):
         if getattr(args, name) < 1:
             raise ZooError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
     return args

@@ -27,17 +27,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError
-from ..hub import save_torch
+from ..hub import save_torch, zoo_cache_dir
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 DATASETS = ("cifar10", "cifar100", "imagefolder")
 IN_MEMORY_MAX_SIDE = 64  # images up to this side are decoded once and augmented as tensors
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "resnet-zoo"))
 
 
 @dataclass
@@ -91,7 +87,7 @@ def load_dataset(
         raise ConfigError("--dataset", f"{name!r} is not one of {', '.join(DATASETS)}")
     if not 0.0 < val_split < 1.0:
         raise ConfigError("--val-split", f"expected a fraction in (0, 1), got {val_split!r}")
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = cache_dir or zoo_cache_dir()
     if name in ("cifar10", "cifar100"):
         return _load_cifar(name, Path(root), val_split, split_seed, download)
     return _load_image_folder(Path(root), val_split, split_seed, cache_dir, in_memory)

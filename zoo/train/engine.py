@@ -30,7 +30,7 @@ from ..features import stem_and_stages
 from ..hub import atomic_write, folder_config, save_json, save_model_folder, save_torch
 from ..layers import SyncBatchNorm2d
 from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
-from .recipe import ModelEma, lr_factor, make_optimizer
+from .recipe import ModelEma, make_optimizer, make_schedule
 
 log = logging.getLogger("zoo.train")
 
@@ -106,9 +106,10 @@ class Checkpoints:
     config.json) plus ``state.pt`` (optimizer, schedule, EMA, epoch, RNG) to resume.
     """
 
-    def __init__(self, output: Path) -> None:
+    def __init__(self, output: Path, keep: int = 1) -> None:
         self.output = output
         self.root = output / "checkpoints"
+        self.keep = keep  # most recent epochs kept, besides best
 
     @property
     def last(self) -> Path | None:
@@ -132,8 +133,9 @@ class Checkpoints:
         _point(self.output / "last", final)
         if best:
             _point(self.output / "best", final)
-        keep = {self.last, self.best}
-        for old in self.root.glob("epoch-*"):
+        epochs = sorted(self.root.glob("epoch-*"))
+        keep = {self.best, *(p.resolve() for p in epochs[-self.keep :])}
+        for old in epochs:
             if old.resolve() not in keep:
                 shutil.rmtree(old, ignore_errors=True)
         return final
@@ -158,7 +160,8 @@ class Metrics:
         with atomic_write(self.output / "metrics.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.rows)
         with atomic_write(self.output / "metrics.csv", "w") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.rows[-1]))
+            fields = list(dict.fromkeys(k for r in self.rows for k in r))  # epochs without validation lack some
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(self.rows)
         self.plot()
@@ -171,13 +174,17 @@ class Metrics:
             import matplotlib.pyplot as plt
         except ImportError:  # plots are optional: pip install 'resnet-zoo[plot]'
             return
-        epochs = [r["epoch"] for r in self.rows]
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+
+        def curve(ax: Any, key: str, label: str) -> None:
+            points = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="." if len(points) < 30 else None, label=label)
+
         for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-            ax_loss.plot(epochs, [r[key] for r in self.rows], label=label)
+            curve(ax_loss, key, label)
         for key, label in (("train_acc", "train"), ("val_acc1", "validation"), ("ema_val_acc1", "validation (EMA)")):
-            if key in self.rows[-1]:
-                ax_acc.plot(epochs, [r[key] for r in self.rows], label=label)
+            curve(ax_acc, key, label)
         ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
         ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
         for ax in (ax_loss, ax_acc):
@@ -365,8 +372,13 @@ def _state(step: Step, epoch: int, best: dict | None, args: argparse.Namespace) 
     }
 
 
-def _resume(ckpt: Path, step: Step) -> tuple[int, dict | None]:
+def _resume(ckpt: Path, step: Step, epochs: int) -> tuple[int, dict | None]:
     state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+    planned = state["args"].get("epochs")
+    if planned != epochs:  # the learning-rate schedule was laid out for the run's length
+        raise ConfigError(
+            "--epochs", f"the checkpoint belongs to a {planned}-epoch run; resume with --epochs {planned}"
+        )
     weights = load_file(ckpt / "model.safetensors")
     if step.ema is not None:
         step.ema.module.load_state_dict(weights)
@@ -435,17 +447,16 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
         args.optimizer, model, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
         nesterov=args.nesterov, decay_norm_and_bias=args.decay_norm_and_bias,
     )  # fmt: skip
-    factor = partial(
-        lr_factor, total_steps=total_steps, schedule=args.schedule,
-        warmup_steps=round(args.warmup_epochs * steps_per_epoch),
-        milestones=[round(m * steps_per_epoch) for m in args.milestones], gamma=args.gamma,
+    schedule = make_schedule(
+        args.schedule, optimizer, total_steps=total_steps, warmup_steps=round(args.warmup_epochs * steps_per_epoch),
+        momentum=args.momentum, milestones=[round(m * steps_per_epoch) for m in args.milestones], gamma=args.gamma,
         min_factor=args.min_lr_factor, cosine_steps=args.t_max * steps_per_epoch if args.t_max else None,
     )  # fmt: skip
     step = Step(
         model=model,
         raw=model,
         optimizer=optimizer,
-        schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, factor),
+        schedule=schedule,
         criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
         ema=ModelEma(model, args.ema_decay) if args.ema_decay else None,
         scaler=torch.amp.GradScaler("cuda") if args.precision == "fp16" else None,
@@ -454,13 +465,13 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
         frozen=frozen,
     )
 
-    checkpoints = Checkpoints(output)
+    checkpoints = Checkpoints(output, keep=args.keep_checkpoints)
     start_epoch, best = 0, None
     if args.resume:
         ckpt = Path(args.resume) if isinstance(args.resume, str) else checkpoints.last
         if ckpt is None or not (ckpt / "state.pt").is_file():
             raise ConfigError("--resume", f"no checkpoint to resume from in {str(output)!r}")
-        start_epoch, best = _resume(ckpt, step)
+        start_epoch, best = _resume(ckpt, step, args.epochs)
         if procs.main:
             log.info("resumed from %s (epoch %d)", ckpt, start_epoch)
 
@@ -484,23 +495,23 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
         torch.manual_seed(_seed(args.seed, epoch, procs.rank))
         train_batches.set_epoch(epoch)
         stats = train_one_epoch(step, train_batches, procs, epoch, args.epochs)
-        val = evaluate(model, val_batches, procs, args.precision)
-        row = {
+        row: dict[str, Any] = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": stats["loss"],
             "train_acc": stats["acc"],
-            "val_loss": val["loss"],
-            "val_acc1": val["acc1"],
-            "val_acc5": val["acc5"],
         }
-        if step.ema is not None:
-            ema_val = evaluate(step.ema.module, val_batches, procs, args.precision)
-            row.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
-        chosen = row["ema_val_acc1"] if step.ema is not None else row["val_acc1"]
-        is_best = best is None or chosen > best["val_acc1"]
-        if is_best:
-            best = {"epoch": epoch, "val_acc1": chosen, "val_acc5": row.get("ema_val_acc5", row["val_acc5"])}
+        is_best = False
+        if epoch % args.eval_every == 0 or epoch == args.epochs:
+            val = evaluate(model, val_batches, procs, args.precision)
+            row.update(val_loss=val["loss"], val_acc1=val["acc1"], val_acc5=val["acc5"])
+            if step.ema is not None:
+                ema_val = evaluate(step.ema.module, val_batches, procs, args.precision)
+                row.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
+            chosen = row["ema_val_acc1"] if step.ema is not None else row["val_acc1"]
+            is_best = best is None or chosen > best["val_acc1"]
+            if is_best:
+                best = {"epoch": epoch, "val_acc1": chosen, "val_acc5": row.get("ema_val_acc5", row["val_acc5"])}
         row.update(img_per_s=stats["img_per_s"] * procs.world, epoch_s=stats["seconds"])
         row["elapsed_s"] = time.perf_counter() - run_start
         if procs.main:
@@ -512,11 +523,10 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
             )  # fmt: skip
             checkpoints.save(epoch, eval_model.state_dict(), config, _state(step, epoch, best, args), is_best)
             log.info(
-                "epoch %d/%d: train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s | %.0f img/s "
-                "| best %.2f%% (epoch %d)",
-                epoch, args.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc1"],
-                f" | EMA {row['ema_val_acc1']:.2f}%" if step.ema is not None else "", row["img_per_s"],
-                best["val_acc1"], best["epoch"],
+                "epoch %d/%d: train loss %.4f acc %.2f%% | %s | %.0f img/s | best %s",
+                epoch, args.epochs, row["train_loss"], row["train_acc"],
+                f"val loss {row['val_loss']:.4f} acc {row['val_acc1']:.2f}%" if "val_acc1" in row else "not evaluated",
+                row["img_per_s"], f"{best['val_acc1']:.2f}% (epoch {best['epoch']})" if best else "-",
             )  # fmt: skip
         procs.barrier()
 

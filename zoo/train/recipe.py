@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,18 +55,14 @@ def lr_factor(
     min_factor: float = 0.0,
     cosine_steps: int | None = None,
 ) -> float:
-    """Multiplier of the peak learning rate at ``step`` (0-based), with linear warm-up.
+    """Multiplier of the peak learning rate at ``step`` (0-based) for cosine, multistep and constant.
 
-    onecycle: linear up over the warm-up, then linear down to ``min_factor`` at the end;
-    cosine: warm-up, then half a cosine to ``min_factor`` over ``cosine_steps`` (default: the rest);
-    multistep: warm-up, then times ``gamma`` at each milestone step; constant: warm-up only.
+    Each starts with a linear warm-up; cosine then follows half a cosine to ``min_factor`` over
+    ``cosine_steps`` (default: the rest); multistep multiplies by ``gamma`` at each milestone step.
     """
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     after = step - warmup_steps
-    if schedule == "onecycle":
-        span = max(1, total_steps - warmup_steps)
-        return min_factor + (1 - min_factor) * max(0.0, 1 - after / span)
     if schedule == "cosine":
         span = max(1, (cosine_steps or total_steps) - warmup_steps)
         return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(after, span) / span))
@@ -73,6 +71,33 @@ def lr_factor(
     if schedule == "constant":
         return 1.0
     raise ConfigError("--schedule", f"{schedule!r} is not one of {', '.join(SCHEDULES)}")
+
+
+def make_schedule(
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    momentum: float = 0.9,
+    **factor_options: Any,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-step schedule. onecycle is Smith's 1cycle as torch implements it (Smith & Topin 2018):
+    the learning rate rises from peak/25 over the warm-up and anneals (cosine) to peak/25e4, while
+    the momentum (Adam's beta1) cycles the other way between ``momentum`` -/+ 0.05."""
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=min(max(warmup_steps, 1) / total_steps, 0.99),
+            anneal_strategy="cos",
+            base_momentum=momentum - 0.05,
+            max_momentum=momentum + 0.05,
+        )
+    factor = partial(lr_factor, total_steps=total_steps, schedule=name, warmup_steps=warmup_steps, **factor_options)
+    factor(0)  # an unknown name fails here, with its message
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class ModelEma:

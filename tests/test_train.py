@@ -1,0 +1,193 @@
+"""The trainer on a tiny generated image folder: learning, exact resume, torchrun, failures, aliases."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+
+import zoo
+from zoo.registry import _models
+from zoo.train.cli import parse
+from zoo.train.engine import TrainingDiverged, train
+from zoo.train.validate import main as validate_main
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw(shape: str, rng: random.Random, size: int = 32) -> Image.Image:
+    """A shape of random size and place, in its class's hue (varied), on a dark random background."""
+    img = Image.new("RGB", (size, size), tuple(rng.randrange(0, 60) for _ in range(3)))
+    d = ImageDraw.Draw(img)
+    r = rng.randrange(6, 12)
+    cx, cy = rng.randrange(r, size - r), rng.randrange(r, size - r)
+    color = [rng.randrange(60, 140) for _ in range(3)]
+    color[SHAPES.index(shape)] = rng.randrange(180, 256)
+    color = tuple(color)
+    if shape == "circle":
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
+    elif shape == "square":
+        d.rectangle((cx - r, cy - r, cx + r, cy + r), fill=color)
+    else:
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
+    return img
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/<shape>/*.png: 80 images per class, and one unreadable file."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = random.Random(0)
+    for shape in SHAPES:
+        folder = root / "train" / shape
+        folder.mkdir(parents=True)
+        for i in range(80):
+            draw(shape, rng).save(folder / f"{i:03d}.png")
+    (root / "train" / "circle" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+def args_for(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--dataset", "imagefolder", "--root", str(data), "--model", "resnet20", "--epochs", "2",
+            "--batch-size", "16", "--lr", "0.2", "--warmup-epochs", "0.5", "--val-split", "0.25", "--output", str(out),
+            "--cache-dir", str(out.parent / "cache"), *extra]  # fmt: skip
+
+
+def test_two_epochs_learn_and_write_everything(shapes: Path, tmp_path: Path) -> None:
+    summary = train(parse(args_for(shapes, tmp_path / "run")))
+    run = tmp_path / "run"
+    assert summary["best"]["val_acc1"] > 60  # chance is 33%
+    assert summary["skipped_images"] == 1  # the broken file: skipped and counted, not fatal
+    for name in ("metrics.csv", "metrics.jsonl", "curves.png", "command.txt", "args.json", "summary.json"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and {"train_loss", "val_acc1", "lr", "img_per_s"} <= set(rows[0])
+    last = (run / "last").resolve()
+    assert {p.name for p in last.iterdir()} == {"model.safetensors", "config.json", "state.pt"}
+    model = zoo.create_model(f"local-dir:{run / 'best'}", pretrained=True)  # a checkpoint is a Hub folder
+    assert model.num_classes == 3 and tuple(model.pretrained_cfg["label_names"]) == SHAPES
+
+
+def test_resume_is_exact(shapes: Path, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    train(parse(args_for(shapes, full, "--keep-checkpoints", "2", "--drop-path-rate", "0.1")))
+    resumed = tmp_path / "resumed"
+    train(
+        parse(
+            args_for(shapes, resumed, "--drop-path-rate", "0.1", "--resume", str(full / "checkpoints" / "epoch-0001"))
+        )
+    )
+    a, b = load_file(full / "last" / "model.safetensors"), load_file(resumed / "last" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_from_last_after_a_kill(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "tools/train.py", *args_for(shapes, out, "--epochs", "3")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "last").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    done = int((out / "last").resolve().name.split("-")[1])
+    assert done < 3, "the run finished before it could be killed"
+    with pytest.raises(zoo.ConfigError, match=r"--epochs: the checkpoint belongs to a 3-epoch run"):
+        train(parse(args_for(shapes, out, "--epochs", "4", "--resume")))
+    summary = train(parse(args_for(shapes, out, "--epochs", "3", "--resume")))
+    assert summary["final"]["epoch"] == 3
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    with pytest.raises(zoo.ConfigError, match="no checkpoint to resume from"):
+        train(parse(args_for(shapes, tmp_path / "empty", "--resume")))
+
+
+class _Poisoned(torch.nn.Module):
+    """resnet20 whose output turns NaN after a few training steps."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        self.net = zoo.create_model("resnet20", **kwargs)
+        self.pretrained_cfg, self.num_classes, self.steps = self.net.pretrained_cfg, self.net.num_classes, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.steps += self.training
+        out = self.net(x)
+        return out * float("nan") if self.steps > 14 else out  # epoch 2 of 11 steps each
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes: Path, tmp_path: Path) -> None:
+    zoo.register_model(name="poisoned_test_net")(lambda **kw: _Poisoned(**kw))
+    try:
+        with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2"):
+            train(parse(args_for(shapes, tmp_path / "run", "--model", "poisoned_test_net")))
+    finally:
+        _models.pop("poisoned_test_net")
+    assert (tmp_path / "run" / "last").resolve().name == "epoch-0001"
+
+
+def test_torchrun_two_processes(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "tools/train.py", *args_for(shapes, out, "--epochs", "1", "--sync-bn")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]  # rank 0 alone writes
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["epoch"] == 1
+    assert "2 process(es)" in result.stderr + result.stdout
+
+
+def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "shapes.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(shapes / "train", arcname="train")
+    out = tmp_path / "run"
+    summary = train(parse(args_for(archive, out, "--epochs", "1")))
+    report = tmp_path / "val.json"
+    assert validate_main(["--model", "resnet20", "--checkpoint", str(out / "best"), "--dataset", "imagefolder",
+                          "--root", str(archive), "--val-split", "0.25", "--cache-dir", str(tmp_path / "cache"),
+                          "--output", str(report)]) == 0  # fmt: skip
+    result = json.loads(report.read_text())
+    assert result["top1"] == pytest.approx(summary["best"]["val_acc1"], abs=0.001)  # rounded to 3 places
+    assert result["images"] in (59, 60)  # 25% of each class; the unreadable file may fall in either split
+
+
+def test_minimal_trainer_command_line_parses() -> None:
+    args = parse(["--root", "data/datasets", "--batch_size", "128", "--num_workers", "4", "--num_epochs", "50",
+                  "--lr", "0.001", "--optimizer", "AdamW", "--lr_scheduler", "CosineAnnealingLR", "--t_max", "50",
+                  "--model_name", "ResNet18", "--random_seed", "1", "--ckpt_dir", "checkpoints", "--compile",
+                  "--pin_memory", "--transform"])  # fmt: skip
+    assert (args.batch_size, args.workers, args.epochs, args.lr, args.optimizer) == (128, 4, 50, 0.001, "adamw")
+    assert (args.schedule, args.t_max, args.model, args.seed, args.output) == (
+        "cosine",
+        50,
+        "resnet18_cifar",
+        1,
+        "checkpoints",
+    )
+    assert args.compile and args.pin_memory and args.norm == "half" and args.dataset == "cifar10"
+
+
+def test_bad_training_arguments(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(zoo.ConfigError, match=r"--precision: 'fp16' needs a CUDA device"):
+        train(parse(args_for(shapes, tmp_path / "a", "--precision", "fp16")))
+    with pytest.raises(zoo.ConfigError, match=r"--root: .*does not exist"):
+        train(parse(args_for(tmp_path / "missing", tmp_path / "b")))
+    with pytest.raises(SystemExit):
+        parse(["--optimizer", "lion"])

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Regenerate the README's tables from the project's own tools (``make readme``).
+
+Each table sits between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->``:
+``models`` (``zoo count`` of every model, markdown) and ``weights`` (the weight tags).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from zoo.cli import format_table
+from zoo.counting import count_models, render
+from zoo.registry import get_weights, list_models, list_pretrained
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def weights_table() -> str:
+    rows = []
+    for full in list_pretrained():
+        _, w = get_weights(full)
+        test = w.test_input_size or w.input_size
+        default = " (default)" if get_weights(full.split(".")[0])[0] == full else ""
+        rows.append([
+            f"`{full}`{default}", f"{w.top1:.2f}" if w.top1 is not None else "-",
+            f"{w.top5:.2f}" if w.top5 is not None else "-", f"{w.num_params / 1e6:.2f}M", f"{w.gmacs:.2f}G",
+            f"{w.input_size[-1]} / {test[-1]}", w.interpolation, w.license,
+            "bundled (`weights/`)" if w.bundled else f"`{w.hf_hub_id}`",
+        ])  # fmt: skip
+    header = ["weights", "top-1", "top-5", "params", "MACs", "train / test size", "interp.", "license", "source"]
+    return format_table(header, rows, markdown=True)
+
+
+def tables() -> dict[str, str]:
+    return {"models": render(count_models(list_models()), "markdown"), "weights": weights_table()}
+
+
+def update(text: str, generated: dict[str, str]) -> str:
+    for name, table in generated.items():
+        pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(\n<!-- end:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- begin:{name} --> ... <!-- end:{name} --> block")
+        text = pattern.sub(lambda m, table=table: m[1] + table + m[2], text)
+    return text
+
+
+if __name__ == "__main__":
+    new = update(README.read_text(), tables())
+    if "--check" in sys.argv:
+        raise SystemExit(0 if new == README.read_text() else "README.md tables are stale: run make readme")
+    README.write_text(new)
+    print(f"updated {README}")

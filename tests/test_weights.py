@@ -288,3 +288,27 @@ def test_unknown_tag() -> None:
         zoo.UnknownModelError, match=r"unknown weights resnet50.tv3_in1k; resnet50 has .*resnet50.tv2_in1k"
     ):
         get_weights("resnet50.tv3_in1k")
+
+
+# --- the zoo's own bundled weights ----------------------------------------------------------------------
+
+BUNDLED = sorted(p.name for p in Path(zoo.factory.BUNDLED_DIR).glob("*.c10"))
+
+
+def test_bundled_weights_are_registered() -> None:
+    assert BUNDLED == sorted(zoo.list_pretrained("*.c10"))
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_weights_load_offline_and_match_their_record(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    arch = name.split(".")[0]
+    model = zoo.create_model(arch, pretrained=True)  # the default tag: no network, from weights/
+    assert model.pretrained_cfg["tag"] == name and model.num_classes == 10
+    _, record = get_weights(name)
+    folder = Path(zoo.factory.BUNDLED_DIR) / name
+    results = json.loads((folder / "results.json").read_text())
+    assert record.top1 == pytest.approx(results["results"][0]["top1"], abs=0.005)
+    assert record.num_params == sum(p.numel() for p in model.parameters())
+    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["tag"] == name
+    assert (folder / "README.md").read_text().startswith("---\nlicense: apache-2.0")

@@ -246,5 +246,5 @@ def test_mutated_configs_build_and_run_or_raise_config_errors(doc: dict) -> None
     model.eval()
     in_chans = model.cfg.in_chans
     with torch.no_grad():
-        out = model(torch.randn(2, in_chans, 16, 16))
+        out = model(torch.randn(2, in_chans, 64, 64))
     assert out.shape[0] == 2 and torch.isfinite(out).all()

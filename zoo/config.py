@@ -179,6 +179,14 @@ def _validate(cfg: ResNetConfig) -> None:
     _check_choice("shortcut", cfg.shortcut, SHORTCUTS)
     _check_int("groups", cfg.groups, 1)
     _check_int("width_per_group", cfg.width_per_group, 1)
+    if cfg.block == "bottleneck":
+        for i, planes in enumerate(cfg.channels):
+            if int(planes * cfg.width_per_group / 64) < 1:
+                raise ConfigError(
+                    "width_per_group",
+                    f"{cfg.width_per_group} gives stage {i} ({planes} planes) a bottleneck width of 0; "
+                    f"width = planes * width_per_group / 64 * groups must be at least 1",
+                )
     if cfg.block == "basic" and (cfg.groups, cfg.width_per_group) != (1, 64):
         raise ConfigError(
             "groups",

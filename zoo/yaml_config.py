@@ -237,8 +237,9 @@ def _output_stride(dilate: list[bool], stem: str, given: Any) -> int:
         )
     first = next((i for i, s in enumerate(strided) if not s), len(strided))
     if any(strided[first:]):
+        again = next(i for i in range(first, len(strided)) if strided[i])  # strides after a dilated stage
         raise ConfigError(
-            f"{ROOT}.stage_params[{first + 1}].replace_stride_with_dilation",
+            f"{ROOT}.stage_params[{again + 1}].replace_stride_with_dilation",
             f"dilation must run to the last stage once it starts (got {dilate[1:]}); a stage after a dilated one "
             "cannot stride again",
         )

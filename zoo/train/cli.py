@@ -14,6 +14,8 @@ import os
 import re
 import sys
 
+import yaml
+
 from ..errors import ZooError
 from .data import DATASETS
 from .recipe import OPTIMIZERS, SCHEDULES
@@ -57,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--in-chans", type=int, default=None)
     model.add_argument("--drop-rate", type=float, default=None)
     model.add_argument("--drop-path-rate", type=float, default=None)
+    model.add_argument(
+        "--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+        help="more architecture options, values in YAML: zero_init_last=false norm_layer=group_norm",
+    )  # fmt: skip
 
     recipe = p.add_argument_group("recipe")
     recipe.add_argument("--epochs", "--num_epochs", type=int, default=30)
@@ -111,6 +117,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
     """Fill defaults that depend on other flags; translate the minimal trainer's model names."""
+    if isinstance(args.model_kwargs, list):
+        pairs = {}
+        for item in args.model_kwargs:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ZooError(f"--model-kwargs: expected KEY=VALUE, got {item!r}")
+            pairs[key] = yaml.safe_load(value)
+        args.model_kwargs = pairs
     match = re.fullmatch(r"ResNet(\d+)", args.model)
     if match:  # its ResNet18..152 are the CIFAR-stem nets on CIFAR, the ImageNet ones elsewhere
         args.model = f"resnet{match[1]}" + ("_cifar" if args.dataset.startswith("cifar") else "")

@@ -352,7 +352,7 @@ def _batches(args: argparse.Namespace, split: Split, train: bool, model: nn.Modu
 
 
 def _model_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
-    options: dict[str, Any] = {"num_classes": num_classes}
+    options: dict[str, Any] = {**args.model_kwargs, "num_classes": num_classes}
     for name in ("drop_rate", "drop_path_rate", "in_chans"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

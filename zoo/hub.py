@@ -182,6 +182,15 @@ def verify(path: str | os.PathLike[str], sha256: str | None) -> None:
         f.write(seen)
 
 
+LEGACY_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".ckpt", ".tar")
+
+
+def _is_zip(path: Path) -> bool:
+    """Whether ``path`` is a zip archive: what ``torch.save`` writes, whatever the file is called."""
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors of a weights file: safetensors, or a legacy pickle that holds only tensors.
 
@@ -193,7 +202,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix in (".pth", ".pt", ".bin", ".ckpt", ".tar"):
+    if path.suffix in LEGACY_SUFFIXES or _is_zip(path):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
@@ -297,11 +306,11 @@ def hub_file(
 
     try:
         path = Path(hf.hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), endpoint=endpoint))
+    except hf_errors.LocalEntryNotFoundError as e:  # network down or server failing; EntryNotFoundError is its base
+        tried.append(f"Hub {endpoint}/{repo_id}: unreachable ({_first_line(e.__cause__ or e)})")
+        raise WeightsNotFoundError(_not_found(where, tried)) from e
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as e:
         tried.append(f"Hub {endpoint}/{repo_id}: {type(e).__name__}: {_first_line(e)}")
-        raise WeightsNotFoundError(_not_found(where, tried)) from e
-    except hf_errors.LocalEntryNotFoundError as e:  # network down or server failing, nothing cached
-        tried.append(f"Hub {endpoint}/{repo_id}: unreachable ({_first_line(e.__cause__ or e)})")
         raise WeightsNotFoundError(_not_found(where, tried)) from e
     except Exception as e:  # a broken transfer: huggingface_hub removes its partial file
         if isinstance(e, ZooError):

@@ -78,7 +78,8 @@ class InferenceModel(nn.Module):
         self.model = model
         self.dtype = dtype
         self.channels_last = channels_last
-        self._run = compiled or model
+        # a plain attribute, not a submodule: the compiled wrapper shares the weights of ``model``
+        self.__dict__["_run"] = model if compiled is None else compiled
         for attr in ("pretrained_cfg", "feature_info", "num_classes", "num_features"):
             if hasattr(model, attr):
                 setattr(self, attr, getattr(model, attr))

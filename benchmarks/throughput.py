@@ -131,7 +131,8 @@ class Setting:
 
     def describe(self) -> str:
         parts = [self.dtype, "NHWC" if self.channels_last else "NCHW"]
-        parts += ["optimize"] if self.optimize else (["compile"] if self.compile else ["eager"])
+        parts += ["optimize"] if self.optimize else []
+        parts += ["compile"] if self.compile else ([] if self.optimize else ["eager"])
         return f"{self.label}:{'/'.join(parts)}"
 
 
@@ -290,6 +291,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
     p.add_argument("--compile-mode", default=None, help="e.g. max-autotune")
     p.add_argument("--optimize", action="store_true", help="zoo.optimize_for_inference: fold BN, NHWC, dtype, compile")
+    p.add_argument("--no-compile", action="store_true", help="with --optimize: the fast path without inductor")
     p.add_argument(
         "--baseline",
         choices=BASELINES,
@@ -335,10 +337,11 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
         raise BadInput("--iters and --repeats must be >= 1, --warmup >= 0")
     if args.dtype == "fp16" and device.type == "cpu":
         raise BadInput("--dtype fp16 needs a CUDA device; on a CPU use bf16 (fast with AVX-512 BF16 or AMX)")
-    if args.compile:
+    if args.compile or (args.optimize and not args.no_compile):
         problem = compile_problem(device)
         if problem:
-            raise BadInput(f"--compile: torch.compile is unavailable here: {problem}; run without --compile")
+            flag, fix = ("--compile", "run without it") if args.compile else ("--optimize", "add --no-compile")
+            raise BadInput(f"{flag}: torch.compile is unavailable here: {problem}; {fix}")
     if args.baseline == "torchvision":
         missing = [m for m in models if m not in TORCHVISION_ARCHS]
         if missing:
@@ -364,8 +367,10 @@ def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[Sett
         size = args.img_size or zoo.create_model(model).pretrained_cfg["input_size"][-1]
         for mode in args.mode:
             for batch in [1] if mode == "latency" else args.batch_sizes:
-                ours = Setting(model, mode, batch, size, args.dtype, args.channels_last or args.optimize,
-                               args.compile, args.optimize and mode != "train", label="zoo")  # fmt: skip
+                optimize = args.optimize and mode != "train"
+                compile = args.compile or (optimize and not args.no_compile)  # the fast path compiles by default
+                ours = Setting(model, mode, batch, size, args.dtype, args.channels_last or optimize, compile, optimize,
+                               label="zoo")  # fmt: skip
                 base = None
                 if args.baseline != "none":
                     base = Setting(model, mode, batch, size, "fp32", False, False, False, label=args.baseline)

@@ -151,6 +151,8 @@ def test_torchrun_two_processes(shapes: Path, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["epoch"] == 1
     assert "2 process(es)" in result.stderr + result.stdout
+    command = (out / "command.txt").read_text()
+    assert command.startswith("torchrun --nproc_per_node=2 tools/train.py --dataset imagefolder"), command
 
 
 def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:

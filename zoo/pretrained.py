@@ -99,7 +99,17 @@ IMAGENET: dict[tuple[str, str], Weights] = {
 C10 = dict(num_classes=10, label_names="cifar-10", input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR10_MEAN,
            std=CIFAR10_STD, license="apache-2.0", origin_url="https://github.com/resnet-zoo/resnet-zoo",
            paper=PAPERS["resnet"], bundled=True)  # fmt: skip
-CIFAR10: dict[tuple[str, str], Weights] = {}
+
+
+def _c10(arch: str, top1: float, top5: float, params: int, gmacs: float) -> Weights:
+    return Weights(f"resnet-zoo/{arch}.c10", top1=top1, top5=top5, num_params=params, gmacs=gmacs,
+                   source="zoo train (see the model card)", **C10)  # fmt: skip
+
+
+# (arch, "c10") -> weights. top-1/top-5 on the validation split; params at 10 classes; G MACs at 32x32.
+CIFAR10: dict[tuple[str, str], Weights] = {
+    ("resnet20", "c10"): _c10("resnet20", 84.72, 99.20, 269_722, 0.041),
+}
 
 
 def _register() -> None:

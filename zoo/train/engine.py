@@ -42,6 +42,19 @@ class TrainingDiverged(ZooError, FloatingPointError):
 # --- processes ------------------------------------------------------------------------------------
 
 
+def launch_command() -> str:
+    """The command line that reproduces this run, with the launcher and process layout it ran under."""
+    script, *rest = sys.argv
+    program = ["python", script] if script.endswith(".py") else [Path(script).name]  # tools/train.py or `zoo`
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return shlex.join([*program, *rest])
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = [f"--nnodes={world // per_node}"] if world > per_node else []
+    no_python = [] if script.endswith(".py") else ["--no-python"]
+    return shlex.join(["torchrun", *nodes, f"--nproc_per_node={per_node}", *no_python, program[-1], *rest])
+
+
 @dataclass
 class Processes:
     """Where this process sits: rank, world size and device (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK)."""
@@ -408,7 +421,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
         raise ConfigError("--precision", "'fp16' needs a CUDA device; on a CPU use 'bf16' (or 'fp32')")
     if procs.main:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
+        (output / "command.txt").write_text(launch_command() + "\n")
         save_json(output / "args.json", {k: v for k, v in vars(args).items()})
     torch.manual_seed(args.seed)
 

@@ -270,3 +270,15 @@ def test_zoo_download_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # prefetched: now it loads with no network at all
     model = zoo.create_model("resnet50.tv_in1k", pretrained=True)
     torch.testing.assert_close(model.fc.weight, source.fc.weight)
+
+
+def test_readme_weights_table_is_the_generated_one() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "tools" / "update_readme.py")
+    assert spec is not None and spec.loader is not None
+    update_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(update_readme)
+    readme = (ROOT / "README.md").read_text()
+    assert update_readme.weights_table() in readme, "README.md weights table is stale: run make readme"
+    assert update_readme.update(readme, {"weights": update_readme.weights_table()}) == readme

@@ -313,3 +313,10 @@ def test_bundled_weights_load_offline_and_match_their_record(name: str, monkeypa
     assert record.num_params == sum(p.numel() for p in model.parameters())
     assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["tag"] == name
     assert (folder / "README.md").read_text().startswith("---\nlicense: apache-2.0")
+
+
+def test_weight_records_refuse_bad_sizes() -> None:
+    with pytest.raises(zoo.ConfigError, match=r"input_size: expected \(channels, height, width\).*\(3, 160, 4.353\)"):
+        Weights("org/x", input_size=(3, 160, 4.353))  # type: ignore[arg-type]
+    with pytest.raises(zoo.ConfigError, match=r"test_crop_pct: expected a fraction in \(0, 1\], got 95"):
+        Weights("org/x", test_crop_pct=95)

@@ -3,6 +3,7 @@
 
 Each table sits between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->``:
 ``models`` (``zoo count`` of every model, markdown) and ``weights`` (the weight tags).
+``--only weights`` skips the slow counting; ``--check`` fails when a table is stale.
 """
 
 from __future__ import annotations
@@ -34,21 +35,25 @@ def weights_table() -> str:
     return format_table(header, rows, markdown=True)
 
 
-def tables() -> dict[str, str]:
-    return {"models": render(count_models(list_models()), "markdown"), "weights": weights_table()}
+def tables(only: str | None = None) -> dict[str, str]:
+    makers = {"models": lambda: render(count_models(list_models()), "markdown"), "weights": weights_table}
+    if only is not None and only not in makers:
+        raise SystemExit(f"--only: {only!r} is not one of {', '.join(makers)}")
+    return {name: make() for name, make in makers.items() if only in (None, name)}
 
 
 def update(text: str, generated: dict[str, str]) -> str:
     for name, table in generated.items():
-        pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(\n<!-- end:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no <!-- begin:{name} --> ... <!-- end:{name} --> block")
-        text = pattern.sub(lambda m, table=table: m[1] + table + m[2], text)
+        text = pattern.sub(lambda m, table=table: m[1] + table.rstrip("\n") + "\n" + m[2], text)
     return text
 
 
 if __name__ == "__main__":
-    new = update(README.read_text(), tables())
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv[:-1] else None  # e.g. --only weights
+    new = update(README.read_text(), tables(only))
     if "--check" in sys.argv:
         raise SystemExit(0 if new == README.read_text() else "README.md tables are stale: run make readme")
     README.write_text(new)

@@ -85,7 +85,7 @@ IMAGENET: dict[tuple[str, str], Weights] = {
     ("resnet50d", "ra4_e3600_r224_in1k"): _timm("resnet50d", "ra4_e3600_r224_in1k", RSB_A1, 81.838, 95.922, 25_576_264, 7.194, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), metrics={"top1_224": 80.952, "top5_224": 95.384}),
     ("resnet50d", "a1_in1k"): _timm("resnet50d", "a1_in1k", RSB_A1, 81.450, 95.218, 25_576_264, 7.194, metrics={"top1_224": 80.68, "top5_224": 94.71}),
     ("resnet50d", "a2_in1k"): _timm("resnet50d", "a2_in1k", RSB_A1, 81.164, 95.084, 25_576_264, 7.194, metrics={"top1_224": 80.22, "top5_224": 94.63}),
-    ("resnet50d", "a3_in1k"): _timm("resnet50d", "a3_in1k", RSB_A1, 78.722, 94.236, 25_576_264, 4.353, input_size=(3, 160, 4.353), test_input_size=(3, 224, 224), test_crop_pct=0.95, metrics={"top1_160": 77.22, "top5_160": 93.27}),
+    ("resnet50d", "a3_in1k"): _timm("resnet50d", "a3_in1k", RSB_A1, 78.722, 94.236, 25_576_264, 4.353, input_size=(3, 160, 160), test_input_size=(3, 224, 224), test_crop_pct=0.95, metrics={"top1_160": 77.22, "top5_160": 93.27}),
     ("resnet50d", "gluon_in1k"): _timm("resnet50d", "gluon_in1k", GLUON, 79.078, 94.468, 25_576_264, 4.353),
     ("resnet101d", "ra2_in1k"): _timm("resnet101d", "ra2_in1k", RA2_256, 83.016, 96.452, 44_568_392, 16.478, metrics={"top1_256": 82.26, "top5_256": 96.07}),
     ("resnet101d", "gluon_in1k"): _timm("resnet101d", "gluon_in1k", GLUON, 80.426, 95.024, 44_568_392, 8.075),

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .errors import StateDictError
+from .errors import ConfigError, StateDictError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,18 @@ class Weights:
     top5: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # more published figures, e.g. top1 at 224
     num_params: int | None = None  # checked by a test against the built model
-    gmacs: float | None = None  # conv+linear+norm MACs at input_size, G (fvcore convention)
+    gmacs: float | None = None  # conv+linear+norm MACs at test_input_size (else input_size), G (fvcore)
     bundled: bool = False  # the weights sit in the repository's weights/<arch>.<tag>/ folder
+
+    def __post_init__(self) -> None:
+        for name in ("input_size", "test_input_size"):
+            size = getattr(self, name)
+            if size is not None and not (len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
+                raise ConfigError(name, f"expected (channels, height, width) of positive ints, got {size!r}")
+        for name in ("crop_pct", "test_crop_pct"):
+            pct = getattr(self, name)
+            if pct is not None and not 0 < pct <= 1:
+                raise ConfigError(name, f"expected a fraction in (0, 1], got {pct!r}")
 
     def pretrained_cfg(self, tag: str, arch_cfg: dict[str, Any]) -> dict[str, Any]:
         """The model's ``pretrained_cfg``: the arch's defaults overridden by these weights' facts."""

@@ -105,7 +105,10 @@ def test_folded_batch_norms_match_eval_model(name: str) -> None:
     size = 32 if name == "resnet20" else 64
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        torch.testing.assert_close(fused(x), model(x), atol=2e-4, rtol=1e-4)  # fp32 rounding over 50 layers
+        ours, reference = fused(x), model(x)
+    # within 1e-5 of the output's scale: these random statistics blow resnet50d's logits up to ~100
+    scale = max(1.0, reference.abs().max().item())
+    assert (ours - reference).abs().max().item() <= 1e-5 * scale
 
 
 def test_optimize_for_inference_features_and_bf16() -> None:

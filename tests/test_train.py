@@ -151,6 +151,8 @@ def test_torchrun_two_processes(shapes: Path, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["epoch"] == 1
     assert "2 process(es)" in result.stderr + result.stdout
+    (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 150 <= row["img_per_s"] * row["epoch_s"] <= 200  # images of both ranks, counted once (180 train images)
     command = (out / "command.txt").read_text()
     assert command.startswith("torchrun --nproc_per_node=2 tools/train.py --dataset imagefolder"), command
 

@@ -525,7 +525,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
             is_best = best is None or chosen > best["val_acc1"]
             if is_best:
                 best = {"epoch": epoch, "val_acc1": chosen, "val_acc5": row.get("ema_val_acc5", row["val_acc5"])}
-        row.update(img_per_s=stats["img_per_s"] * procs.world, epoch_s=stats["seconds"])
+        row.update(img_per_s=stats["img_per_s"], epoch_s=stats["seconds"])
         row["elapsed_s"] = time.perf_counter() - run_start
         if procs.main:
             assert metrics is not None

@@ -61,6 +61,7 @@ def from_run(args: argparse.Namespace) -> Path:
         f"Trained on {env}: {summary.get('epochs', len(rows))} epochs, {wall / 60:.1f} minutes of wall time, "
         f"best validation top-1 {best.get('val_acc1', float('nan')):.2f}% at epoch {best.get('epoch', '-')} "
         f"(final epoch: {last.get('val_acc1', float('nan')):.2f}%).",
+        *(["", args.note] if args.note else []),
         "",
         "```bash",
         run["command"],
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-images", default="-", help="validation images, for the results table")
     p.add_argument("--val-note", default="held out from training", help="how the validation split was made")
     p.add_argument("--machine", default="", help="where it was trained, for the card")
+    p.add_argument("--note", default="", help="a paragraph for the card's training section")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN)")
     p.add_argument("--private", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="write the folder only; do not upload")

@@ -114,6 +114,8 @@ def test_zero_init_last() -> None:
     assert (zoo.create_model("resnet50", zero_init_last=False).layer1[0].bn3.weight == 1).all()
     frozen = zoo.create_model("resnet18", norm_layer="frozen_batch_norm")
     assert (frozen.layer1[0].bn2.weight == 1).all()  # a frozen scale of 0 would kill the block forever
+    assert (zoo.create_model("resnet20").layer1[0].bn2.weight == 1).all()  # the paper nets start plainly
+    assert (zoo.create_model("resnet20", zero_init_last=True).layer1[0].bn2.weight == 0).all()
 
 
 def test_reset_classifier() -> None:

@@ -275,7 +275,7 @@ def test_zoo_download_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     torch.testing.assert_close(model.fc.weight, source.fc.weight)
 
 
-def test_readme_weights_table_is_the_generated_one() -> None:
+def test_readme_weights_and_training_tables_are_the_generated_ones() -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("update_readme", ROOT / "tools" / "update_readme.py")
@@ -283,5 +283,6 @@ def test_readme_weights_table_is_the_generated_one() -> None:
     update_readme = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(update_readme)
     readme = (ROOT / "README.md").read_text()
-    assert update_readme.weights_table() in readme, "README.md weights table is stale: run make readme"
-    assert update_readme.update(readme, {"weights": update_readme.weights_table()}) == readme
+    fresh = {"weights": update_readme.weights_table(), "training": update_readme.training_table()}
+    assert "resnet20.c10" in fresh["training"]
+    assert update_readme.update(readme, fresh) == readme, "README.md tables are stale: run make readme"

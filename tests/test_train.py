@@ -60,7 +60,7 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def args_for(data: Path, out: Path, *extra: str) -> list[str]:
     return ["--dataset", "imagefolder", "--root", str(data), "--model", "resnet20", "--epochs", "2",
-            "--batch-size", "16", "--lr", "0.2", "--warmup-epochs", "0.5", "--val-split", "0.25", "--output", str(out),
+            "--batch-size", "16", "--lr", "0.05", "--warmup-epochs", "0.5", "--val-split", "0.25", "--output", str(out),
             "--cache-dir", str(out.parent / "cache"), *extra]  # fmt: skip
 
 

@@ -74,7 +74,8 @@ def from_run(args: argparse.Namespace) -> Path:
     extra = {n: Path(args.run) / n for n in ("curves.png", "metrics.csv") if (Path(args.run) / n).is_file()}
     out = write_folder(args.out, run["best"] / "model.safetensors", config, card, extra=extra)
     hub.save_json(out / "results.json", {"name": name, "results": results, "epochs": summary.get("epochs"),
-                                         "wall_time_s": round(wall, 1), "best_epoch": best.get("epoch")})  # fmt: skip
+                                         "wall_time_s": round(wall, 1), "best_epoch": best.get("epoch"),
+                                         "command": run["command"]})  # fmt: skip
     return out
 
 

@@ -2,18 +2,21 @@
 """Regenerate the README's tables from the project's own tools (``make readme``).
 
 Each table sits between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->``:
-``models`` (``zoo count`` of every model, markdown) and ``weights`` (the weight tags).
+``models`` (``zoo count`` of every model, markdown), ``weights`` (the weight tags) and
+``training`` (the bundled weights' training runs, from their ``results.json``).
 ``--only weights`` skips the slow counting; ``--check`` fails when a table is stale.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
 
 from zoo.cli import format_table
 from zoo.counting import count_models, render
+from zoo.factory import BUNDLED_DIR
 from zoo.registry import get_weights, list_models, list_pretrained
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -35,8 +38,27 @@ def weights_table() -> str:
     return format_table(header, rows, markdown=True)
 
 
+def training_table() -> str:
+    rows = []
+    for results in sorted(BUNDLED_DIR.glob("*/results.json"), key=lambda p: get_weights(p.parent.name)[1].num_params):
+        run = json.loads(results.read_text())
+        command = run.get("command", "")
+        procs = re.search(r"--nproc_per_node[= ](\d+)", command)
+        val = run["results"][0]
+        rows.append([
+            f"`{run['name']}`", str(run["epochs"]), f"{run['wall_time_s'] / 60:.1f}",
+            f"torchrun x{procs[1]}" if procs else "1 process", f"{val['top1']:.2f}", f"{val['top5']:.2f}",
+        ])  # fmt: skip
+    header = ["weights", "epochs", "wall time (min)", "launcher", "val top-1", "val top-5"]
+    return format_table(header, rows, markdown=True)
+
+
 def tables(only: str | None = None) -> dict[str, str]:
-    makers = {"models": lambda: render(count_models(list_models()), "markdown"), "weights": weights_table}
+    makers = {
+        "models": lambda: render(count_models(list_models()), "markdown"),
+        "weights": weights_table,
+        "training": training_table,
+    }
     if only is not None and only not in makers:
         raise SystemExit(f"--only: {only!r} is not one of {', '.join(makers)}")
     return {name: make() for name, make in makers.items() if only in (None, name)}

@@ -23,7 +23,12 @@ def register_resnet(name: str, cfg: R) -> None:
 B = "bottleneck"
 IN_TO_CIFAR = {"stem": "cifar", "num_classes": 10}
 # The paper's CIFAR nets (He et al. 2016, sec. 4.2): 6n+2 layers, 16/32/64 channels, option A shortcuts.
-PAPER_CIFAR = {"channels": (16, 32, 64), "stem": "cifar", "stem_width": 16, "shortcut": "pad", "num_classes": 10}
+# zero_init_last off: with option A (zero-padded) shortcuts it cost 3.9 points of CIFAR-10 accuracy
+# in 10 epochs (resnet20: 80.4% with it, 84.2% without), and the paper initializes plainly.
+PAPER_CIFAR = {
+    "channels": (16, 32, 64), "stem": "cifar", "stem_width": 16, "shortcut": "pad", "num_classes": 10,
+    "zero_init_last": False,
+}  # fmt: skip
 RESNET_D = {"stem": "deep", "shortcut": "avg"}  # He et al. 2019 ("Bag of Tricks"), timm's stem width 32
 
 VARIANTS: dict[str, R] = {
@@ -55,7 +60,8 @@ VARIANTS: dict[str, R] = {
     "resnet44": R(layers=(7, 7, 7), **PAPER_CIFAR),
     "resnet56": R(layers=(9, 9, 9), **PAPER_CIFAR),
     "resnet110": R(layers=(18, 18, 18), **PAPER_CIFAR),
-    "resnet1202": R(layers=(200, 200, 200), **PAPER_CIFAR),
+    # 600 blocks: plain init overflows an untrained eval forward, so the last norms start at 0
+    "resnet1202": R(layers=(200, 200, 200), **{**PAPER_CIFAR, "zero_init_last": True}),
 }
 
 for _name, _cfg in VARIANTS.items():

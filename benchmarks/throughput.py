@@ -5,6 +5,7 @@
         --baseline torchvision
     python benchmarks/throughput.py --models resnet18_cifar --mode train --batch-sizes 128 \\
         --dtype bf16 --channels-last --baseline eager
+    python benchmarks/throughput.py --models resnet50 --optimize --dtype int8 --baseline torchvision
     python benchmarks/throughput.py --smoke
 
 Modes: ``infer`` (forward under inference_mode), ``train`` (forward, backward, SGD step)
@@ -40,10 +41,11 @@ from torch import nn
 import zoo
 from zoo.cli import format_table
 from zoo.errors import ZooError
-from zoo.optimize import DTYPES, optimize_for_inference
+from zoo.optimize import DTYPES, optimize_for_inference, quantize_int8
 
 MODES = ("infer", "train", "latency")
 BASELINES = ("none", "torchvision", "eager")
+INT8 = "int8"  # --optimize only: zoo.quantize_int8, calibrated on random batches (speed does not depend on them)
 TORCHVISION_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                      "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}  # fmt: skip
 
@@ -209,6 +211,13 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
         return train_step
 
     model.eval()
+    if setting.dtype == INT8:
+        fast = quantize_int8(model, [torch.randn_like(x) for _ in range(2)], compile=setting.compile)
+
+        def int8_step() -> None:
+            fast(x)
+
+        return int8_step
     if setting.optimize:
         fast = optimize_for_inference(model, setting.dtype, compile=setting.compile, compile_mode=compile_mode)
 
@@ -285,7 +294,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32])
     p.add_argument("--img-size", type=int, default=None, help="default: each model's own input size")
     p.add_argument(
-        "--dtype", choices=tuple(DTYPES), default="fp32", help="autocast dtype (weights too with --optimize)"
+        "--dtype",
+        choices=(*DTYPES, INT8),
+        default="fp32",
+        help="autocast dtype (weights too with --optimize); int8: with --optimize, x86 CPUs",
     )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
@@ -337,6 +349,9 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
         raise BadInput("--iters and --repeats must be >= 1, --warmup >= 0")
     if args.dtype == "fp16" and device.type == "cpu":
         raise BadInput("--dtype fp16 needs a CUDA device; on a CPU use bf16 (fast with AVX-512 BF16 or AMX)")
+    if args.dtype == INT8 and not (args.optimize and device.type == "cpu" and "train" not in args.mode):
+        raise BadInput("--dtype int8 is an inference fast path for CPUs: use it with --optimize, --device cpu "
+                       "and --mode infer or latency")  # fmt: skip
     if args.compile or (args.optimize and not args.no_compile):
         problem = compile_problem(device)
         if problem:
@@ -440,8 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill also writes what is done
     try:
         if not args.no_ceiling:
-            ceiling = measure_ceiling(device, args.dtype)
-            print(f"ceiling ({args.dtype}, {env['device_name']}): conv {ceiling['conv']} GFLOP/s, "
+            # int8 rows are compared with the bf16 ceiling: the fastest float math of the same machine
+            ceiling_dtype = "bf16" if args.dtype == INT8 else args.dtype
+            ceiling = measure_ceiling(device, ceiling_dtype)
+            print(f"ceiling ({ceiling_dtype}, {env['device_name']}): conv {ceiling['conv']} GFLOP/s, "
                   f"matmul {ceiling['matmul']} GFLOP/s", flush=True)  # fmt: skip
         for ours, base in pairs:
             macs = zoo.count(zoo.create_model(ours.model), (3, ours.img_size, ours.img_size)).conv_linear_macs

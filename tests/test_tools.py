@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,9 +18,9 @@ from hubservers import FakeHub
 from safetensors.torch import save_file
 
 import zoo
+from zoo import fold_batch_norms, optimize_for_inference, quantize_int8
 from zoo.cli import main as zoo_main
 from zoo.counting import count_models, render
-from zoo.optimize import fold_batch_norms, optimize_for_inference
 from zoo.pretrained import CIFAR10, IMAGENET
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,6 +140,33 @@ def test_optimize_with_inductor_matches_eager() -> None:
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
 
 
+def test_int8_follows_the_float_model_for_any_batch_size() -> None:
+    torch.manual_seed(0)
+    model = zoo.create_model("resnet20").eval()
+    calibration = [(torch.randn(8, 3, 32, 32), torch.zeros(8)) for _ in range(3)]  # (images, labels) pairs work
+    int8 = quantize_int8(model, calibration, compile=False)
+    x = torch.randn(5, 3, 32, 32)  # a batch size calibration never saw
+    with torch.no_grad():
+        ours, reference = int8(x), model(x)
+    assert ours.dtype == torch.float32 and ours.shape == (5, 10) and int8.num_classes == 10
+    assert torch.nn.functional.cosine_similarity(ours.flatten(), reference.flatten(), dim=0) > 0.99
+    compiled = quantize_int8(model, calibration, example_input=x)(x)  # inductor: fused oneDNN int8 kernels
+    assert torch.nn.functional.cosine_similarity(compiled.flatten(), reference.flatten(), dim=0) > 0.99
+    # the fused kernels requantize between ops a little differently from the eager q/dq graph
+    torch.testing.assert_close(compiled, ours, atol=0.02 * reference.abs().max().item(), rtol=0)
+
+
+def test_int8_features_only_and_bad_input() -> None:
+    backbone = zoo.create_model("resnet18", features_only=True, out_indices=(2, 4)).eval()
+    int8 = quantize_int8(backbone, [torch.randn(2, 3, 64, 64)], compile=False)
+    maps = int8(torch.randn(3, 3, 64, 64))
+    assert [m.shape[1] for m in maps] == [128, 512] and int8.feature_info.channels() == [128, 512]
+    with pytest.raises(zoo.ConfigError, match=r"calibration: is empty; give at least one batch"):
+        quantize_int8(backbone, [])
+    with pytest.raises(zoo.ConfigError, match=r"max_batches: expected a positive integer or None, got 0"):
+        quantize_int8(backbone, [torch.randn(2, 3, 64, 64)], max_batches=0)
+
+
 # --- the benchmark -------------------------------------------------------------------------------------
 
 
@@ -164,6 +192,7 @@ def test_benchmark_smoke_runs_quickly(tmp_path: Path) -> None:
         (["--batch-sizes", "0"], "--batch-sizes: 0 is not a positive batch size"),
         (["--dtype", "fp16", "--device", "cpu"], "--dtype fp16 needs a CUDA device"),
         (["--models", "resnet20", "--baseline", "torchvision"], "torchvision has no resnet20; use --baseline eager"),
+        (["--models", "resnet20", "--dtype", "int8"], "--dtype int8 is an inference fast path for CPUs: use it with"),
     ],
 )
 def test_benchmark_bad_input(args: list[str], message: str, tmp_path: Path) -> None:
@@ -286,3 +315,11 @@ def test_readme_weights_and_training_tables_are_the_generated_ones() -> None:
     fresh = {"weights": update_readme.weights_table(), "training": update_readme.training_table()}
     assert "resnet20.c10" in fresh["training"]
     assert update_readme.update(readme, fresh) == readme, "README.md tables are stale: run make readme"
+
+
+def test_every_zoo_name_the_docs_use_exists() -> None:
+    docs = [ROOT / "README.md", *ROOT.glob("*/README.md")]
+    names = {m for doc in docs for m in re.findall(r"\bzoo\.([A-Za-z_][A-Za-z0-9_]*)", doc.read_text())}
+    assert {"create_model", "optimize_for_inference", "quantize_int8"} <= names
+    missing = sorted(n for n in names if not hasattr(zoo, n))
+    assert not missing, f"the docs use zoo.{missing} which `import zoo` does not have"

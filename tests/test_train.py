@@ -166,10 +166,12 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
     report = tmp_path / "val.json"
     assert validate_main(["--model", "resnet20", "--checkpoint", str(out / "best"), "--dataset", "imagefolder",
                           "--root", str(archive), "--val-split", "0.25", "--cache-dir", str(tmp_path / "cache"),
-                          "--output", str(report)]) == 0  # fmt: skip
+                          "--output", str(report), "--int8"]) == 0  # fmt: skip
     result = json.loads(report.read_text())
     assert result["top1"] == pytest.approx(summary["best"]["val_acc1"], abs=0.001)  # rounded to 3 places
     assert result["images"] in (59, 60)  # 25% of each class; the unreadable file may fall in either split
+    int8 = result["int8"]  # calibrated on all (<= 512) training images, scored on the same val images
+    assert int8["calibration_images"] in (180, 181) and int8["top1"] == pytest.approx(result["top1"], abs=10)
 
 
 def test_minimal_trainer_command_line_parses() -> None:

@@ -17,6 +17,7 @@ from .errors import (
 )
 from .factory import create_model, create_model_from_config
 from .features import FeatureExtractor, FeatureInfo
+from .optimize import fold_batch_norms, optimize_for_inference, quantize_int8
 from .registry import is_model, list_models, list_pretrained, register_model, register_weights
 from .resnet import ResNet
 from .variants import register_resnet
@@ -43,10 +44,13 @@ __all__ = [
     "create_model",
     "create_model_from_config",
     "create_transform",
+    "fold_batch_norms",
     "is_model",
     "list_models",
     "list_pretrained",
     "model_config",
+    "optimize_for_inference",
+    "quantize_int8",
     "register_model",
     "register_resnet",
     "register_weights",

@@ -2,18 +2,21 @@
 
 ``optimize_for_inference(model)`` returns a module with the same call signature
 that runs in inference mode. Each step is also usable alone (``fold_batch_norms``).
+``quantize_int8(model, calibration)`` is the int8 path for x86 CPUs (PT2E, torchao).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import torch
-import torch._inductor.config
 import torch.fx
 from torch import nn
+from tqdm import tqdm
 
 from .errors import ConfigError
 from .layers import FrozenBatchNorm2d
@@ -22,6 +25,13 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+_INFO = ("pretrained_cfg", "feature_info", "num_classes", "num_features")  # what callers read off a model
+
+
+def _copy_info(source: nn.Module, target: nn.Module) -> None:
+    for attr in _INFO:
+        if hasattr(source, attr):
+            setattr(target, attr, getattr(source, attr))
 
 
 def _fold(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
@@ -64,9 +74,7 @@ def fold_batch_norms(model: nn.Module) -> torch.fx.GraphModule:
     graph_module.delete_all_unused_submodules()
     graph_module.recompile()
     log.info("folded %d batch norms into their convs", folded)
-    for attr in ("pretrained_cfg", "feature_info", "num_classes", "num_features"):
-        if hasattr(model, attr):
-            setattr(graph_module, attr, getattr(model, attr))
+    _copy_info(model, graph_module)
     return graph_module
 
 
@@ -80,11 +88,15 @@ class InferenceModel(nn.Module):
         self.channels_last = channels_last
         # a plain attribute, not a submodule: the compiled wrapper shares the weights of ``model``
         self.__dict__["_run"] = model if compiled is None else compiled
-        for attr in ("pretrained_cfg", "feature_info", "num_classes", "num_features"):
-            if hasattr(model, attr):
-                setattr(self, attr, getattr(model, attr))
+        _copy_info(model, self)
+
+    def train(self, mode: bool = True) -> InferenceModel:
+        # Always in inference mode; exported (int8) graphs refuse train() and eval() anyway.
+        return self
 
     def forward(self, x: torch.Tensor) -> Any:
+        import torch._inductor.config  # here, not at the top: it costs 2 s of `import zoo`
+
         # Freezing turns the weights into constants, so inductor can fold and pre-pack them for oneDNN/cuDNN;
         # it applies when the first call compiles.
         with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
@@ -140,4 +152,62 @@ def optimize_for_inference(
     optimized = InferenceModel(fused, dtype, channels_last, compiled)
     if example_input is not None:
         optimized(example_input.to(device))
+    return optimized
+
+
+def _import_pt2e() -> tuple[Any, Any, Any]:
+    try:
+        # Importing the x86 quantizer also registers inductor's int8 fusion and weight-prepack passes.
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as e:
+        raise ImportError("int8 quantization needs torchao: pip install 'resnet-zoo[int8]'") from e
+    return x86, prepare_pt2e, convert_pt2e
+
+
+def quantize_int8(
+    model: nn.Module,
+    calibration: Iterable[Any],
+    *,
+    max_batches: int | None = None,
+    compile: bool = True,
+    example_input: torch.Tensor | None = None,
+) -> nn.Module:
+    """Int8 post-training quantization for x86 CPUs, with the same call signature as ``model``.
+
+    PT2E with torchao's ``X86InductorQuantizer``: the model is exported (batch size
+    dynamic), observers record activation ranges on ``calibration`` (image batches,
+    or ``(images, labels)`` pairs, e.g. a few hundred training images through the
+    eval transform), then weights become int8 per channel and activations int8 per
+    tensor, batch norms folded. ``compile`` lowers it with inductor (oneDNN int8
+    kernels, frozen weights). The result returns fp32 tensors.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ConfigError("model", f"int8 quantization runs on x86 CPUs; the model is on {device}")
+    if max_batches is not None and max_batches < 1:
+        raise ConfigError("max_batches", f"expected a positive integer or None, got {max_batches!r}")
+    x86, prepare_pt2e, convert_pt2e = _import_pt2e()
+    known = [n for n in (len(calibration) if isinstance(calibration, Sized) else None, max_batches) if n is not None]
+    total = min(known) if known else None  # for the progress bar
+    batches = (b[0] if isinstance(b, (list, tuple)) else b for b in calibration)
+    batches = itertools.islice(batches, max_batches)
+    first = next(batches, None)
+    if first is None:
+        raise ConfigError("calibration", "is empty; give at least one batch of images")
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        exported = torch.export.export(model, (first,), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        observed = prepare_pt2e(exported, quantizer)
+        seen = 0
+        for x in tqdm(itertools.chain([first], batches), desc="calibrate", unit="batch", total=total):
+            observed(x)
+            seen += len(x)
+        quantized = convert_pt2e(observed)
+    log.info("int8: calibrated on %d images", seen)
+    _copy_info(model, quantized)
+    optimized = InferenceModel(quantized, torch.float32, True, torch.compile(quantized) if compile else None)
+    if example_input is not None:
+        optimized(example_input)
     return optimized

@@ -108,7 +108,7 @@ def _load_cifar(name: str, root: Path, val_split: float, split_seed: int, downlo
 
     full = split(train)
     tr, va = _stratified_split(full.labels, val_split, split_seed)
-    return Dataset(_subset(full, tr), _subset(full, va), split(test), list(train.classes), in_memory=True)
+    return Dataset(subset(full, tr), subset(full, va), split(test), list(train.classes), in_memory=True)
 
 
 def _unpack_once(archive: Path, cache_dir: Path) -> Path:
@@ -175,7 +175,7 @@ def _load_image_folder(
         val = Split(torch.tensor(vlabels, dtype=torch.int64), files=vfiles)
     else:
         tr, va = _stratified_split(train.labels, val_split, split_seed)
-        train, val = _subset(train, tr), _subset(train, va)
+        train, val = subset(train, tr), subset(train, va)
     if in_memory is None:
         in_memory = _small_images(files[:16])
     if in_memory:
@@ -248,7 +248,7 @@ def _stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
-def _subset(split: Split, idx: torch.Tensor) -> Split:
+def subset(split: Split, idx: torch.Tensor) -> Split:
     return Split(
         split.labels[idx],
         None if split.images is None else split.images[idx],

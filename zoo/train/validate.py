@@ -17,7 +17,8 @@ from .. import create_model
 from ..data import create_transform, resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..hub import save_json
-from .data import DATASETS, FileBatches, TensorBatches, load_dataset
+from ..optimize import quantize_int8
+from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .engine import Processes, evaluate
 
 SPLITS = ("val", "test", "train")
@@ -38,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--int8", action="store_true", help="also score the int8 model (x86 CPUs) and the change")
+    p.add_argument(
+        "--calibration-images", type=int, default=512, help="--int8: a seeded sample of the train split (val if scored)"
+    )
     p.add_argument("--output", default=None, help="JSON file for the result (default: runs/validate/<model>.json)")
 
 
@@ -60,23 +65,10 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     if classes is not None and classes != data.num_classes:
         raise ConfigError("--model", f"has {classes} classes, the dataset {data.num_classes}")
     config = resolve_data_config(model, use_test_size=True)
-    side = config["input_size"][-1]
-    if split.images is not None and split.images.shape[-1] == side and config["crop_pct"] == 1.0:
-        # Images already at the model's size, full crop: the transform is only the normalization.
-        batches: Any = TensorBatches(
-            split, batch_size=args.batch_size, train=False, mean=config["mean"], std=config["std"]
-        )
-    elif split.files:
-        batches = FileBatches(
-            split, batch_size=args.batch_size, train=False, transform=create_transform(config), workers=args.workers
-        )
-    else:
-        raise ConfigError(
-            "--model", f"expects {side}px inputs; this in-memory dataset has {split.images.shape[-1]}px images"
-        )  # type: ignore[union-attr]
+    batches = _eval_batches(split, config, args)
     start = time.perf_counter()
     metrics = evaluate(model, batches, procs, args.precision)
-    return {
+    result = {
         "model": args.model,
         "weights": str(checkpoint) if checkpoint else model.pretrained_cfg.get("tag", "random init"),
         "dataset": args.dataset,
@@ -88,6 +80,45 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": list(config["input_size"]),
         "crop_pct": config["crop_pct"],
         "interpolation": config["interpolation"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if args.int8:
+        calibration = data.val if args.split == "train" else data.train  # never the split being scored
+        result["int8"] = _score_int8(model, calibration, split, config, args, procs)
+    return result
+
+
+def _eval_batches(split: Split, config: dict[str, Any], args: argparse.Namespace) -> Any:
+    side = config["input_size"][-1]
+    if split.images is not None and split.images.shape[-1] == side and config["crop_pct"] == 1.0:
+        # Images already at the model's size, full crop: the transform is only the normalization.
+        return TensorBatches(split, batch_size=args.batch_size, train=False, mean=config["mean"], std=config["std"])
+    if split.files:
+        return FileBatches(
+            split, batch_size=args.batch_size, train=False, transform=create_transform(config), workers=args.workers
+        )
+    raise ConfigError(
+        "--model", f"expects {side}px inputs; this in-memory dataset has {split.images.shape[-1]}px images"
+    )  # type: ignore[union-attr]
+
+
+def _score_int8(
+    model: torch.nn.Module, source: Split, split: Split, config: dict[str, Any], args: argparse.Namespace, procs: Any
+) -> dict[str, Any]:
+    """Quantize with a seeded sample of ``source`` images for calibration and score ``split`` again."""
+    if args.calibration_images < 1:
+        raise ConfigError("--calibration-images", f"expected a positive integer, got {args.calibration_images}")
+    g = torch.Generator().manual_seed(args.split_seed)
+    sample = torch.randperm(len(source), generator=g)[: args.calibration_images].sort().values
+    calibration = _eval_batches(subset(source, sample), config, args)
+    start = time.perf_counter()
+    int8 = quantize_int8(model, calibration)
+    metrics = evaluate(int8, _eval_batches(split, config, args), procs)
+    return {
+        "calibration_images": len(sample),
+        "top1": round(metrics["acc1"], 3),
+        "top5": round(metrics["acc5"], 3),
+        "loss": round(metrics["loss"], 4),
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -104,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
         f"{r['model']} ({r['weights']}) on {r['dataset']} {r['split']} ({r['images']} images): "
         f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
     )
+    if "int8" in r:
+        q = r["int8"]
+        print(
+            f"int8 (calibrated on {q['calibration_images']} training images): top-1 {q['top1']:.2f}% "
+            f"({q['top1'] - r['top1']:+.2f})  top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
+        )
     output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}.json"
     save_json(output, result)
     return 0

@@ -172,6 +172,14 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
     assert result["images"] in (59, 60)  # 25% of each class; the unreadable file may fall in either split
     int8 = result["int8"]  # calibrated on all (<= 512) training images, scored on the same val images
     assert int8["calibration_images"] in (180, 181) and int8["top1"] == pytest.approx(result["top1"], abs=10)
+    assert int8["calibration_split"] == "train"
+
+
+def test_validate_refuses_a_bad_calibration_size_before_any_work(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no-such-folder"  # never read: the argument is checked first
+    assert validate_main(["--model", "resnet20", "--dataset", "imagefolder", "--root", str(missing),
+                          "--int8", "--calibration-images", "0"]) == 2  # fmt: skip
+    assert "--calibration-images: expected a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_minimal_trainer_command_line_parses() -> None:

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def validate(args: argparse.Namespace) -> dict[str, Any]:
+    if args.int8 and args.calibration_images < 1:  # before any work, not after the float model is scored
+        raise ConfigError("--calibration-images", f"expected a positive integer, got {args.calibration_images}")
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
         model = create_model(f"local-dir:{checkpoint}", pretrained=True)
@@ -83,8 +85,9 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - start, 1),
     }
     if args.int8:
-        calibration = data.val if args.split == "train" else data.train  # never the split being scored
-        result["int8"] = _score_int8(model, calibration, split, config, args, procs)
+        source = "val" if args.split == "train" else "train"  # never the split being scored
+        result["int8"] = _score_int8(model, getattr(data, source), batches, config, args, procs)
+        result["int8"]["calibration_split"] = source
     return result
 
 
@@ -103,17 +106,15 @@ def _eval_batches(split: Split, config: dict[str, Any], args: argparse.Namespace
 
 
 def _score_int8(
-    model: torch.nn.Module, source: Split, split: Split, config: dict[str, Any], args: argparse.Namespace, procs: Any
+    model: torch.nn.Module, source: Split, batches: Any, config: dict[str, Any], args: argparse.Namespace, procs: Any
 ) -> dict[str, Any]:
-    """Quantize with a seeded sample of ``source`` images for calibration and score ``split`` again."""
-    if args.calibration_images < 1:
-        raise ConfigError("--calibration-images", f"expected a positive integer, got {args.calibration_images}")
+    """Quantize with a seeded sample of ``source`` images for calibration and score ``batches`` again."""
     g = torch.Generator().manual_seed(args.split_seed)
     sample = torch.randperm(len(source), generator=g)[: args.calibration_images].sort().values
     calibration = _eval_batches(subset(source, sample), config, args)
     start = time.perf_counter()
     int8 = quantize_int8(model, calibration)
-    metrics = evaluate(int8, _eval_batches(split, config, args), procs)
+    metrics = evaluate(int8, batches, procs)
     return {
         "calibration_images": len(sample),
         "top1": round(metrics["acc1"], 3),
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if "int8" in r:
         q = r["int8"]
         print(
-            f"int8 (calibrated on {q['calibration_images']} training images): top-1 {q['top1']:.2f}% "
+            f"int8 (calibrated on {q['calibration_images']} {q['calibration_split']} images): top-1 {q['top1']:.2f}% "
             f"({q['top1'] - r['top1']:+.2f})  top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
         )
     output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}.json"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,46 @@ def test_bad_training_arguments(shapes: Path, tmp_path: Path) -> None:
         train(parse(args_for(tmp_path / "missing", tmp_path / "b")))
     with pytest.raises(SystemExit):
         parse(["--optimizer", "lion"])
+
+
+@pytest.mark.parametrize("name", ["onecycle", "linear", "cosine", "multistep", "constant"])
+def test_schedules_warm_up_to_the_peak_then_follow_their_shape(name: str) -> None:
+    from zoo.train.recipe import make_schedule
+
+    peak, total, warmup = 0.4, 100, 25
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak, momentum=0.9)
+    schedule = make_schedule(name, optimizer, total_steps=total, warmup_steps=warmup, milestones=[50, 75])
+    lrs, momenta = [], []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        momenta.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        schedule.step()
+    rising, after = lrs[:warmup], lrs[warmup:]
+    assert all(a < b for a, b in pairwise(rising)), "warm-up rises"
+    assert max(lrs) == pytest.approx(peak)
+    assert lrs.index(max(lrs)) in (warmup - 1, warmup), "the peak comes where the warm-up ends"
+    if name == "constant":
+        assert after == pytest.approx([peak] * len(after))
+        return
+    assert all(a >= b for a, b in pairwise(after)), "then it only falls"
+    if name == "multistep":
+        assert (lrs[49], lrs[50], lrs[75]) == pytest.approx((peak, peak * 0.1, peak * 0.01))
+    else:
+        assert lrs[-1] < 0.02 * peak, "annealed to about zero by the last step"
+    if name == "linear":
+        steps = [a - b for a, b in pairwise(after)]
+        assert steps == pytest.approx([peak / (total - warmup)] * len(steps)), "a straight line"
+    if name == "onecycle":  # momentum moves against the learning rate, between 0.9 -/+ 0.05
+        assert (min(momenta), momenta[lrs.index(max(lrs))]) == pytest.approx((0.85, 0.85))
+        assert momenta[0] == momenta[-1] == pytest.approx(0.95, abs=1e-3)
+    else:
+        assert set(momenta) == {0.9}
+
+
+def test_an_unknown_schedule_is_named_with_the_allowed_ones() -> None:
+    from zoo.train.recipe import make_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(zoo.ConfigError, match=r"--schedule: 'steps' is not one of cosine, onecycle, linear"):
+        make_schedule("steps", optimizer, total_steps=10, warmup_steps=0)

@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=" | ".join(SCHEDULES),
     )  # fmt: skip
     recipe.add_argument(
-        "--warmup-epochs", type=float, default=None, help="warm-up epochs (default: 25%% for onecycle, else 0)"
+        "--warmup-epochs", type=float, default=None, help="warm-up epochs (default: 25%% for onecycle, linear; else 0)"
     )
     recipe.add_argument(
         "--milestones", type=float, nargs="*", default=None, help="multistep: epochs (default 50%%, 75%%)"
@@ -129,7 +129,7 @@ def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
     if match:  # its ResNet18..152 are the CIFAR-stem nets on CIFAR, the ImageNet ones elsewhere
         args.model = f"resnet{match[1]}" + ("_cifar" if args.dataset.startswith("cifar") else "")
     if args.warmup_epochs is None:
-        args.warmup_epochs = 0.25 * args.epochs if args.schedule == "onecycle" else 0.0
+        args.warmup_epochs = 0.25 * args.epochs if args.schedule in ("onecycle", "linear") else 0.0
     if args.milestones is None:
         args.milestones = [0.5 * args.epochs, 0.75 * args.epochs] if args.schedule == "multistep" else []
     for name in ("epochs", "batch_size", "keep_checkpoints", "eval_every"):

@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "onecycle", "multistep", "constant")
+SCHEDULES = ("cosine", "onecycle", "linear", "multistep", "constant")
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict]:
@@ -55,10 +55,12 @@ def lr_factor(
     min_factor: float = 0.0,
     cosine_steps: int | None = None,
 ) -> float:
-    """Multiplier of the peak learning rate at ``step`` (0-based) for cosine, multistep and constant.
+    """Multiplier of the peak learning rate at ``step`` (0-based) for cosine, linear, multistep and constant.
 
     Each starts with a linear warm-up; cosine then follows half a cosine to ``min_factor`` over
-    ``cosine_steps`` (default: the rest); multistep multiplies by ``gamma`` at each milestone step.
+    ``cosine_steps`` (default: the rest); linear falls in a straight line to ``min_factor`` just after the
+    last step (the best-known schedule for a fixed budget: Li et al. 2020, "Budgeted Training");
+    multistep multiplies by ``gamma`` at each milestone step.
     """
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -66,6 +68,9 @@ def lr_factor(
     if schedule == "cosine":
         span = max(1, (cosine_steps or total_steps) - warmup_steps)
         return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(after, span) / span))
+    if schedule == "linear":
+        span = max(1, total_steps - warmup_steps)  # reaches min_factor just after the last step
+        return 1 - (1 - min_factor) * min(after, span) / span
     if schedule == "multistep":
         return gamma ** sum(step >= m for m in milestones)
     if schedule == "constant":

@@ -219,10 +219,9 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 @torch.inference_mode()
-def evaluate(
-    model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", channels_last: bool = False
-) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (%) over ``batches``, summed over all ranks."""
+def evaluate(model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32") -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (%) over ``batches`` (already in the model's memory format), summed
+    over all ranks."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, count
     for x, y in batches:

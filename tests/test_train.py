@@ -249,3 +249,23 @@ def test_an_unknown_schedule_is_named_with_the_allowed_ones() -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(zoo.ConfigError, match=r"--schedule: 'steps' is not one of cosine, onecycle, linear"):
         make_schedule("steps", optimizer, total_steps=10, warmup_steps=0)
+
+
+def test_ema_averages_weights_and_running_statistics_and_copies_counts() -> None:
+    from zoo.train.recipe import ModelEma
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = ModelEma(model, decay=0.9)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    model.train()(torch.randn(8, 3, 8, 8) * 3 + 1)  # moves the running statistics and the batch count
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)
+    now = model.state_dict()
+    for key, value in ema.module.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.9 * before[key] + 0.1 * now[key]), key
+        else:
+            assert torch.equal(value, now[key]), key
+    assert not any(p.requires_grad for p in ema.module.parameters())

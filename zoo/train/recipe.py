@@ -106,7 +106,9 @@ def make_schedule(
 
 
 class ModelEma:
-    """Exponential moving average of a model's weights (buffers are copied, not averaged)."""
+    """Exponential moving average of a model's weights and of its float buffers (the norms' running
+    statistics, so they match the averaged weights, as timm's ModelEmaV3); integer buffers (batch counts)
+    are copied."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
@@ -114,8 +116,11 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema_p = [p for p in self.module.parameters()]
-        src_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, src_p, 1.0 - self.decay)
-        for b_ema, b in zip(self.module.buffers(), model.buffers(), strict=True):
-            b_ema.copy_(b)
+        averaged, source = [], []
+        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if ema_v.is_floating_point():
+                averaged.append(ema_v)
+                source.append(v.detach())
+            else:
+                ema_v.copy_(v)
+        torch._foreach_lerp_(averaged, source, 1.0 - self.decay)

@@ -175,6 +175,48 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
     assert int8["calibration_images"] in (180, 181) and int8["top1"] == pytest.approx(result["top1"], abs=10)
     assert int8["calibration_split"] == "train"
 
+    # Flip TTA scored by `zoo validate`, then carried into the model card by push_to_hub --eval.
+    tta_report = tmp_path / "val-tta.json"
+    assert validate_main(["--model", "resnet20", "--checkpoint", str(out / "best"), "--dataset", "imagefolder",
+                          "--root", str(archive), "--val-split", "0.25", "--cache-dir", str(tmp_path / "cache"),
+                          "--output", str(tta_report), "--tta"]) == 0  # fmt: skip
+    tta = json.loads(tta_report.read_text())
+    assert tta["tta"] == "flip" and result["tta"] is None and tta["images"] == result["images"]
+    folder = tmp_path / "resnet20.shapes"
+    push = [sys.executable, "tools/push_to_hub.py", "--run", str(out), "--tag", "shapes", "--out", str(folder),
+            "--dry-run", "--eval", str(tta_report), "--eval", str(report)]  # fmt: skip
+    done = subprocess.run(push, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((folder / "results.json").read_text())["results"]
+    assert [(r["top1"], r.get("tta")) for r in rows[1:]] == [
+        (tta["top1"], "flip"),
+        (result["top1"], None),
+        (result["int8"]["top1"], None),
+    ]
+    assert (
+        f"| validation, `zoo validate` fp32, flip TTA | {tta['images']} | {tta['top1']:.2f} |"
+        in (folder / "README.md").read_text()
+    )
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**tta, "weights": str(tmp_path / "elsewhere")}))
+    done = subprocess.run([*push[:-4], "--eval", str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--eval: " in done.stderr and "not this run's" in done.stderr
+
+
+def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror() -> None:
+    from zoo.train.engine import Processes, evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
+    x, y = torch.randn(64, 3, 4, 4), torch.randint(0, 5, (64,))
+    with torch.no_grad():
+        plain, mean = model(x), (model(x) + model(x.flip(3))) / 2
+    for logits, flip_tta in ((plain, False), (mean, True)):
+        got = evaluate(model, [(x[:40], y[:40]), (x[40:], y[40:])], Processes(), flip_tta=flip_tta)
+        assert got["acc1"] == pytest.approx(100 * (logits.argmax(1) == y).double().mean().item())
+        assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert (plain.argmax(1) != mean.argmax(1)).any()  # the two modes differ on this data
+
 
 def test_validate_refuses_a_bad_calibration_size_before_any_work(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "no-such-folder"  # never read: the argument is checked first

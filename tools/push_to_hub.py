@@ -15,13 +15,14 @@ model card; it loads with ``zoo.create_model("local-dir:FOLDER", pretrained=True
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 import zoo
 from zoo import hub
-from zoo.errors import ZooError
+from zoo.errors import ConfigError, ZooError
 from zoo.publish import Card, read_run, upload_folder, write_folder
 
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
@@ -35,6 +36,22 @@ def _describe(arch: str, dataset: str, trained_here: bool) -> str:
         what = f"`{arch}`"
     how = f"trained from scratch by `zoo train` on {dataset}" if trained_here else f"weights for {dataset}"
     return f"{what}, {how}."
+
+
+def _validation_rows(path: str, best: Path) -> list[dict]:
+    """Results-table rows from a ``zoo validate --checkpoint RUN/best`` JSON file (flip TTA, int8)."""
+    r = json.loads(Path(path).read_text())
+    if Path(r.get("weights", "")).resolve() != best.resolve():
+        raise ConfigError("--eval", f"{path!r} scores {r.get('weights')!r}, not this run's {str(best)!r}")
+    split = "validation" if r["split"] == "val" else r["split"]
+    how = ", flip TTA" if r.get("tta") else ""
+    rows = [{"split": f"{split}, `zoo validate` {r.get('precision', 'fp32')}{how}", "images": r["images"],
+             "top1": r["top1"], "top5": r["top5"], "tta": r.get("tta")}]  # fmt: skip
+    if "int8" in r:
+        q = r["int8"]
+        rows.append({"split": f"{split}, `zoo validate` int8{how}", "images": r["images"], "top1": q["top1"],
+                     "top5": q["top5"], "tta": r.get("tta"), "int8": True})  # fmt: skip
+    return rows
 
 
 def from_run(args: argparse.Namespace) -> Path:
@@ -53,6 +70,8 @@ def from_run(args: argparse.Namespace) -> Path:
         results.append(
             {"split": "test", "images": "-", "top1": summary["test"]["acc1"], "top5": summary["test"]["acc5"]}
         )
+    for path in args.eval:
+        results += _validation_rows(path, run["best"])
     wall = summary.get("wall_time_s") or last.get("elapsed_s", 0)
     env = f"{args.machine}" if args.machine else "a CPU machine"
     training = "\n".join([
@@ -103,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--card-dataset", default="cifar10", help="dataset id for the card's metadata")
     p.add_argument("--val-images", default="-", help="validation images, for the results table")
     p.add_argument("--val-note", default="held out from training", help="how the validation split was made")
+    p.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="--run: add the rows of a `zoo validate --checkpoint RUN/best` result (repeatable)",
+    )
     p.add_argument("--machine", default="", help="where it was trained, for the card")
     p.add_argument("--note", default="", help="a paragraph for the card's training section")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN)")

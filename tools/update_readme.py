@@ -44,12 +44,14 @@ def training_table() -> str:
         run = json.loads(results.read_text())
         command = run.get("command", "")
         procs = re.search(r"--nproc_per_node[= ](\d+)", command)
-        val = run["results"][0]
+        val = run["results"][0]  # the trainer's own evaluation of its best checkpoint
+        tta = next((r for r in run["results"] if r.get("tta") and not r.get("int8")), None)  # zoo validate --tta
         rows.append([
             f"`{run['name']}`", str(run["epochs"]), f"{run['wall_time_s'] / 60:.1f}",
             f"torchrun x{procs[1]}" if procs else "1 process", f"{val['top1']:.2f}", f"{val['top5']:.2f}",
+            f"{tta['top1']:.2f}" if tta else "-",
         ])  # fmt: skip
-    header = ["weights", "epochs", "wall time (min)", "launcher", "val top-1", "val top-5"]
+    header = ["weights", "epochs", "wall time (min)", "launcher", "val top-1", "val top-5", "val top-1, flip TTA"]
     return format_table(header, rows, markdown=True)
 
 

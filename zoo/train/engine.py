@@ -219,15 +219,19 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", flip_tta: bool = False
+) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (%) over ``batches`` (already in the model's memory format), summed
-    over all ranks."""
+    over all ranks. ``flip_tta`` scores the mean logits of each image and its mirror image."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, count
     for x, y in batches:
         x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
         with _autocast(procs.device, precision):
             logits = model(x).float()
+            if flip_tta:
+                logits = (logits + model(x.flip(3)).float()) / 2
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == y[:, None]
         sums += torch.tensor(

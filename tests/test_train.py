@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
@@ -203,19 +204,31 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
     assert done.returncode == 2 and "--eval: " in done.stderr and "not this run's" in done.stderr
 
 
-def test_flip_tta_scores_the_mean_logits_of_each_image_and_its_mirror() -> None:
+def test_tta_scores_the_mean_logits_of_the_mirrored_and_shifted_views() -> None:
+    from zoo.errors import ConfigError
     from zoo.train.engine import Processes, evaluate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
     x, y = torch.randn(64, 3, 4, 4), torch.randint(0, 5, (64,))
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[..., :4, :4], padded[..., 2:, 2:]
+    assert torch.equal(up_left[..., 1:, 1:], x[..., :3, :3]) and torch.equal(down_right[..., :3, :3], x[..., 1:, 1:])
     with torch.no_grad():
-        plain, mean = model(x), (model(x) + model(x.flip(3))) / 2
-    for logits, flip_tta in ((plain, False), (mean, True)):
-        got = evaluate(model, [(x[:40], y[:40]), (x[40:], y[40:])], Processes(), flip_tta=flip_tta)
-        assert got["acc1"] == pytest.approx(100 * (logits.argmax(1) == y).double().mean().item())
-        assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
-    assert (plain.argmax(1) != mean.argmax(1)).any()  # the two modes differ on this data
+        expected = {
+            None: model(x),
+            "flip": (model(x) + model(x.flip(3))) / 2,
+            "flip-shift": sum(model(v) + model(v.flip(3)) for v in (x, up_left, down_right)) / 6,
+        }
+    for tta, logits in expected.items():
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            batches = [(x[:40].contiguous(memory_format=memory_format), y[:40]), (x[40:], y[40:])]
+            got = evaluate(model, batches, Processes(), tta=tta)
+            assert got["acc1"] == pytest.approx(100 * (logits.argmax(1) == y).double().mean().item())
+            assert got["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert len({tuple(v.argmax(1).tolist()) for v in expected.values()}) == 3  # the modes differ on this data
+    with pytest.raises(ConfigError, match=r"--tta.*'mirror' is not one of flip, flip-shift"):
+        evaluate(model, [(x, y)], Processes(), tta="mirror")
 
 
 def test_validate_refuses_a_bad_calibration_size_before_any_work(tmp_path: Path, capsys) -> None:

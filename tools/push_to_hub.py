@@ -39,12 +39,12 @@ def _describe(arch: str, dataset: str, trained_here: bool) -> str:
 
 
 def _validation_rows(path: str, best: Path) -> list[dict]:
-    """Results-table rows from a ``zoo validate --checkpoint RUN/best`` JSON file (flip TTA, int8)."""
+    """Results-table rows from a ``zoo validate --checkpoint RUN/best`` JSON file (TTA, int8)."""
     r = json.loads(Path(path).read_text())
     if Path(r.get("weights", "")).resolve() != best.resolve():
         raise ConfigError("--eval", f"{path!r} scores {r.get('weights')!r}, not this run's {str(best)!r}")
     split = "validation" if r["split"] == "val" else r["split"]
-    how = ", flip TTA" if r.get("tta") else ""
+    how = f", {r['tta']} TTA" if r.get("tta") else ""
     rows = [{"split": f"{split}, `zoo validate` {r.get('precision', 'fp32')}{how}", "images": r["images"],
              "top1": r["top1"], "top5": r["top5"], "tta": r.get("tta")}]  # fmt: skip
     if "int8" in r:

@@ -45,7 +45,7 @@ def training_table() -> str:
         command = run.get("command", "")
         procs = re.search(r"--nproc_per_node[= ](\d+)", command)
         val = run["results"][0]  # the trainer's own evaluation of its best checkpoint
-        tta = next((r for r in run["results"] if r.get("tta") and not r.get("int8")), None)  # zoo validate --tta
+        tta = next((r for r in run["results"] if r.get("tta") == "flip" and not r.get("int8")), None)  # validate --tta
         rows.append([
             f"`{run['name']}`", str(run["epochs"]), f"{run['wall_time_s'] / 60:.1f}",
             f"torchrun x{procs[1]}" if procs else "1 process", f"{val['top1']:.2f}", f"{val['top5']:.2f}",

@@ -218,20 +218,39 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+TTA_MODES = ("flip", "flip-shift")
+
+
+def tta_views(x: torch.Tensor, tta: str | None) -> list[torch.Tensor]:
+    """The views whose logits a test-time augmentation averages: the image alone (``None``); with its
+    mirror image (``flip``); and, for ``flip-shift``, also both shifted by one pixel up-left and down-right
+    (reflect-padded), six views in all."""
+    if tta is None:
+        return [x]
+    if tta not in TTA_MODES:
+        raise ConfigError("--tta", f"{tta!r} is not one of {', '.join(TTA_MODES)}")
+    views = [x]
+    if tta == "flip-shift":
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        views += [padded[..., d : d + h, d : d + w].contiguous(memory_format=fmt) for d in (0, 2)]
+    return views + [v.flip(3) for v in views]
+
+
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", flip_tta: bool = False
+    model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", tta: str | None = None
 ) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (%) over ``batches`` (already in the model's memory format), summed
-    over all ranks. ``flip_tta`` scores the mean logits of each image and its mirror image."""
+    over all ranks. ``tta`` (see ``tta_views``) scores the mean logits of several views of each image."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, count
     for x, y in batches:
         x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
         with _autocast(procs.device, precision):
-            logits = model(x).float()
-            if flip_tta:
-                logits = (logits + model(x.flip(3)).float()) / 2
+            views = tta_views(x, tta)
+            logits = sum(model(v).float() for v in views) / len(views)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == y[:, None]
         sums += torch.tensor(

@@ -19,7 +19,7 @@ from ..errors import ConfigError, ZooError
 from ..hub import save_json
 from ..optimize import quantize_int8
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
-from .engine import Processes, evaluate
+from .engine import TTA_MODES, Processes, evaluate
 
 SPLITS = ("val", "test", "train")
 
@@ -39,7 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: mean logits of image and mirror")
+    p.add_argument(
+        "--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
+        help="test-time augmentation, mean logits of: flip (image and mirror, the default), "
+        "flip-shift (also both shifted one pixel up-left and down-right)",
+    )  # fmt: skip
     p.add_argument("--int8", action="store_true", help="also score the int8 model (x86 CPUs) and the change")
     p.add_argument(
         "--calibration-images", type=int, default=512, help="--int8: a seeded sample of the train split (val if scored)"
@@ -70,7 +74,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     config = resolve_data_config(model, use_test_size=True)
     batches = _eval_batches(split, config, args)
     start = time.perf_counter()
-    metrics = evaluate(model, batches, procs, args.precision, flip_tta=args.tta)
+    metrics = evaluate(model, batches, procs, args.precision, tta=args.tta)
     result = {
         "model": args.model,
         "weights": str(checkpoint) if checkpoint else model.pretrained_cfg.get("tag", "random init"),
@@ -80,7 +84,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         "top1": round(metrics["acc1"], 3),
         "top5": round(metrics["acc5"], 3),
         "loss": round(metrics["loss"], 4),
-        "tta": "flip" if args.tta else None,
+        "tta": args.tta,
         "precision": args.precision,
         "input_size": list(config["input_size"]),
         "crop_pct": config["crop_pct"],
@@ -117,7 +121,7 @@ def _score_int8(
     calibration = _eval_batches(subset(source, sample), config, args)
     start = time.perf_counter()
     int8 = quantize_int8(model, calibration)
-    metrics = evaluate(int8, batches, procs, flip_tta=args.tta)
+    metrics = evaluate(int8, batches, procs, tta=args.tta)
     return {
         "calibration_images": len(sample),
         "top1": round(metrics["acc1"], 3),
@@ -138,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{r['model']} ({r['weights']}) on {r['dataset']} {r['split']} ({r['images']} images): "
         f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
-        + ("  (flip TTA)" if r["tta"] else "")
+        + (f"  ({r['tta']} TTA)" if r["tta"] else "")
     )
     if "int8" in r:
         q = r["int8"]

@@ -201,7 +201,26 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**tta, "weights": str(tmp_path / "elsewhere")}))
     done = subprocess.run([*push[:-4], "--eval", str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "--eval: " in done.stderr and "not this run's" in done.stderr
+    assert done.returncode == 2 and "--eval: " in done.stderr and f"not {str(out / 'best')!r}" in done.stderr
+
+    # Results of a written folder's own weights add rows to its card; adding them again replaces them.
+    shifted = tmp_path / "val-flip-shift.json"
+    assert validate_main(["--model", f"local-dir:{folder}", "--pretrained", "--dataset", "imagefolder",
+                          "--root", str(archive), "--val-split", "0.25", "--cache-dir", str(tmp_path / "cache"),
+                          "--output", str(shifted), "--tta", "flip-shift"]) == 0  # fmt: skip
+    shift = json.loads(shifted.read_text())
+    assert shift["weights"] == f"local-dir:{folder}" and shift["tta"] == "flip-shift"
+    update = [sys.executable, "tools/push_to_hub.py", "--folder", str(folder), "--dry-run", "--eval", str(shifted)]
+    for _ in range(2):
+        done = subprocess.run(update, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    rows = json.loads((folder / "results.json").read_text())["results"]
+    assert [r.get("tta") for r in rows] == [None, "flip", None, None, "flip-shift"]
+    card = (folder / "README.md").read_text()
+    assert card.count("flip-shift TTA") == 1 and f"| {shift['top1']:.2f} |" in card and "## Use" in card
+    other.write_text(json.dumps({**shift, "weights": "resnet20.other"}))  # a published tag, not this folder's
+    done = subprocess.run([*update[:-1], str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "scores 'resnet20.other', not 'resnet20.shapes'" in done.stderr
 
 
 def test_tta_scores_the_mean_logits_of_the_mirrored_and_shifted_views() -> None:

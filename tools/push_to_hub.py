@@ -7,6 +7,8 @@
     python tools/push_to_hub.py --weights r50.safetensors --arch resnet50 --tag mine --out hub/resnet50.mine --dry-run
     # upload a folder as it is (a token from --token or HF_TOKEN)
     python tools/push_to_hub.py --folder weights/resnet20.c10 --repo-id ORG/resnet20.c10
+    # add `zoo validate --pretrained` results (e.g. with --tta) to a folder's card first
+    python tools/push_to_hub.py --folder weights/resnet20.c10 --eval runs/validate/resnet20.json --dry-run
 
 The folder holds model.safetensors, a timm-compatible config.json and a README.md
 model card; it loads with ``zoo.create_model("local-dir:FOLDER", pretrained=True)``.
@@ -23,7 +25,7 @@ from pathlib import Path
 import zoo
 from zoo import hub
 from zoo.errors import ConfigError, ZooError
-from zoo.publish import Card, read_run, upload_folder, write_folder
+from zoo.publish import Card, add_results, read_run, upload_folder, write_folder
 
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
 
@@ -38,11 +40,13 @@ def _describe(arch: str, dataset: str, trained_here: bool) -> str:
     return f"{what}, {how}."
 
 
-def _validation_rows(path: str, best: Path) -> list[dict]:
-    """Results-table rows from a ``zoo validate --checkpoint RUN/best`` JSON file (TTA, int8)."""
+def _validation_rows(path: str, weights: Path, tag: str | None = None) -> list[dict]:
+    """Results-table rows from a ``zoo validate`` JSON file (TTA, int8) that scored ``weights`` (a run's
+    best checkpoint or a folder), or the published weights ``tag`` (``zoo validate --pretrained``)."""
     r = json.loads(Path(path).read_text())
-    if Path(r.get("weights", "")).resolve() != best.resolve():
-        raise ConfigError("--eval", f"{path!r} scores {r.get('weights')!r}, not this run's {str(best)!r}")
+    scored = r.get("weights", "")
+    if scored != tag and Path(scored.removeprefix("local-dir:")).resolve() != weights.resolve():
+        raise ConfigError("--eval", f"{path!r} scores {scored!r}, not {tag or str(weights)!r}")
     split = "validation" if r["split"] == "val" else r["split"]
     how = f", {r['tta']} TTA" if r.get("tta") else ""
     rows = [{"split": f"{split}, `zoo validate` {r.get('precision', 'fp32')}{how}", "images": r["images"],
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="JSON",
-        help="--run: add the rows of a `zoo validate --checkpoint RUN/best` result (repeatable)",
+        help="add the rows of a `zoo validate` result of --run's best checkpoint or of --folder's weights "
+        "(repeatable)",
     )
     p.add_argument("--machine", default="", help="where it was trained, for the card")
     p.add_argument("--note", default="", help="a paragraph for the card's training section")
@@ -139,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.folder:
             folder = Path(args.folder)
             zoo.create_model(f"local-dir:{folder}", pretrained=True)  # refuse to upload a folder that does not load
+            if args.eval:
+                tag = json.loads((folder / "config.json").read_text())["pretrained_cfg"].get("tag")
+                add_results(folder, [row for path in args.eval for row in _validation_rows(path, folder, tag)])
+                print(f"updated {folder / 'README.md'} and {folder / 'results.json'}")
         else:
             if args.weights and not args.arch:
                 raise ZooError("--weights needs --arch")

@@ -134,6 +134,25 @@ def write_folder(
     return out
 
 
+def add_results(folder: str | Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add result rows to a written folder's results.json and its card's results table; a row for a split
+    already there (the same ``split`` text) replaces it. Returns all rows."""
+    folder = Path(folder)
+    record = json.loads((folder / "results.json").read_text())
+    new = {r["split"]: r for r in rows}
+    kept = [r for r in record["results"] if r["split"] not in new]
+    record["results"] = kept + list(new.values())
+    card = (folder / "README.md").read_text()
+    head, sep, rest = card.partition("## Results\n\n")
+    table_end = rest.find("\n\n## ")
+    if not sep or table_end < 0:
+        raise ConfigError("--folder", f"{str(folder / 'README.md')!r} has no '## Results' table to update")
+    with hub.atomic_write(folder / "README.md", "w") as f:
+        f.write(head + sep + _results_table(record["results"]) + rest[table_end:])
+    hub.save_json(folder / "results.json", record)
+    return record["results"]
+
+
 def upload_folder(folder: str | Path, repo_id: str, *, token: str | None, private: bool = False) -> str:
     """Create ``repo_id`` if needed and upload ``folder`` to it; returns the commit URL."""
     if "/" not in repo_id:

@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="JSON",
-        help="add the rows of a `zoo validate` result of --run's best checkpoint or of --folder's weights "
-        "(repeatable)",
+        help="add the rows of a `zoo validate` result of --run's best checkpoint or of --folder's weights (repeatable)",
     )
     p.add_argument("--machine", default="", help="where it was trained, for the card")
     p.add_argument("--note", default="", help="a paragraph for the card's training section")

@@ -18,6 +18,7 @@ from zoo.cli import format_table
 from zoo.counting import count_models, render
 from zoo.factory import BUNDLED_DIR
 from zoo.registry import get_weights, list_models, list_pretrained
+from zoo.train.engine import TTA_MODES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -45,13 +46,14 @@ def training_table() -> str:
         command = run.get("command", "")
         procs = re.search(r"--nproc_per_node[= ](\d+)", command)
         val = run["results"][0]  # the trainer's own evaluation of its best checkpoint
-        tta = next((r for r in run["results"] if r.get("tta") == "flip" and not r.get("int8")), None)  # validate --tta
+        tta = {r["tta"]: r for r in run["results"] if r.get("tta") and not r.get("int8")}  # zoo validate --tta
         rows.append([
             f"`{run['name']}`", str(run["epochs"]), f"{run['wall_time_s'] / 60:.1f}",
             f"torchrun x{procs[1]}" if procs else "1 process", f"{val['top1']:.2f}", f"{val['top5']:.2f}",
-            f"{tta['top1']:.2f}" if tta else "-",
+            *(f"{tta[mode]['top1']:.2f}" if mode in tta else "-" for mode in TTA_MODES),
         ])  # fmt: skip
-    header = ["weights", "epochs", "wall time (min)", "launcher", "val top-1", "val top-5", "val top-1, flip TTA"]
+    header = ["weights", "epochs", "wall time (min)", "launcher", "val top-1", "val top-5"]
+    header += [f"val top-1, {mode} TTA" for mode in TTA_MODES]
     return format_table(header, rows, markdown=True)
 
 

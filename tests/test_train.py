@@ -221,6 +221,9 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
     other.write_text(json.dumps({**shift, "weights": "resnet20.other"}))  # a published tag, not this folder's
     done = subprocess.run([*update[:-1], str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "scores 'resnet20.other', not 'resnet20.shapes'" in done.stderr
+    (folder / "results.json").unlink()  # a folder written from a bare weights file has none
+    done = subprocess.run(update, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "has no results.json" in done.stderr
 
 
 def test_tta_scores_the_mean_logits_of_the_mirrored_and_shifted_views() -> None:

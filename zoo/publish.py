@@ -138,6 +138,8 @@ def add_results(folder: str | Path, rows: list[dict[str, Any]]) -> list[dict[str
     """Add result rows to a written folder's results.json and its card's results table; a row for a split
     already there (the same ``split`` text) replaces it. Returns all rows."""
     folder = Path(folder)
+    if not (folder / "results.json").is_file():
+        raise ConfigError("--folder", f"{str(folder)!r} has no results.json: write it with --run first")
     record = json.loads((folder / "results.json").read_text())
     new = {r["split"]: r for r in rows}
     kept = [r for r in record["results"] if r["split"] not in new]

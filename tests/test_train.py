@@ -116,6 +116,41 @@ def test_resume_from_last_after_a_kill(shapes: Path, tmp_path: Path) -> None:
         train(parse(args_for(shapes, tmp_path / "empty", "--resume")))
 
 
+def test_time_budget_compresses_the_schedule_to_the_clock() -> None:
+    from zoo.train.engine import Budget, Processes
+
+    def schedule() -> torch.optim.lr_scheduler.LRScheduler:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        opt.step()  # (no gradients: a no-op that orders it before the schedule, as in training)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / 100)
+
+    steps = Budget(total_steps=100)  # no budget: one step per step
+    s = schedule()
+    assert [steps.advance(s, Processes()) for _ in range(100)] == [False] * 99 + [True] and s.last_epoch == 100
+    half_spent = Budget(total_steps=100, seconds=10.0, start=time.perf_counter() - 5.0)
+    s = schedule()
+    assert not half_spent.advance(s, Processes()) and 50 <= s.last_epoch <= 51  # the clock is ahead of the steps
+    assert s.get_last_lr()[0] == pytest.approx(1 - s.last_epoch / 100)
+    half_spent.reserve = 5.0  # the final validation's expected length counts as spent
+    assert half_spent.advance(s, Processes()) and s.last_epoch == 100 and s.get_last_lr()[0] == 0.0
+    slow_clock = Budget(total_steps=100, seconds=1e9)
+    s = schedule()
+    slow_clock.advance(s, Processes())
+    assert s.last_epoch == 1  # the steps are ahead of the clock
+
+
+def test_time_budget_run_stops_on_time_with_the_schedule_annealed(shapes: Path, tmp_path: Path) -> None:
+    budget_min = 0.05  # 3 seconds: a few epochs of these 11 steps, where 1,000 epochs were asked for
+    summary = train(parse(args_for(shapes, tmp_path / "run", "--epochs", "1000", "--time-budget", str(budget_min))))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 1 <= summary["epochs"] == rows[-1]["epoch"] < 1000 and summary["time_budget_min"] == budget_min
+    assert rows[-1]["steps"] == 1000 * 11 and rows[-1]["lr"] < 1e-6  # the one-cycle schedule ran to its end
+    assert "val_acc1" in rows[-1] and (tmp_path / "run" / "last").resolve().name == f"epoch-{rows[-1]['epoch']:04d}"
+    assert summary["wall_time_s"] < 60 * budget_min + 30  # stopped near the budget, not after 1,000 epochs
+    with pytest.raises(zoo.ZooError, match=r"--time-budget: expected a positive number of minutes, got 0\.0"):
+        parse(args_for(shapes, tmp_path / "bad", "--time-budget", "0"))
+
+
 class _Poisoned(torch.nn.Module):
     """resnet20 whose output turns NaN after a few training steps."""
 
@@ -145,7 +180,7 @@ def test_torchrun_two_processes(shapes: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "tools/train.py", *args_for(shapes, out, "--epochs", "1", "--sync-bn")],
+         "tools/train.py", *args_for(shapes, out, "--epochs", "1", "--sync-bn", "--time-budget", "60")],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -155,6 +190,7 @@ def test_torchrun_two_processes(shapes: Path, tmp_path: Path) -> None:
     assert "2 process(es)" in result.stderr + result.stdout
     (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert 150 <= row["img_per_s"] * row["epoch_s"] <= 200  # images of both ranks, counted once (180 train images)
+    assert row["steps"] == 5  # the ranks kept one schedule under a (generous) time budget: 90 images each / 16
     command = (out / "command.txt").read_text()
     assert command.startswith("torchrun --nproc_per_node=2 tools/train.py --dataset imagefolder"), command
 

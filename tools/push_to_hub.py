@@ -78,10 +78,11 @@ def from_run(args: argparse.Namespace) -> Path:
         results += _validation_rows(path, run["best"])
     wall = summary.get("wall_time_s") or last.get("elapsed_s", 0)
     env = f"{args.machine}" if args.machine else "a CPU machine"
+    budget = f" (--time-budget {summary['time_budget_min']:g})" if summary.get("time_budget_min") else ""
     training = "\n".join([
         "## Training",
         "",
-        f"Trained on {env}: {summary.get('epochs', len(rows))} epochs, {wall / 60:.1f} minutes of wall time, "
+        f"Trained on {env}: {summary.get('epochs', len(rows))} epochs, {wall / 60:.1f} minutes of wall time{budget}, "
         f"best validation top-1 {best.get('val_acc1', float('nan')):.2f}% at epoch {best.get('epoch', '-')} "
         f"(final epoch: {last.get('val_acc1', float('nan')):.2f}%).",
         *(["", args.note] if args.note else []),

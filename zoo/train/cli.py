@@ -65,7 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
     recipe = p.add_argument_group("recipe")
-    recipe.add_argument("--epochs", "--num_epochs", type=int, default=30)
+    recipe.add_argument("--epochs", "--num_epochs", type=int, default=30, help="with --time-budget: at most")
+    recipe.add_argument(
+        "--time-budget", type=float, default=None, metavar="MINUTES",
+        help="train for this much wall time, validations included: the schedule (laid out over --epochs) "
+        "advances by the clock when that is ahead of the steps, and the run stops when it ends",
+    )  # fmt: skip
     recipe.add_argument("--batch-size", "--batch_size", type=int, default=256, help="per process")
     recipe.add_argument("--lr", type=float, default=0.2, help="peak learning rate")
     recipe.add_argument("--optimizer", type=_lower_choice(OPTIMIZERS), default="sgd", help=" | ".join(OPTIMIZERS))
@@ -132,6 +137,8 @@ def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
         args.warmup_epochs = 0.25 * args.epochs if args.schedule in ("onecycle", "linear") else 0.0
     if args.milestones is None:
         args.milestones = [0.5 * args.epochs, 0.75 * args.epochs] if args.schedule == "multistep" else []
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise ZooError(f"--time-budget: expected a positive number of minutes, got {args.time_budget}")
     for name in ("epochs", "batch_size", "keep_checkpoints", "eval_every"):
         if getattr(args, name) < 1:
             raise ZooError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -88,6 +89,12 @@ class Processes:
     def sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             dist.all_reduce(t)
+        return t
+
+    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` as rank 0 has it, on every rank."""
+        if self.world > 1:
+            dist.broadcast(t, src=0)
         return t
 
     def stop(self) -> None:
@@ -268,6 +275,35 @@ def evaluate(
 
 
 @dataclass
+class Budget:
+    """How far the run has come, by steps and, with ``--time-budget``, by the clock.
+
+    The schedule is laid out over ``total_steps``; each step advances it by one step, or further when
+    the wall time spent (plus ``reserve``: what the last validation and checkpoint took, kept for the
+    final ones) is a larger fraction of ``seconds``. A run on a slow machine thus compresses its
+    schedule to fit the budget and still anneals; it is done when the schedule reaches its end."""
+
+    total_steps: int
+    seconds: float = math.inf
+    start: float = field(default_factory=time.perf_counter)  # perf_counter() at elapsed time 0
+    reserve: float = 0.0
+
+    def advance(self, schedule: torch.optim.lr_scheduler.LRScheduler, procs: Processes) -> bool:
+        """Step ``schedule`` to the run's progress; True when it has reached the end."""
+        tick = schedule.last_epoch + 1
+        if math.isfinite(self.seconds):
+            spent = time.perf_counter() - self.start + self.reserve
+            tick = max(tick, math.ceil(self.total_steps * spent / self.seconds))
+            tick = int(procs.broadcast(torch.tensor([tick])).item())  # all ranks follow rank 0's clock
+        schedule.last_epoch = min(tick, self.total_steps) - 1
+        schedule.step()  # the schedules are closed-form in last_epoch
+        return self.done(schedule)
+
+    def done(self, schedule: torch.optim.lr_scheduler.LRScheduler) -> bool:
+        return schedule.last_epoch >= self.total_steps
+
+
+@dataclass
 class Step:
     """What a training step needs besides the batch."""
 
@@ -275,6 +311,7 @@ class Step:
     raw: nn.Module  # the bare model, for EMA and clipping
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
+    budget: Budget
     criterion: nn.Module
     ema: ModelEma | None
     scaler: torch.amp.GradScaler | None
@@ -284,13 +321,14 @@ class Step:
 
 
 def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epochs: int) -> dict[str, float]:
+    """One pass over ``batches``, or less when the budget runs out during it (``done`` in the result)."""
     from tqdm import tqdm
 
     step.model.train()
     for name in step.frozen:  # frozen stem/stages keep their norms in eval mode
         getattr(step.raw, name).eval()
     sums = torch.zeros(3, dtype=torch.float64)  # loss, hits, count
-    start = time.perf_counter()
+    start, done = time.perf_counter(), False
     bar = tqdm(
         total=len(batches), desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not procs.main, leave=False,
         mininterval=0.5 if sys.stderr.isatty() else 30,  # a log file gets a line every 30 s, not every step
@@ -321,7 +359,7 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
             step.scaler.update()
         else:
             step.optimizer.step()
-        step.schedule.step()
+        done = step.budget.advance(step.schedule, procs)
         if step.ema is not None:
             step.ema.update(step.raw)
         n = len(y)
@@ -336,10 +374,12 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
                 refresh=False,
             )
         bar.update()
+        if done:
+            break
     bar.close()
     elapsed = time.perf_counter() - start
     loss_sum, hits, n = procs.sum(sums).tolist()
-    return {"loss": loss_sum / n, "acc": 100 * hits / n, "img_per_s": n / elapsed, "seconds": elapsed}
+    return {"loss": loss_sum / n, "acc": 100 * hits / n, "img_per_s": n / elapsed, "seconds": elapsed, "done": done}
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -492,6 +532,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
         raw=model,
         optimizer=optimizer,
         schedule=schedule,
+        budget=Budget(total_steps, seconds=60 * args.time_budget if args.time_budget else math.inf),
         criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
         ema=ModelEma(model, args.ema_decay) if args.ema_decay else None,
         scaler=torch.amp.GradScaler("cuda") if args.precision == "fp16" else None,
@@ -518,26 +559,35 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
     arch = args.model if not str(args.model).endswith((".yaml", ".yml")) else "resnet"
     metrics = Metrics(output, start_epoch) if procs.main else None
     run_start = time.perf_counter() - (metrics.rows[-1]["elapsed_s"] if metrics and metrics.rows else 0.0)
+    step.budget.start = run_start
     if procs.main:
         log.info(
             "training %s on %s: %d train / %d val images, %d classes, %d epochs of %d steps, %d process(es)",
             args.model, args.dataset, len(data.train), len(data.val), data.num_classes, args.epochs,
             steps_per_epoch, procs.world,
         )  # fmt: skip
+        if args.time_budget:
+            log.info("time budget: %.1f minutes (the schedule follows the clock; at most %d epochs)",
+                     args.time_budget, args.epochs)  # fmt: skip
 
     for epoch in range(start_epoch + 1, args.epochs + 1):
+        if step.budget.done(schedule):  # a resumed run whose time budget was already spent
+            break
         # Everything random in an epoch derives from (seed, epoch): resuming is exact.
         torch.manual_seed(_seed(args.seed, epoch, procs.rank))
         train_batches.set_epoch(epoch)
         stats = train_one_epoch(step, train_batches, procs, epoch, args.epochs)
+        finished = time.perf_counter()
         row: dict[str, Any] = {
             "epoch": epoch,
+            "steps": schedule.last_epoch,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": stats["loss"],
             "train_acc": stats["acc"],
         }
         is_best = False
-        if epoch % args.eval_every == 0 or epoch == args.epochs:
+        evaluated = epoch % args.eval_every == 0 or epoch == args.epochs or stats["done"]
+        if evaluated:
             val = evaluate(model, val_batches, procs, args.precision)
             row.update(val_loss=val["loss"], val_acc1=val["acc1"], val_acc5=val["acc5"])
             if step.ema is not None:
@@ -563,9 +613,18 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc1']:.2f}%" if "val_acc1" in row else "not evaluated",
                 row["img_per_s"], f"{best['val_acc1']:.2f}% (epoch {best['epoch']})" if best else "-",
             )  # fmt: skip
+        if evaluated:  # the final validation and checkpoint will take about as long
+            step.budget.reserve = time.perf_counter() - finished
         procs.barrier()
+        if stats["done"]:
+            if procs.main and epoch < args.epochs:
+                log.info("the time budget is spent: stopped after %d epochs", epoch)
+            break
 
-    summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": args.epochs, "best": best}
+    epochs_run = metrics.rows[-1]["epoch"] if metrics is not None and metrics.rows else start_epoch
+    summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": epochs_run, "best": best}
+    if args.time_budget:
+        summary["time_budget_min"] = args.time_budget
     if metrics is not None and metrics.rows:
         summary.update(final=metrics.rows[-1], wall_time_s=metrics.rows[-1]["elapsed_s"])
     skipped = (

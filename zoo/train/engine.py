@@ -570,6 +570,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
             log.info("time budget: %.1f minutes (the schedule follows the clock; at most %d epochs)",
                      args.time_budget, args.epochs)  # fmt: skip
 
+    epochs_run = start_epoch
     for epoch in range(start_epoch + 1, args.epochs + 1):
         if step.budget.done(schedule):  # a resumed run whose time budget was already spent
             break
@@ -577,7 +578,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
         torch.manual_seed(_seed(args.seed, epoch, procs.rank))
         train_batches.set_epoch(epoch)
         stats = train_one_epoch(step, train_batches, procs, epoch, args.epochs)
-        finished = time.perf_counter()
+        finished, epochs_run = time.perf_counter(), epoch
         row: dict[str, Any] = {
             "epoch": epoch,
             "steps": schedule.last_epoch,
@@ -621,7 +622,6 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
                 log.info("the time budget is spent: stopped after %d epochs", epoch)
             break
 
-    epochs_run = metrics.rows[-1]["epoch"] if metrics is not None and metrics.rows else start_epoch
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": epochs_run, "best": best}
     if args.time_budget:
         summary["time_budget_min"] = args.time_budget

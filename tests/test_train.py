@@ -382,3 +382,55 @@ def test_ema_averages_weights_and_running_statistics_and_copies_counts() -> None
         else:
             assert torch.equal(value, now[key]), key
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_distillation_blends_the_teachers_softened_targets() -> None:
+    from zoo.errors import ConfigError
+    from zoo.train.distill import Distillation
+
+    torch.manual_seed(0)
+    teachers = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5)) for _ in range(2)]
+    x, y = torch.randn(8, 3, 4, 4), torch.randint(0, 5, (8,))
+    logits = torch.randn(8, 5, requires_grad=True)
+    hard = F.cross_entropy(logits, y)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    kd = Distillation(teachers, weight=0.75, temperature=3.0, mean=mean, std=std, tta="flip")
+    with torch.no_grad():
+        views = (x, x.flip(3))
+        target = sum(t(v) for t in teachers for v in views) / 4  # the ensemble's mean over both views
+    p = F.softmax(target / 3, 1)
+    expected_soft = (p * (p.log() - F.log_softmax(logits / 3, 1))).sum(1).mean()  # KL(teacher || student)
+    loss = kd(hard, logits, x)
+    assert loss.item() == pytest.approx((0.25 * hard + 0.75 * 9 * expected_soft).item(), rel=1e-5)
+    loss.backward()
+    assert logits.grad is not None and all(p.grad is None for t in teachers for p in t.parameters())
+    # a student that predicts what the teachers do pays only its share of the hard loss
+    assert kd(hard, (target * 1.0).requires_grad_(), x).item() == pytest.approx(0.25 * hard.item(), rel=1e-5)
+
+    # A teacher trained with other statistics sees the image normalized its way, not the student's way.
+    class Stats(torch.nn.Module):
+        pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # raw [0, 1] pixels
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return v.mean((2, 3))
+
+    pixels = torch.rand(4, 3, 4, 4)
+    student_input = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    raw = Distillation([Stats()], weight=1.0, temperature=1.0, mean=mean, std=std).targets(student_input)
+    assert torch.allclose(raw, pixels.mean((2, 3)), atol=1e-6)
+    with pytest.raises(ConfigError, match=r"--distill-weight: expected a number in \[0, 1\], got 1.5"):
+        Distillation(teachers, weight=1.5, temperature=1.0, mean=mean, std=std)
+    with pytest.raises(ConfigError, match="--distill-temperature: expected a positive number, got 0"):
+        Distillation(teachers, weight=0.5, temperature=0, mean=mean, std=std)
+
+
+def test_a_student_learns_from_a_teacher_checkpoint(shapes: Path, tmp_path: Path) -> None:
+    teacher = tmp_path / "teacher"
+    train(parse(args_for(shapes, teacher)))
+    student = tmp_path / "student"
+    summary = train(parse(args_for(shapes, student, "--teacher", str(teacher / "best"), "--teacher-tta", "flip",
+                                   "--distill-weight", "0.5")))  # fmt: skip
+    assert summary["best"]["val_acc1"] > 60  # chance is 33%
+    assert json.loads((student / "args.json").read_text())["teacher"] == [str(teacher / "best")]
+    with pytest.raises(zoo.ConfigError, match=r"--teacher: 'resnet20.c10' predicts 10 classes, the dataset has 3"):
+        train(parse(args_for(shapes, tmp_path / "wrong", "--teacher", "resnet20.c10")))

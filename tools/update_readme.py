@@ -18,7 +18,7 @@ from zoo.cli import format_table
 from zoo.counting import count_models, render
 from zoo.factory import BUNDLED_DIR
 from zoo.registry import get_weights, list_models, list_pretrained
-from zoo.train.engine import TTA_MODES
+from zoo.train.views import TTA_MODES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

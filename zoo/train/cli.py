@@ -19,6 +19,7 @@ import yaml
 from ..errors import ZooError
 from .data import DATASETS
 from .recipe import OPTIMIZERS, SCHEDULES
+from .views import TTA_MODES
 
 # The minimal trainer's names for our choices.
 SCHEDULE_ALIASES = {"cosineannealinglr": "cosine", "onecyclelr": "onecycle", "multisteplr": "multistep"}
@@ -94,6 +95,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--label-smoothing", type=float, default=0.0)
     recipe.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
     recipe.add_argument("--ema-decay", type=float, default=0.0, help="EMA of weights per step (0: off)")
+    recipe.add_argument(
+        "--teacher", action="append", default=[], metavar="MODEL",
+        help="distill from this model (NAME.TAG with published weights, or a model/checkpoint folder); "
+        "repeat for an ensemble, whose logits are averaged",
+    )  # fmt: skip
+    recipe.add_argument("--distill-weight", type=float, default=0.9, help="share of the distillation term in the loss")
+    recipe.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of the targets")
+    recipe.add_argument(
+        "--teacher-tta", type=_lower_choice(TTA_MODES), default=None,
+        help="the teachers' targets are their mean logits over these views (as validate --tta)",
+    )
     recipe.add_argument("--crop-pad", type=int, default=4, help="small images: random crop after reflect padding")
     recipe.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     recipe.add_argument("--trivial-augment", action="store_true")

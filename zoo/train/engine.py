@@ -31,6 +31,8 @@ from ..features import stem_and_stages
 from ..hub import atomic_write, folder_config, save_json, save_model_folder, save_torch
 from ..layers import SyncBatchNorm2d
 from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
+from .distill import Distillation, load_teacher
+from .views import tta_views
 from .recipe import ModelEma, make_optimizer, make_schedule
 
 log = logging.getLogger("zoo.train")
@@ -225,26 +227,6 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-TTA_MODES = ("flip", "flip-shift")
-
-
-def tta_views(x: torch.Tensor, tta: str | None) -> list[torch.Tensor]:
-    """The views whose logits a test-time augmentation averages: the image alone (``None``); with its
-    mirror image (``flip``); and, for ``flip-shift``, also both shifted by one pixel up-left and down-right
-    (reflect-padded), six views in all."""
-    if tta is None:
-        return [x]
-    if tta not in TTA_MODES:
-        raise ConfigError("--tta", f"{tta!r} is not one of {', '.join(TTA_MODES)}")
-    views = [x]
-    if tta == "flip-shift":
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-        views += [padded[..., d : d + h, d : d + w].contiguous(memory_format=fmt) for d in (0, 2)]
-    return views + [v.flip(3) for v in views]
-
-
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", tta: str | None = None
@@ -313,6 +295,7 @@ class Step:
     schedule: torch.optim.lr_scheduler.LRScheduler
     budget: Budget
     criterion: nn.Module
+    distill: Distillation | None  # blends the teachers' soft targets into the loss
     ema: ModelEma | None
     scaler: torch.amp.GradScaler | None
     clip_grad: float
@@ -338,6 +321,8 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
         with _autocast(procs.device, step.precision):
             logits = step.model(x)
             loss = step.criterion(logits.float(), y)
+            if step.distill is not None:
+                loss = step.distill(loss, logits.float(), x)
         bad = procs.sum((~torch.isfinite(loss.detach())).float().reshape(1))
         if bad.item():
             bar.close()
@@ -432,6 +417,16 @@ def _model_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     return options
+
+
+def _distillation(args: argparse.Namespace, num_classes: int, mean, std, procs: Processes) -> Distillation:
+    teachers = [load_teacher(spec, num_classes).to(procs.device) for spec in args.teacher]
+    if args.channels_last:
+        teachers = [t.to(memory_format=torch.channels_last) for t in teachers]
+    return Distillation(
+        teachers, weight=args.distill_weight, temperature=args.distill_temperature, mean=mean, std=std,
+        tta=args.teacher_tta,
+    )  # fmt: skip
 
 
 def _state(step: Step, epoch: int, best: dict | None, args: argparse.Namespace) -> dict[str, Any]:
@@ -534,6 +529,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
         schedule=schedule,
         budget=Budget(total_steps, seconds=60 * args.time_budget if args.time_budget else math.inf),
         criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+        distill=_distillation(args, data.num_classes, mean, std, procs) if args.teacher else None,
         ema=ModelEma(model, args.ema_decay) if args.ema_decay else None,
         scaler=torch.amp.GradScaler("cuda") if args.precision == "fp16" else None,
         clip_grad=args.clip_grad,

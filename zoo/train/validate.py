@@ -19,7 +19,8 @@ from ..errors import ConfigError, ZooError
 from ..hub import save_json
 from ..optimize import quantize_int8
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
-from .engine import TTA_MODES, Processes, evaluate
+from .engine import Processes, evaluate
+from .views import TTA_MODES
 
 SPLITS = ("val", "test", "train")
 

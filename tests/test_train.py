@@ -11,6 +11,7 @@ import tarfile
 import time
 from itertools import pairwise
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -409,7 +410,7 @@ def test_distillation_blends_the_teachers_softened_targets() -> None:
 
     # A teacher trained with other statistics sees the image normalized its way, not the student's way.
     class Stats(torch.nn.Module):
-        pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # raw [0, 1] pixels
+        pretrained_cfg: ClassVar[dict] = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # raw [0, 1] pixels
 
         def forward(self, v: torch.Tensor) -> torch.Tensor:
             return v.mean((2, 3))

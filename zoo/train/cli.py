@@ -104,8 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of the targets")
     recipe.add_argument(
         "--teacher-tta", type=_lower_choice(TTA_MODES), default=None,
-        help="the teachers' targets are their mean logits over these views (as validate --tta)",
-    )
+        help=f"{' | '.join(TTA_MODES)}: average the teachers' logits over these views (as validate --tta)",
+    )  # fmt: skip
     recipe.add_argument("--crop-pad", type=int, default=4, help="small images: random crop after reflect padding")
     recipe.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     recipe.add_argument("--trivial-augment", action="store_true")

@@ -2,7 +2,7 @@
 (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network").
 
 The teachers see the very batch the student sees, augmentation included (a "consistent" teacher:
-Beyer et al. 2022), so their targets change with every view, as the labels' information cannot.
+Beyer et al. 2022), so their targets follow each crop, flip and erasure, which fixed labels cannot.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ from ..hub import atomic_write, folder_config, save_json, save_model_folder, sav
 from ..layers import SyncBatchNorm2d
 from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
 from .distill import Distillation, load_teacher
-from .views import tta_views
 from .recipe import ModelEma, make_optimizer, make_schedule
+from .views import tta_views
 
 log = logging.getLogger("zoo.train")
 

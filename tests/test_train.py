@@ -433,5 +433,11 @@ def test_a_student_learns_from_a_teacher_checkpoint(shapes: Path, tmp_path: Path
                                    "--distill-weight", "0.5")))  # fmt: skip
     assert summary["best"]["val_acc1"] > 60  # chance is 33%
     assert json.loads((student / "args.json").read_text())["teacher"] == [str(teacher / "best")]
+    folder = tmp_path / "resnet20.kd"  # the model card names the teacher
+    push = [sys.executable, "tools/push_to_hub.py", "--run", str(student), "--tag", "kd", "--out", str(folder),
+            "--dataset", "shapes", "--dry-run"]  # fmt: skip
+    done = subprocess.run(push, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"on shapes with knowledge distillation from `{teacher / 'best'}`." in (folder / "README.md").read_text()
     with pytest.raises(zoo.ConfigError, match=r"--teacher: 'resnet20.c10' predicts 10 classes, the dataset has 3"):
         train(parse(args_for(shapes, tmp_path / "wrong", "--teacher", "resnet20.c10")))

@@ -293,20 +293,22 @@ def test_unknown_tag() -> None:
 
 # --- the zoo's own bundled weights ----------------------------------------------------------------------
 
-BUNDLED = sorted(p.name for p in Path(zoo.factory.BUNDLED_DIR).glob("*.c10"))
+BUNDLED = sorted(p.name for p in Path(zoo.factory.BUNDLED_DIR).glob("*.c10*"))
 
 
 def test_bundled_weights_are_registered() -> None:
-    assert sorted(zoo.list_pretrained("*.c10")) == BUNDLED
+    assert sorted(zoo.list_pretrained("*.c10*")) == BUNDLED
 
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_weights_load_offline_and_match_their_record(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     arch = name.split(".")[0]
-    model = zoo.create_model(arch, pretrained=True)  # the default tag: no network, from weights/
+    model = zoo.create_model(name, pretrained=True)  # no network: from weights/
     assert model.pretrained_cfg["tag"] == name and model.num_classes == 10
     _, record = get_weights(name)
+    best = max((t for t in BUNDLED if t.startswith(f"{arch}.")), key=lambda t: get_weights(t)[1].top1 or 0)
+    assert get_weights(arch)[0] == best  # the architecture's default is its best bundled weights
     folder = Path(zoo.factory.BUNDLED_DIR) / name
     results = json.loads((folder / "results.json").read_text())
     assert record.top1 == pytest.approx(results["results"][0]["top1"], abs=0.005)

@@ -30,13 +30,15 @@ from zoo.publish import Card, add_results, read_run, upload_folder, write_folder
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
 
 
-def _describe(arch: str, dataset: str, trained_here: bool) -> str:
+def _describe(arch: str, dataset: str, trained_here: bool, teachers: list[str] | None = None) -> str:
     if arch in PAPER_NETS:
         what = (f"The paper's CIFAR ResNet-{PAPER_NETS[arch]} (He et al. 2016, section 4.2: 16/32/64 channels, "
                 "parameter-free option A shortcuts)")  # fmt: skip
     else:
         what = f"`{arch}`"
     how = f"trained from scratch by `zoo train` on {dataset}" if trained_here else f"weights for {dataset}"
+    if teachers:
+        how += " with knowledge distillation from " + " and ".join(f"`{t}`" for t in teachers)
     return f"{what}, {how}."
 
 
@@ -93,8 +95,8 @@ def from_run(args: argparse.Namespace) -> Path:
         "",
         "![training curves](curves.png)" if (Path(args.run) / "curves.png").is_file() else "",
     ])  # fmt: skip
-    card = Card(name, _describe(arch, dataset, True), dataset=args.card_dataset, results=results, training=training,
-                license=args.license)  # fmt: skip
+    describe = _describe(arch, dataset, True, run["args"].get("teacher"))
+    card = Card(name, describe, dataset=args.card_dataset, results=results, training=training, license=args.license)
     extra = {n: Path(args.run) / n for n in ("curves.png", "metrics.csv") if (Path(args.run) / n).is_file()}
     out = write_folder(args.out, run["best"] / "model.safetensors", config, card, extra=extra)
     hub.save_json(out / "results.json", {"name": name, "results": results, "epochs": summary.get("epochs"),

@@ -101,13 +101,16 @@ C10 = dict(num_classes=10, label_names="cifar-10", input_size=(3, 32, 32), crop_
            paper=PAPERS["resnet"], bundled=True)  # fmt: skip
 
 
-def _c10(arch: str, top1: float, top5: float, params: int, gmacs: float) -> Weights:
-    return Weights(f"resnet-zoo/{arch}.c10", top1=top1, top5=top5, num_params=params, gmacs=gmacs,
+def _c10(arch: str, top1: float, top5: float, params: int, gmacs: float, tag: str = "c10") -> Weights:
+    return Weights(f"resnet-zoo/{arch}.{tag}", top1=top1, top5=top5, num_params=params, gmacs=gmacs,
                    source="zoo train (see the model card)", **C10)  # fmt: skip
 
 
-# (arch, "c10") -> weights. top-1/top-5 on the validation split; params at 10 classes; G MACs at 32x32.
+# (arch, tag) -> weights. top-1/top-5 on the validation split; params at 10 classes; G MACs at 32x32.
+# c10: trained from scratch; c10_kd: distilled from a c10 teacher on the same split. A tag, once
+# published, keeps its weights; the default of each architecture is its best top-1.
 CIFAR10: dict[tuple[str, str], Weights] = {
+    ("resnet20", "c10_kd"): _c10("resnet20", 90.14, 99.42, 269_722, 0.041, tag="c10_kd"),
     ("resnet20", "c10"): _c10("resnet20", 89.38, 99.50, 269_722, 0.041),
     ("resnet32", "c10"): _c10("resnet32", 88.36, 99.34, 464_154, 0.069),
     ("resnet44", "c10"): _c10("resnet44", 88.22, 99.38, 658_586, 0.098),

@@ -167,7 +167,7 @@ def upload_folder(folder: str | Path, repo_id: str, *, token: str | None, privat
 
 
 def read_run(run: str | Path) -> dict[str, Any]:
-    """What a training run left: its best checkpoint folder, summary, metrics and command."""
+    """What a training run left: its best checkpoint folder, summary, metrics, command and arguments."""
     run = Path(run)
     best = run / "best"
     if not (best / "model.safetensors").is_file():
@@ -180,4 +180,5 @@ def read_run(run: str | Path) -> dict[str, Any]:
     )
     command = (run / "command.txt").read_text().strip() if (run / "command.txt").is_file() else ""
     config = json.loads((best / "config.json").read_text())
-    return {"best": best, "summary": summary, "rows": rows, "command": command, "config": config}
+    args = json.loads((run / "args.json").read_text()) if (run / "args.json").is_file() else {}
+    return {"best": best, "summary": summary, "rows": rows, "command": command, "config": config, "args": args}

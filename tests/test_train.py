@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -439,5 +440,14 @@ def test_a_student_learns_from_a_teacher_checkpoint(shapes: Path, tmp_path: Path
     done = subprocess.run(push, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"on shapes with knowledge distillation from `{teacher / 'best'}`." in (folder / "README.md").read_text()
+    # once the teacher's weights are published, the card names them by their tag
+    published = tmp_path / "bundled" / "resnet20.shapes"
+    published.mkdir(parents=True)
+    shutil.copyfile(teacher / "best" / "model.safetensors", published / "model.safetensors")
+    env = {**os.environ, "ZOO_WEIGHTS_DIR": str(published.parent)}
+    done = subprocess.run(push, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    named = f"from `resnet20.shapes` (given as `{teacher / 'best'}`)."
+    assert named in (folder / "README.md").read_text()
     with pytest.raises(zoo.ConfigError, match=r"--teacher: 'resnet20.c10' predicts 10 classes, the dataset has 3"):
         train(parse(args_for(shapes, tmp_path / "wrong", "--teacher", "resnet20.c10")))

@@ -25,6 +25,7 @@ from pathlib import Path
 import zoo
 from zoo import hub
 from zoo.errors import ConfigError, ZooError
+from zoo.factory import BUNDLED_DIR
 from zoo.publish import Card, add_results, read_run, upload_folder, write_folder
 
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
@@ -38,8 +39,21 @@ def _describe(arch: str, dataset: str, trained_here: bool, teachers: list[str] |
         what = f"`{arch}`"
     how = f"trained from scratch by `zoo train` on {dataset}" if trained_here else f"weights for {dataset}"
     if teachers:
-        how += " with knowledge distillation from " + " and ".join(f"`{t}`" for t in teachers)
+        how += " with knowledge distillation from " + " and ".join(_teacher_name(t) for t in teachers)
     return f"{what}, {how}."
+
+
+def _teacher_name(teacher: str) -> str:
+    """A teacher given as a checkpoint path is named by the bundled weights it is byte-identical to, if any,
+    so the card says which published weights reproduce the run."""
+    path = Path(teacher)
+    file = path / "model.safetensors" if path.is_dir() else path
+    if file.is_file():
+        digest = hub.sha256_of(file)
+        for bundled in sorted(BUNDLED_DIR.glob("*/model.safetensors")):
+            if hub.sha256_of(bundled) == digest:
+                return f"`{bundled.parent.name}` (given as `{teacher}`)"
+    return f"`{teacher}`"
 
 
 def _validation_rows(path: str, weights: Path, tag: str | None = None) -> list[dict]:

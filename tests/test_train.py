@@ -263,6 +263,16 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
     done = subprocess.run(update, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "has no results.json" in done.stderr
 
+    # Several models score as their ensemble (mean logits): two copies of one model score as that model.
+    pair = tmp_path / "val-pair.json"
+    assert validate_main(["--model", f"local-dir:{folder}", f"local-dir:{out / 'best'}", "--pretrained",
+                          "--dataset", "imagefolder", "--root", str(archive), "--val-split", "0.25",
+                          "--cache-dir", str(tmp_path / "cache"), "--output", str(pair)]) == 0  # fmt: skip
+    both = json.loads(pair.read_text())
+    assert both["weights"] == f"local-dir:{folder} + local-dir:{out / 'best'}"
+    assert (both["top1"], both["images"]) == (result["top1"], result["images"])
+    assert both["loss"] == pytest.approx(result["loss"], abs=2e-4)
+
 
 def test_tta_scores_the_mean_logits_of_the_mirrored_and_shifted_views() -> None:
     from zoo.errors import ConfigError
@@ -296,6 +306,36 @@ def test_validate_refuses_a_bad_calibration_size_before_any_work(tmp_path: Path,
     assert validate_main(["--model", "resnet20", "--dataset", "imagefolder", "--root", str(missing),
                           "--int8", "--calibration-images", "0"]) == 2  # fmt: skip
     assert "--calibration-images: expected a positive integer, got 0" in capsys.readouterr().err
+    # an ensemble is scored through one eval transform, and never with one checkpoint for all
+    assert validate_main(["--model", "resnet20", "resnet50", "--dataset", "imagefolder", "--root", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "--model: an ensemble's members share one eval transform: resnet50 expects" in err and "(3, 224, 224)" in err
+    assert validate_main(["--model", "resnet20", "resnet32", "--checkpoint", str(missing), "--dataset",
+                          "imagefolder", "--root", str(missing)]) == 2  # fmt: skip
+    assert "--checkpoint: scores one model; got 2 (--model resnet20 resnet32)" in capsys.readouterr().err
+
+
+def test_an_ensemble_averages_its_members_logits_each_on_its_own_normalization() -> None:
+    from zoo.train.ensemble import Ensemble
+
+    class Pixels(torch.nn.Module):  # trained on raw [0, 1] pixels: expects no normalization
+        pretrained_cfg: ClassVar[dict] = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return v.mean((2, 3)).to(torch.bfloat16)
+
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))  # no cfg: as the input's
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    pixels = torch.rand(6, 3, 4, 4)
+    x = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    ensemble = Ensemble([linear, Pixels()], mean=mean, std=std)
+    out = ensemble(x)
+    assert out.dtype == torch.float32 and ensemble.pretrained_cfg is None
+    expected = (linear(x) + pixels.mean((2, 3)).to(torch.bfloat16).float()) / 2
+    assert torch.allclose(out, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one member"):
+        Ensemble([], mean=mean, std=std)
 
 
 def test_minimal_trainer_command_line_parses() -> None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import create_model
 from ..errors import ConfigError
+from .ensemble import Ensemble
 from .views import tta_views
 
 
@@ -35,7 +36,8 @@ class Distillation(nn.Module):
     logits averaged (over models and, with ``tta``, over the views of ``views.tta_views``).
 
     ``mean``/``std`` are the normalization of the student's input; each teacher's input is re-normalized
-    to its own pretrained config, so a teacher trained with other statistics still sees what it expects.
+    to its own pretrained config (see ``Ensemble``), so a teacher trained with other statistics still sees
+    what it expects.
     """
 
     def __init__(
@@ -53,25 +55,13 @@ class Distillation(nn.Module):
             raise ConfigError("--distill-weight", f"expected a number in [0, 1], got {weight}")
         if not temperature > 0:
             raise ConfigError("--distill-temperature", f"expected a positive number, got {temperature}")
-        self.teachers = nn.ModuleList(t.eval().requires_grad_(False) for t in teachers)
+        self.teachers = Ensemble([t.eval().requires_grad_(False) for t in teachers], mean=mean, std=std)
         self.weight, self.temperature, self.tta = weight, temperature, tta
-        student = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-        # x_teacher = x * scale + shift undoes the student's normalization and applies the teacher's
-        self.affine: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-        for t in self.teachers:
-            cfg = getattr(t, "pretrained_cfg", None) or {"mean": mean, "std": std}  # none: as the student's
-            t_mean, t_std = torch.tensor(cfg["mean"]).view(1, -1, 1, 1), torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-            same = torch.equal(t_mean, student[0]) and torch.equal(t_std, student[1])
-            self.affine.append(None if same else (student[1] / t_std, (student[0] - t_mean) / t_std))
 
     @torch.no_grad()  # not inference_mode: the targets enter the student's autograd graph
     def targets(self, x: torch.Tensor) -> torch.Tensor:
         """The teachers' mean logits for the batch ``x`` (float32)."""
-        logits = []
-        for teacher, affine in zip(self.teachers, self.affine, strict=True):
-            xt = x if affine is None else x * affine[0].to(x) + affine[1].to(x)
-            logits += [teacher(v).float() for v in tta_views(xt, self.tta)]
-        return torch.stack(logits).mean(0)
+        return torch.stack([self.teachers(v) for v in tta_views(x, self.tta)]).mean(0)
 
     def forward(self, hard: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Blend the hard-label loss ``hard`` of the student's float ``logits`` with the distillation term."""

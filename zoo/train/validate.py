@@ -20,13 +20,17 @@ from ..hub import save_json
 from ..optimize import quantize_int8
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .engine import Processes, evaluate
+from .ensemble import Ensemble
 from .views import TTA_MODES
 
 SPLITS = ("val", "test", "train")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="registered name (with tag), hf-hub:..., local-dir:... or YAML")
+    p.add_argument(
+        "--model", required=True, nargs="+",
+        help="registered name (with tag), hf-hub:..., local-dir:... or YAML; several: their ensemble (mean logits)",
+    )  # fmt: skip
     source = p.add_mutually_exclusive_group()
     source.add_argument("--pretrained", action="store_true", help="the model's published weights")
     source.add_argument("--checkpoint", default=None, help="a weights file or a training checkpoint folder")
@@ -56,10 +60,14 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     if args.int8 and args.calibration_images < 1:  # before any work, not after the float model is scored
         raise ConfigError("--calibration-images", f"expected a positive integer, got {args.calibration_images}")
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None and len(args.model) > 1:
+        raise ConfigError("--checkpoint", f"scores one model; got {len(args.model)} (--model {' '.join(args.model)})")
     if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
         model = create_model(f"local-dir:{checkpoint}", pretrained=True)
+    elif len(args.model) == 1:
+        model = create_model(args.model[0], pretrained=args.pretrained, checkpoint_path=checkpoint)
     else:
-        model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=checkpoint)
+        model = _ensemble(args.model, args.pretrained)
     procs = Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(procs.device)
     data = load_dataset(
@@ -76,9 +84,10 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     batches = _eval_batches(split, config, args)
     start = time.perf_counter()
     metrics = evaluate(model, batches, procs, args.precision, tta=args.tta)
+    members = model.members if isinstance(model, Ensemble) else [model]
     result = {
-        "model": args.model,
-        "weights": str(checkpoint) if checkpoint else model.pretrained_cfg.get("tag", "random init"),
+        "model": " + ".join(args.model),
+        "weights": str(checkpoint) if checkpoint else " + ".join(_weights_of(m) for m in members),
         "dataset": args.dataset,
         "split": args.split,
         "images": len(split),
@@ -97,6 +106,31 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         result["int8"] = _score_int8(model, getattr(data, source), batches, config, args, procs)
         result["int8"]["calibration_split"] = source
     return result
+
+
+def _ensemble(names: list[str], pretrained: bool) -> Ensemble:
+    """The models ``names`` as one whose logits are their mean; they must share the eval transform
+    (size, crop, interpolation), while each keeps its own normalization."""
+    members = [create_model(name, pretrained=pretrained) for name in names]
+    shared = ("input_size", "crop_pct", "crop_mode", "interpolation")
+    first = {k: v for k, v in resolve_data_config(members[0], use_test_size=True).items() if k in shared}
+    for name, member in zip(names[1:], members[1:], strict=True):
+        config = {k: v for k, v in resolve_data_config(member, use_test_size=True).items() if k in shared}
+        if config != first:
+            raise ConfigError(
+                "--model",
+                f"an ensemble's members share one eval transform: {name} expects {config}, {names[0]} {first}",
+            )
+        if getattr(member, "num_classes", None) != getattr(members[0], "num_classes", None):
+            raise ConfigError(
+                "--model", f"{name} predicts {member.num_classes} classes, {names[0]} {members[0].num_classes}"
+            )
+    config = resolve_data_config(members[0])
+    return Ensemble(members, mean=config["mean"], std=config["std"])
+
+
+def _weights_of(model: torch.nn.Module) -> str:
+    return (getattr(model, "pretrained_cfg", None) or {}).get("tag", "random init")
 
 
 def _eval_batches(split: Split, config: dict[str, Any], args: argparse.Namespace) -> Any:
@@ -151,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             f"int8 (calibrated on {q['calibration_images']} {q['calibration_split']} images): top-1 {q['top1']:.2f}% "
             f"({q['top1'] - r['top1']:+.2f})  top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
         )
-    output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.model)}.json"
+    output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', '+'.join(args.model))}.json"
     save_json(output, result)
     return 0
 

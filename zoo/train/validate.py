@@ -113,9 +113,9 @@ def _ensemble(names: list[str], pretrained: bool) -> Ensemble:
     (size, crop, interpolation), while each keeps its own normalization."""
     members = [create_model(name, pretrained=pretrained) for name in names]
     shared = ("input_size", "crop_pct", "crop_mode", "interpolation")
-    first = {k: v for k, v in resolve_data_config(members[0], use_test_size=True).items() if k in shared}
-    for name, member in zip(names[1:], members[1:], strict=True):
-        config = {k: v for k, v in resolve_data_config(member, use_test_size=True).items() if k in shared}
+    transforms = [{k: v for k, v in resolve_data_config(m, use_test_size=True).items() if k in shared} for m in members]
+    first = transforms[0]
+    for name, member, config in zip(names[1:], members[1:], transforms[1:], strict=True):
         if config != first:
             raise ConfigError(
                 "--model",

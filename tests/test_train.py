@@ -197,7 +197,7 @@ def test_torchrun_two_processes(shapes: Path, tmp_path: Path) -> None:
     assert command.startswith("torchrun --nproc_per_node=2 tools/train.py --dataset imagefolder"), command
 
 
-def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
+def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> None:
     archive = tmp_path / "shapes.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(shapes / "train", arcname="train")
@@ -270,6 +270,8 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path) -> None:
                           "--cache-dir", str(tmp_path / "cache"), "--output", str(pair)]) == 0  # fmt: skip
     both = json.loads(pair.read_text())
     assert both["weights"] == f"local-dir:{folder} + local-dir:{out / 'best'}"
+    summary_line = capsys.readouterr().out.splitlines()[-1]
+    assert summary_line.startswith(f"{both['weights']} on imagefolder val ")  # named once, not "A + B (A + B)"
     assert (both["top1"], both["images"]) == (result["top1"], result["images"])
     assert both["loss"] == pytest.approx(result["loss"], abs=2e-4)
 

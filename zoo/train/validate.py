@@ -174,8 +174,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"zoo validate: error: {e}", file=sys.stderr)
         return 2
     r = result
+    weights = "" if r["weights"] == r["model"] else f" ({r['weights']})"  # an ensemble of tags names them once
     print(
-        f"{r['model']} ({r['weights']}) on {r['dataset']} {r['split']} ({r['images']} images): "
+        f"{r['model']}{weights} on {r['dataset']} {r['split']} ({r['images']} images): "
         f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
         + (f"  ({r['tta']} TTA)" if r["tta"] else "")
     )

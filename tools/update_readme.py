@@ -41,7 +41,8 @@ def weights_table() -> str:
 
 def training_table() -> str:
     rows = []
-    for results in sorted(BUNDLED_DIR.glob("*/results.json"), key=lambda p: get_weights(p.parent.name)[1].num_params):
+    runs = [BUNDLED_DIR / full / "results.json" for full in list_pretrained()]  # the weights table's order
+    for results in (r for r in runs if r.is_file()):
         run = json.loads(results.read_text())
         command = run.get("command", "")
         procs = re.search(r"--nproc_per_node[= ](\d+)", command)

@@ -493,3 +493,16 @@ def test_a_student_learns_from_a_teacher_checkpoint(shapes: Path, tmp_path: Path
     assert named in (folder / "README.md").read_text()
     with pytest.raises(zoo.ConfigError, match=r"--teacher: 'resnet20.c10' predicts 10 classes, the dataset has 3"):
         train(parse(args_for(shapes, tmp_path / "wrong", "--teacher", "resnet20.c10")))
+
+
+def test_fine_tuning_replaces_the_head_and_keeps_frozen_stages(shapes: Path, tmp_path: Path) -> None:
+    run = tmp_path / "tuned"
+    train(parse(args_for(shapes, run, "--model", "resnet20.c10", "--pretrained", "--freeze-stages", "1")))
+    config = json.loads((run / "best" / "config.json").read_text())
+    assert config["architecture"] == "resnet20" and config["num_classes"] == 3  # the bare name; the tag is the run's
+    source = zoo.create_model("resnet20.c10", pretrained=True).state_dict()
+    tuned = load_file(run / "last" / "model.safetensors")
+    assert tuned["fc.weight"].shape == (3, 64) and source["fc.weight"].shape == (10, 64)
+    frozen = ("conv1.", "bn1.", "layer1.")  # the stem and stage 1: weights and batch-norm statistics
+    assert all(torch.equal(tuned[k], source[k]) for k in tuned if k.startswith(frozen))
+    assert not torch.equal(tuned["layer3.0.conv1.weight"], source["layer3.0.conv1.weight"])

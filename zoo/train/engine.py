@@ -30,6 +30,7 @@ from ..errors import ConfigError, ZooError
 from ..features import stem_and_stages
 from ..hub import atomic_write, folder_config, save_json, save_model_folder, save_torch
 from ..layers import SyncBatchNorm2d
+from ..registry import is_model, split_name
 from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
 from .distill import Distillation, load_teacher
 from .recipe import ModelEma, make_optimizer, make_schedule
@@ -411,6 +412,14 @@ def _batches(args: argparse.Namespace, split: Split, train: bool, model: nn.Modu
     )  # fmt: skip
 
 
+def _architecture(model: str) -> str:
+    """What a checkpoint's config.json names: the bare architecture, so fine-tuning ``resnet56.c10_kd``
+    writes ``resnet56`` (the Hub folder's name adds the new tag); a YAML config is rebuilt from zoo_config."""
+    if str(model).endswith((".yaml", ".yml")):
+        return "resnet"
+    return split_name(model)[0] if is_model(model) else model
+
+
 def _model_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
     options: dict[str, Any] = {**args.model_kwargs, "num_classes": num_classes}
     for name in ("drop_rate", "drop_path_rate", "in_chans"):
@@ -552,7 +561,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
     if args.compile:
         step.model = torch.compile(step.model, mode=args.compile_mode)
     eval_model = step.ema.module if step.ema is not None else model
-    arch = args.model if not str(args.model).endswith((".yaml", ".yml")) else "resnet"
+    arch = _architecture(args.model)
     metrics = Metrics(output, start_epoch) if procs.main else None
     run_start = time.perf_counter() - (metrics.rows[-1]["elapsed_s"] if metrics and metrics.rows else 0.0)
     step.budget.start = run_start

@@ -506,3 +506,10 @@ def test_fine_tuning_replaces_the_head_and_keeps_frozen_stages(shapes: Path, tmp
     frozen = ("conv1.", "bn1.", "layer1.")  # the stem and stage 1: weights and batch-norm statistics
     assert all(torch.equal(tuned[k], source[k]) for k in tuned if k.startswith(frozen))
     assert not torch.equal(tuned["layer3.0.conv1.weight"], source["layer3.0.conv1.weight"])
+    folder = tmp_path / "resnet20.shapes"  # its model card says where it started
+    push = [sys.executable, "tools/push_to_hub.py", "--run", str(run), "--tag", "shapes", "--out", str(folder),
+            "--dataset", "shapes", "--dry-run"]  # fmt: skip
+    done = subprocess.run(push, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "fine-tuned by `zoo train` from `resnet20.c10` on shapes." in (folder / "README.md").read_text()
+    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["tag"] == "resnet20.shapes"

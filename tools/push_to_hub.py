@@ -31,13 +31,20 @@ from zoo.publish import Card, add_results, read_run, upload_folder, write_folder
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
 
 
-def _describe(arch: str, dataset: str, trained_here: bool, teachers: list[str] | None = None) -> str:
+def _describe(
+    arch: str, dataset: str, trained_here: bool, teachers: list[str] | None = None, start: str | None = None
+) -> str:
     if arch in PAPER_NETS:
         what = (f"The paper's CIFAR ResNet-{PAPER_NETS[arch]} (He et al. 2016, section 4.2: 16/32/64 channels, "
                 "parameter-free option A shortcuts)")  # fmt: skip
     else:
         what = f"`{arch}`"
-    how = f"trained from scratch by `zoo train` on {dataset}" if trained_here else f"weights for {dataset}"
+    if not trained_here:
+        how = f"weights for {dataset}"
+    elif start:
+        how = f"fine-tuned by `zoo train` from `{start}` on {dataset}"
+    else:
+        how = f"trained from scratch by `zoo train` on {dataset}"
     if teachers:
         how += " with knowledge distillation from " + " and ".join(_teacher_name(t) for t in teachers)
     return f"{what}, {how}."
@@ -80,6 +87,8 @@ def from_run(args: argparse.Namespace) -> Path:
     arch = config["architecture"]
     name = f"{arch}.{args.tag}"
     dataset = args.dataset or summary.get("dataset", "")
+    # a --pretrained run's checkpoints keep the tag of the weights it started from, until renamed here
+    start = config["pretrained_cfg"].get("tag") if run["args"].get("pretrained") else None
     config["pretrained_cfg"].update(tag=name, license=args.license, hf_hub_id=args.repo_id or name)
     best = summary.get("best") or {}
     last = rows[-1] if rows else {}
@@ -109,7 +118,7 @@ def from_run(args: argparse.Namespace) -> Path:
         "",
         "![training curves](curves.png)" if (Path(args.run) / "curves.png").is_file() else "",
     ])  # fmt: skip
-    describe = _describe(arch, dataset, True, run["args"].get("teacher"))
+    describe = _describe(arch, dataset, True, run["args"].get("teacher"), start)
     card = Card(name, describe, dataset=args.card_dataset, results=results, training=training, license=args.license)
     extra = {n: Path(args.run) / n for n in ("curves.png", "metrics.csv") if (Path(args.run) / n).is_file()}
     out = write_folder(args.out, run["best"] / "model.safetensors", config, card, extra=extra)

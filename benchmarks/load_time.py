@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """How long a pretrained model takes to be ready from a warm cache, against the usual way.
 
-    python benchmarks/load_time.py --model resnet152 --repeats 5
+    python benchmarks/load_time.py --model resnet152 --repeats 5 --out benchmarks/results/load-time
 
 Both sides read the same safetensors file from a warm Hub cache (the file is made
 here from random weights and placed in a temporary cache: no network). The zoo
 builds the model on the meta device and takes the file's tensors as its weights
 (``assign=True``); the usual way builds torchvision's model with its random
 initialization and then copies the weights in (``load_state_dict``). Rounds are
-interleaved; the ratio of medians is the figure to track.
+interleaved; the ratio of medians is the figure to track. The rounds, their medians and
+the environment (with the git commit) go to ``--out``/results.json.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet152", help="a torchvision architecture with a tv_in1k tag")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default="runs/load-time", help="folder for results.json")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats: expected a positive number of rounds, got {args.repeats}")
 
     cache = Path(tempfile.mkdtemp(prefix="zoo-load-"))
     os.environ.update(HF_HOME=str(cache / "hf"), ZOO_CACHE=str(cache / "zoo"), HF_HUB_OFFLINE="1")
@@ -65,6 +69,20 @@ def main() -> int:
         print(f"{name}: median {median * 1000:.0f} ms over {args.repeats} rounds ({args.model}, warm cache)")
     a, b = medians.values()
     print(f"ratio: the zoo is ready {b / a:.1f}x faster ({torch.get_num_threads()} threads, torch {torch.__version__})")
+    from throughput import environment  # the benchmarks' one record of where a number was measured
+
+    from zoo.hub import save_json
+
+    result = {
+        "model": args.model,
+        "repeats": args.repeats,
+        "seconds": times,
+        "median_s": medians,
+        "speedup": round(b / a, 2),
+        "environment": environment(torch.device("cpu")),
+    }
+    save_json(Path(args.out) / "results.json", result)
+    print(f"wrote {Path(args.out) / 'results.json'}")
     return 0
 
 

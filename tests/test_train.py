@@ -500,6 +500,9 @@ def test_fine_tuning_replaces_the_head_and_keeps_frozen_stages(shapes: Path, tmp
     train(parse(args_for(shapes, run, "--model", "resnet20.c10", "--pretrained", "--freeze-stages", "1")))
     config = json.loads((run / "best" / "config.json").read_text())
     assert config["architecture"] == "resnet20" and config["num_classes"] == 3  # the bare name; the tag is the run's
+    # the checkpoint names where it started, and carries none of the starting weights' tag, scores or hash
+    assert config["fine_tuned_from"] == "resnet20.c10"
+    assert not {"tag", "top1", "top5", "sha256", "hf_hub_id", "source"} & set(config["pretrained_cfg"])
     source = zoo.create_model("resnet20.c10", pretrained=True).state_dict()
     tuned = load_file(run / "last" / "model.safetensors")
     assert tuned["fc.weight"].shape == (3, 64) and source["fc.weight"].shape == (10, 64)
@@ -512,4 +515,56 @@ def test_fine_tuning_replaces_the_head_and_keeps_frozen_stages(shapes: Path, tmp
     done = subprocess.run(push, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "fine-tuned by `zoo train` from `resnet20.c10` on shapes." in (folder / "README.md").read_text()
-    assert json.loads((folder / "config.json").read_text())["pretrained_cfg"]["tag"] == "resnet20.shapes"
+    published = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert published["tag"] == "resnet20.shapes" and published["top1"] == summary["best"]["val_acc1"]  # its own score
+
+
+CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def cifar_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/<class>/*.jpg: the first 4 real CIFAR-10 images of each class."""
+    if not CIFAR_JPEG.is_file():
+        pytest.skip("needs ../shared/data/cifar10-train-jpeg.tar.gz")
+    root = tmp_path_factory.mktemp("cifar-sample")
+    taken: dict[str, int] = {}
+    with tarfile.open(CIFAR_JPEG) as tar:
+        for member in tar:
+            label = Path(member.name).parent.name
+            if member.isfile() and taken.get(label, 0) < 4:
+                taken[label] = taken.get(label, 0) + 1
+                (root / "train" / label).mkdir(parents=True, exist_ok=True)
+                (root / "train" / label / Path(member.name).name).write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+    return root
+
+
+def test_a_tag_is_scored_with_its_weights_and_credited_only_to_them(cifar_sample: Path, tmp_path: Path) -> None:
+    common = ["--dataset", "imagefolder", "--root", str(cifar_sample), "--val-split", "0.5",
+              "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    implied, explicit = tmp_path / "implied.json", tmp_path / "explicit.json"
+    assert validate_main(["--model", "resnet20.c10", *common, "--output", str(implied)]) == 0  # no --pretrained
+    assert validate_main(["--model", "resnet20.c10", "--pretrained", *common, "--output", str(explicit)]) == 0
+    a, b = json.loads(implied.read_text()), json.loads(explicit.read_text())
+    pinned = zoo.registry.get_weights("resnet20.c10")[1].sha256
+    assert a["weights"] == b["weights"] == "resnet20.c10" and a["weights_sha256"] == b["weights_sha256"] == pinned
+    assert (a["top1"], a["loss"]) == (b["top1"], b["loss"])  # the same weights, not a random init
+    random_init = tmp_path / "random.json"
+    assert validate_main(["--model", "resnet20", *common, "--output", str(random_init)]) == 0
+    assert json.loads(random_init.read_text())["weights"] == "random init"  # said plainly, and never publishable
+
+    folder = tmp_path / "resnet20.c10"
+    shutil.copytree(zoo.hub.bundled_dir() / "resnet20.c10", folder)
+    push = [sys.executable, "tools/push_to_hub.py", "--folder", str(folder), "--dry-run", "--eval"]
+    done = subprocess.run([*push, str(implied)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for name, record, refusal in (
+        ("random", {**a, "weights": "random init"}, "scores 'random init', not 'resnet20.c10'"),
+        ("other-file", {**a, "weights_sha256": "0" * 64}, f"scored a file with sha256 {'0' * 64}, not"),
+        ("no-hash", {k: v for k, v in a.items() if k != "weights_sha256"}, "scored a file with sha256 None, not"),
+    ):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(record))
+        done = subprocess.run([*push, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and refusal in done.stderr, (name, done.stderr)

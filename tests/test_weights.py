@@ -293,7 +293,7 @@ def test_unknown_tag() -> None:
 
 # --- the zoo's own bundled weights ----------------------------------------------------------------------
 
-BUNDLED = sorted(p.name for p in Path(zoo.factory.BUNDLED_DIR).glob("*.c10*"))
+BUNDLED = sorted(p.name for p in hub.bundled_dir().glob("*.c10*"))
 
 
 def test_bundled_weights_are_registered() -> None:
@@ -309,7 +309,7 @@ def test_bundled_weights_load_offline_and_match_their_record(name: str, monkeypa
     _, record = get_weights(name)
     best = max((t for t in BUNDLED if t.startswith(f"{arch}.")), key=lambda t: get_weights(t)[1].top1 or 0)
     assert get_weights(arch)[0] == best  # the architecture's default is its best bundled weights
-    folder = Path(zoo.factory.BUNDLED_DIR) / name
+    folder = hub.bundled_dir() / name
     results = json.loads((folder / "results.json").read_text())
     assert record.top1 == pytest.approx(results["results"][0]["top1"], abs=0.005)
     assert record.num_params == sum(p.numel() for p in model.parameters())

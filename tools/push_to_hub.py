@@ -25,7 +25,6 @@ from pathlib import Path
 import zoo
 from zoo import hub
 from zoo.errors import ConfigError, ZooError
-from zoo.factory import BUNDLED_DIR
 from zoo.publish import Card, add_results, read_run, upload_folder, write_folder
 
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
@@ -57,7 +56,7 @@ def _teacher_name(teacher: str) -> str:
     file = path / "model.safetensors" if path.is_dir() else path
     if file.is_file():
         digest = hub.sha256_of(file)
-        for bundled in sorted(BUNDLED_DIR.glob("*/model.safetensors")):
+        for bundled in sorted(hub.bundled_dir().glob("*/model.safetensors")):
             if hub.sha256_of(bundled) == digest:
                 return f"`{bundled.parent.name}` (given as `{teacher}`)"
     return f"`{teacher}`"
@@ -70,6 +69,11 @@ def _validation_rows(path: str, weights: Path, tag: str | None = None) -> list[d
     scored = r.get("weights", "")
     if scored != tag and Path(scored.removeprefix("local-dir:")).resolve() != weights.resolve():
         raise ConfigError("--eval", f"{path!r} scores {scored!r}, not {tag or str(weights)!r}")
+    own = hub.sha256_of(weights / "model.safetensors")  # the name may match while the file does not
+    if r.get("weights_sha256") != own:
+        raise ConfigError(
+            "--eval", f"{path!r} scored a file with sha256 {r.get('weights_sha256')}, not {str(weights)!r} ({own})"
+        )
     split = "validation" if r["split"] == "val" else r["split"]
     how = f", {r['tta']} TTA" if r.get("tta") else ""
     rows = [{"split": f"{split}, `zoo validate` {r.get('precision', 'fp32')}{how}", "images": r["images"],
@@ -87,10 +91,12 @@ def from_run(args: argparse.Namespace) -> Path:
     arch = config["architecture"]
     name = f"{arch}.{args.tag}"
     dataset = args.dataset or summary.get("dataset", "")
-    # a --pretrained run's checkpoints keep the tag of the weights it started from, until renamed here
-    start = config["pretrained_cfg"].get("tag") if run["args"].get("pretrained") else None
-    config["pretrained_cfg"].update(tag=name, license=args.license, hf_hub_id=args.repo_id or name)
+    start = config.get("fine_tuned_from")  # a --pretrained run names the weights it started from
     best = summary.get("best") or {}
+    config["pretrained_cfg"].update(  # these weights' own facts: their name and their scores
+        tag=name, license=args.license, hf_hub_id=args.repo_id or name, top1=best.get("val_acc1"),
+        top5=best.get("val_acc5"),
+    )  # fmt: skip
     last = rows[-1] if rows else {}
     nan = float("nan")
     results = [{"split": f"validation ({args.val_note})", "images": args.val_images,

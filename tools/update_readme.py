@@ -14,9 +14,9 @@ import re
 import sys
 from pathlib import Path
 
+from zoo import hub
 from zoo.cli import format_table
 from zoo.counting import count_models, render
-from zoo.factory import BUNDLED_DIR
 from zoo.registry import get_weights, list_models, list_pretrained
 from zoo.train.views import TTA_MODES
 
@@ -41,7 +41,7 @@ def weights_table() -> str:
 
 def training_table() -> str:
     rows = []
-    runs = [BUNDLED_DIR / full / "results.json" for full in list_pretrained()]  # the weights table's order
+    runs = [hub.bundled_dir() / full / "results.json" for full in list_pretrained()]  # the weights table's order
     for results in (r for r in runs if r.is_file()):
         run = json.loads(results.read_text())
         command = run.get("command", "")

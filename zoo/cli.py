@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from . import __version__
 from .errors import ZooError
 
 Runner = Callable[[argparse.Namespace], int]
@@ -109,6 +110,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], markdo
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zoo", description="resnet-zoo: the ResNet family for PyTorch")
+    parser.add_argument("--version", action="version", version=f"resnet-zoo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = list(sys.argv[1:] if argv is None else argv)
     runner: Runner | None = None

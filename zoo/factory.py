@@ -24,9 +24,6 @@ from .weights import Weights, fit_state_dict
 
 log = logging.getLogger(__name__)
 
-# The repository's bundled weights (the zoo's own CIFAR-10 weights), in Hub folder layout.
-BUNDLED_DIR = Path(os.environ.get("ZOO_WEIGHTS_DIR", Path(__file__).resolve().parent.parent / "weights"))
-
 
 @dataclass(frozen=True)
 class Source:
@@ -94,7 +91,7 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
         if tag is not None:  # an explicit tag that does not exist is an error; no tag means no weights
             raise
         return Source(name, entry.builder)
-    folder = BUNDLED_DIR / full if weights.bundled else None
+    folder = hub.bundled_dir() / full if weights.bundled else None
     return Source(name, entry.builder, weights, full, folder)
 
 
@@ -131,6 +128,17 @@ def _weights_file(
             f"{e}\nOn a machine with network, prefetch them with `zoo download {source.tag}` "
             "and copy the Hub cache (HF_HOME) here, or pass checkpoint_path="
         ) from e
+
+
+def names_weights(name: str) -> bool:
+    """Whether ``name`` itself names a set of weights (``arch.tag``, ``hf-hub:``, ``local-dir:``), not just an
+    architecture whose random initialization it would build without ``pretrained=True``."""
+    return name.startswith(("hf-hub:", "local-dir:")) or (not name.endswith((".yaml", ".yml")) and "." in name)
+
+
+def weights_file(model_name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The verified local file of the weights ``model_name`` loads with ``pretrained=True``."""
+    return _weights_file(resolve(model_name, cache_dir=cache_dir), checkpoint_path=None, cache_dir=cache_dir)
 
 
 def create_model(model_name: str, pretrained: bool = False, **options: Any) -> nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -157,6 +158,14 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
 
 def zoo_cache_dir() -> Path:
     return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "resnet-zoo"))
+
+
+def bundled_dir() -> Path:
+    """The zoo's own weights, one Hub model folder per tag: ``ZOO_WEIGHTS_DIR`` if set, else the package data
+    ``zoo._weights`` (the repository's ``weights/``, installed with the package, editable or from a wheel)."""
+    if os.environ.get("ZOO_WEIGHTS_DIR"):
+        return Path(os.environ["ZOO_WEIGHTS_DIR"])
+    return Path(str(importlib.resources.files("zoo._weights")))
 
 
 def verify(path: str | os.PathLike[str], sha256: str | None) -> None:

@@ -101,28 +101,29 @@ C10 = dict(num_classes=10, label_names="cifar-10", input_size=(3, 32, 32), crop_
            paper=PAPERS["resnet"], bundled=True)  # fmt: skip
 
 
-def _c10(arch: str, top1: float, top5: float, params: int, gmacs: float, tag: str = "c10") -> Weights:
-    return Weights(f"resnet-zoo/{arch}.{tag}", top1=top1, top5=top5, num_params=params, gmacs=gmacs,
+def _c10(arch: str, top1: float, top5: float, params: int, gmacs: float, sha256: str, tag: str = "c10") -> Weights:
+    return Weights(f"resnet-zoo/{arch}.{tag}", top1=top1, top5=top5, num_params=params, gmacs=gmacs, sha256=sha256,
                    source="zoo train (see the model card)", **C10)  # fmt: skip
 
 
-# (arch, tag) -> weights. top-1/top-5 on the validation split; params at 10 classes; G MACs at 32x32.
+# (arch, tag) -> weights. top-1/top-5 on the validation split; params at 10 classes; G MACs at 32x32; the sha256
+# of model.safetensors, checked at every load (a re-published file must change its pin here).
 # c10: trained from scratch; c10_kd: distilled from the zoo's resnet20 weights (one, or an ensemble) on the same
 # split; c10_kd2: a second distillation run. A tag, once published, keeps its weights; the default of each
 # architecture is its best top-1.
 CIFAR10: dict[tuple[str, str], Weights] = {
-    ("resnet20", "c10_kd"): _c10("resnet20", 90.14, 99.42, 269_722, 0.041, tag="c10_kd"),
-    ("resnet20", "c10"): _c10("resnet20", 89.38, 99.50, 269_722, 0.041),
-    ("resnet32", "c10_kd2"): _c10("resnet32", 90.28, 99.60, 464_154, 0.069, tag="c10_kd2"),
-    ("resnet32", "c10_kd"): _c10("resnet32", 89.88, 99.58, 464_154, 0.069, tag="c10_kd"),
-    ("resnet32", "c10"): _c10("resnet32", 88.36, 99.34, 464_154, 0.069),
-    ("resnet44", "c10_kd2"): _c10("resnet44", 90.80, 99.48, 658_586, 0.098, tag="c10_kd2"),
-    ("resnet44", "c10_kd"): _c10("resnet44", 90.18, 99.56, 658_586, 0.098, tag="c10_kd"),
-    ("resnet44", "c10"): _c10("resnet44", 88.22, 99.38, 658_586, 0.098),
-    ("resnet56", "c10_kd2"): _c10("resnet56", 91.28, 99.60, 853_018, 0.127, tag="c10_kd2"),
-    ("resnet56", "c10_kd"): _c10("resnet56", 90.42, 99.62, 853_018, 0.127, tag="c10_kd"),
-    ("resnet56", "c10"): _c10("resnet56", 89.16, 99.34, 853_018, 0.127),
-}
+    ("resnet20", "c10_kd"): _c10("resnet20", 90.14, 99.42, 269_722, 0.041, "6f1ec6bbd21e6f12fa186443f753227d493e303cc2e6200b7de9b3fec4ddb00b", tag="c10_kd"),
+    ("resnet20", "c10"): _c10("resnet20", 89.38, 99.50, 269_722, 0.041, "bdd27392eeec8b3e2f68d1cca592f478c6f79f5e72d2a83b24fce72c983c4e2e"),
+    ("resnet32", "c10_kd2"): _c10("resnet32", 90.28, 99.60, 464_154, 0.069, "0e27a8a792175ec10420ff0eec387ec1735b2a74fb7465e7b8df2ea5cdba8b7a", tag="c10_kd2"),
+    ("resnet32", "c10_kd"): _c10("resnet32", 89.88, 99.58, 464_154, 0.069, "94deb7c6f528910f943ff6341dc0d2695c953362899123858e41a05f256362a3", tag="c10_kd"),
+    ("resnet32", "c10"): _c10("resnet32", 88.36, 99.34, 464_154, 0.069, "e3eaffa71874ee4f693d936035c2136d0752db6178d704eac4454b1931570c7a"),
+    ("resnet44", "c10_kd2"): _c10("resnet44", 90.80, 99.48, 658_586, 0.098, "d789b348892d5af7a23dc74256e600bc2edcc41f28f3333e2bf1810a6be77cdb", tag="c10_kd2"),
+    ("resnet44", "c10_kd"): _c10("resnet44", 90.18, 99.56, 658_586, 0.098, "b1fb8734ded35d8bd4a5582ecd6a4cdca592f597870c71fa756628c5983c10ae", tag="c10_kd"),
+    ("resnet44", "c10"): _c10("resnet44", 88.22, 99.38, 658_586, 0.098, "d72d53416133b6fb932a15bd67003967c0a82a30337ca4a9960c167ba3c8bb9f"),
+    ("resnet56", "c10_kd2"): _c10("resnet56", 91.28, 99.60, 853_018, 0.127, "77ef7260bde865df06744335592e83b9a02ee607a54bc13ca827901aa227dbde", tag="c10_kd2"),
+    ("resnet56", "c10_kd"): _c10("resnet56", 90.42, 99.62, 853_018, 0.127, "1f9e6f175a2b93850914232cd9ed9e61f8eedd68809710289c8895e55f97c8e6", tag="c10_kd"),
+    ("resnet56", "c10"): _c10("resnet56", 89.16, 99.34, 853_018, 0.127, "ecdf222ed919367f0b8c2579bcda521796ea042afbbc535561ea7a1df5e7e2a0"),
+}  # fmt: skip
 
 
 def _register() -> None:

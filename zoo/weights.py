@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+# The keys of a pretrained_cfg that describe a model's inputs and outputs. The rest (tag, scores, file, hash,
+# provenance) are facts of one set of weights, which a training run's checkpoints must not inherit.
+DATA_CONFIG_KEYS = frozenset({
+    "input_size", "test_input_size", "interpolation", "crop_pct", "test_crop_pct", "crop_mode", "mean", "std",
+    "num_classes", "label_names", "pool_size", "first_conv", "classifier",
+})  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Weights:
     """One set of pretrained weights: its file, its data config, its provenance and its scores."""

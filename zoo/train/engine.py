@@ -31,6 +31,7 @@ from ..features import stem_and_stages
 from ..hub import atomic_write, folder_config, save_json, save_model_folder, save_torch
 from ..layers import SyncBatchNorm2d
 from ..registry import is_model, split_name
+from ..weights import DATA_CONFIG_KEYS
 from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
 from .distill import Distillation, load_teacher
 from .recipe import ModelEma, make_optimizer, make_schedule
@@ -511,7 +512,10 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     mean, std = _normalization(args, model, data)
-    model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
+    # The run's checkpoints describe their inputs, never the scores or tag of the weights it started from.
+    fine_tuned_from = model.pretrained_cfg.get("tag") if args.pretrained else None
+    data_config = {k: v for k, v in model.pretrained_cfg.items() if k in DATA_CONFIG_KEYS}
+    model.pretrained_cfg = {**data_config, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
 
     train_batches = _batches(args, data.train, True, model, mean, std, procs)
     val_batches = _batches(args, data.val, False, model, mean, std, procs)
@@ -611,6 +615,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
             config = folder_config(
                 arch, getattr(eval_model, "cfg", None) and eval_model.cfg.to_dict(), eval_model.pretrained_cfg,
                 num_features=getattr(eval_model, "num_features", None),
+                **({"fine_tuned_from": fine_tuned_from} if fine_tuned_from else {}),
             )  # fmt: skip
             checkpoints.save(epoch, eval_model.state_dict(), config, _state(step, epoch, best, args), is_best)
             log.info(

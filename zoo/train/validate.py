@@ -16,7 +16,8 @@ import torch
 from .. import create_model
 from ..data import create_transform, resolve_data_config
 from ..errors import ConfigError, ZooError
-from ..hub import save_json
+from ..factory import names_weights, weights_file
+from ..hub import save_json, sha256_of
 from ..optimize import quantize_int8
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .engine import Processes, evaluate
@@ -62,12 +63,14 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and len(args.model) > 1:
         raise ConfigError("--checkpoint", f"scores one model; got {len(args.model)} (--model {' '.join(args.model)})")
+    # A name that names weights (a tag, hf-hub:, local-dir:) is scored with them, never as a random init.
+    pretrained = checkpoint is None and (args.pretrained or all(names_weights(n) for n in args.model))
     if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
         model = create_model(f"local-dir:{checkpoint}", pretrained=True)
     elif len(args.model) == 1:
-        model = create_model(args.model[0], pretrained=args.pretrained, checkpoint_path=checkpoint)
+        model = create_model(args.model[0], pretrained=pretrained, checkpoint_path=checkpoint)
     else:
-        model = _ensemble(args.model, args.pretrained)
+        model = _ensemble(args.model, pretrained)
     procs = Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(procs.device)
     data = load_dataset(
@@ -84,10 +87,9 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     batches = _eval_batches(split, config, args)
     start = time.perf_counter()
     metrics = evaluate(model, batches, procs, args.precision, tta=args.tta)
-    members = model.members if isinstance(model, Ensemble) else [model]
     result = {
         "model": " + ".join(args.model),
-        "weights": str(checkpoint) if checkpoint else " + ".join(_weights_of(m) for m in members),
+        **_scored_weights(args.model, model, checkpoint, pretrained),
         "dataset": args.dataset,
         "split": args.split,
         "images": len(split),
@@ -129,8 +131,21 @@ def _ensemble(names: list[str], pretrained: bool) -> Ensemble:
     return Ensemble(members, mean=config["mean"], std=config["std"])
 
 
-def _weights_of(model: torch.nn.Module) -> str:
-    return (getattr(model, "pretrained_cfg", None) or {}).get("tag", "random init")
+def _scored_weights(
+    names: list[str], model: torch.nn.Module, checkpoint: Path | None, pretrained: bool
+) -> dict[str, Any]:
+    """Which weights a result scored: their name and, for one model, the sha256 of their file, so a result is
+    never credited to other weights (push_to_hub checks it against a folder's file)."""
+    if checkpoint is not None:
+        file = checkpoint / "model.safetensors" if checkpoint.is_dir() else checkpoint
+        return {"weights": str(checkpoint), "weights_sha256": sha256_of(file)}
+    if not pretrained:
+        return {"weights": "random init"}
+    members = model.members if isinstance(model, Ensemble) else [model]
+    tags = " + ".join(m.pretrained_cfg.get("tag", name) for m, name in zip(members, names, strict=True))
+    if len(names) > 1:
+        return {"weights": tags}
+    return {"weights": tags, "weights_sha256": sha256_of(weights_file(names[0]))}
 
 
 def _eval_batches(split: Split, config: dict[str, Any], args: argparse.Namespace) -> Any:

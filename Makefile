@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # while a looser requirement could start a multi-GB download.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test lint format readme clean
+.PHONY: venv demo test lint format readme dist clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,5 +38,12 @@ format: $(STAMP)
 readme: $(STAMP)
 	$(BIN)/python tools/update_readme.py
 
+# An sdist, then a wheel built from it (python -m build; no isolation: the build tools come from .venv).
+# The wheel carries weights/ as the package data zoo._weights.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	ls -l dist
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) runs dist build .pytest_cache .ruff_cache .hypothesis

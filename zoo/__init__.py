@@ -1,12 +1,17 @@
 """resnet-zoo: the ResNet family, exact and fast, with pretrained weights."""
 
+__version__ = "0.1.0"  # the one place; pyproject.toml reads it
+
 from . import pretrained as _pretrained  # noqa: F401  (registers the weight tags)
 from . import variants as _variants  # noqa: F401  (registers the model table)
 from .config import ResNetConfig
 from .counting import count
 from .data import create_transform, resolve_data_config
+from .deploy import export
 from .errors import (
     ConfigError,
+    ExportError,
+    MissingExtraError,
     RegistryError,
     StateDictError,
     UnknownModelError,
@@ -24,12 +29,12 @@ from .variants import register_resnet
 from .weights import Weights
 from .yaml_config import model_config, save_config
 
-__version__ = "0.1.0"
-
 __all__ = [
     "ConfigError",
+    "ExportError",
     "FeatureExtractor",
     "FeatureInfo",
+    "MissingExtraError",
     "RegistryError",
     "ResNet",
     "ResNetConfig",
@@ -44,6 +49,7 @@ __all__ = [
     "create_model",
     "create_model_from_config",
     "create_transform",
+    "export",
     "fold_batch_norms",
     "is_model",
     "list_models",

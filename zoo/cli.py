@@ -1,4 +1,5 @@
-"""The ``zoo`` command: ``zoo list``, ``info``, ``download``, ``count``, ``train``, ``validate``, ``config``.
+"""The ``zoo`` command: ``list``, ``info``, ``download``, ``count``, ``train``, ``validate``, ``config``, ``export``,
+``predict``.
 
 Each subcommand is a function that adds its arguments to a parser and returns
 the function that runs it; the bigger ones live with the code they drive. Only
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .errors import ZooError
+from .errors import ConfigError, ZooError
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -26,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("zoo.train.cli:train_command", "train on CIFAR or an image folder (torchrun for many processes)"),
     "validate": ("zoo.train.validate:validate_command", "top-1/top-5 of a model on CIFAR or an image folder"),
     "config": ("zoo.yaml_config:config_command", "write a model's YAML backbone config"),
+    "export": ("zoo.cli:export_command", "export to ONNX or an AOTInductor package (.pt2), checked against eager"),
+    "predict": ("zoo.cli:predict_command", "classify image files or folders, with the weights' label names"),
 }
 
 
@@ -87,6 +90,110 @@ def download_command(parser: argparse.ArgumentParser) -> Runner:
             full, w = get_weights(name)
             path = hub.hub_file(w.hf_hub_id, w.filename, revision=w.revision, sha256=w.sha256, cache_dir=args.cache_dir)
             print(f"{full}: {path}")
+        return 0
+
+    return run
+
+
+def _positive(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(flag, f"expected a positive integer, got {value}")
+
+
+def export_command(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("name", help="model name (arch, arch.tag, hf-hub:..., local-dir:..., YAML)")
+    parser.add_argument("--pretrained", action="store_true", help="with its weights (a tag or folder implies it)")
+    parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    parser.add_argument("--output", required=True, help="the file to write (.onnx, or .pt2 for --format pt2)")
+    parser.add_argument("--batch-size", type=int, default=2, help="the example batch (default 2)")
+    parser.add_argument("--image-size", type=int, default=None, help="example side (default: the weights' test size)")
+    parser.add_argument("--static-batch", action="store_true", help="a fixed batch axis (default: any batch)")
+    parser.add_argument("--features-only", action="store_true", help="the backbone: one output per feature map")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: pt2 only, norms folded")
+    parser.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
+
+    def run(args: argparse.Namespace) -> int:
+        import torch
+
+        from .data import resolve_data_config
+        from .deploy import export
+        from .factory import create_model, names_weights
+
+        _positive("--batch-size", args.batch_size)
+        _positive("--image-size", args.image_size)
+        if args.batch_size < 2 and not args.static_batch:
+            raise ConfigError("--batch-size", "a dynamic batch axis is traced from 2 or more images; or --static-batch")
+        pretrained = args.pretrained or names_weights(args.name)
+        model = create_model(args.name, pretrained=pretrained, features_only=args.features_only)
+        size = resolve_data_config(model, use_test_size=True)["input_size"]
+        if args.image_size:
+            size = (size[0], args.image_size, args.image_size)
+        tag = (model.pretrained_cfg or {}).get("tag") if pretrained else None
+        path = export(
+            model, args.output, format=args.format, example_input=torch.randn(args.batch_size, *size),
+            dynamic_batch=not args.static_batch, check=not args.no_check, dtype=args.dtype,
+            metadata={"model_name": args.name, "weights": tag or "random init"},
+        )  # fmt: skip
+        batch = "any batch" if not args.static_batch else f"batch {args.batch_size}"
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, {args.dtype}, {batch}, {size})")
+        return 0
+
+    return run
+
+
+def predict_command(parser: argparse.ArgumentParser) -> Runner:
+    from .predict import RUNTIMES
+
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (read recursively)")
+    parser.add_argument("--model", required=True, help="model name; its default weights unless --checkpoint")
+    parser.add_argument("--checkpoint", default=None, help="a weights file or a model folder (e.g. runs/x/best)")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch")
+    parser.add_argument("--tta", choices=("flip",), default=None, help="average each image with its mirror image")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+        from pathlib import Path
+
+        from .factory import create_model
+        from .predict import Classifier, find_images
+
+        _positive("--topk", args.topk)
+        _positive("--batch-size", args.batch_size)
+        files = find_images(args.paths)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else None
+        if checkpoint is not None and not checkpoint.exists():
+            raise ConfigError("--checkpoint", f"{args.checkpoint!r} does not exist")
+        if checkpoint is not None and checkpoint.is_dir():  # a folder carries its architecture and label names
+            model = create_model(f"local-dir:{checkpoint}", pretrained=True)
+        else:
+            model = create_model(args.model, pretrained=checkpoint is None, checkpoint_path=checkpoint)
+        classifier = Classifier(model, runtime=args.runtime, batch_size=args.batch_size, tta=args.tta)
+        rows = []
+        for prediction in classifier(files, topk=args.topk):
+            if args.format == "json":
+                print(json.dumps({"path": prediction.path, "topk": prediction.topk}), flush=True)
+            elif args.format == "csv":
+                rows += [[prediction.path, rank, *p.values()] for rank, p in enumerate(prediction.topk, 1)]
+            else:
+                top = prediction.topk
+                rows.append([prediction.path, top[0]["label"], f"{top[0]['score']:.3f}",
+                             ", ".join(f"{p['label']} {p['score']:.2f}" for p in top[1:])])  # fmt: skip
+        if args.format == "csv":
+            import csv
+
+            writer = csv.writer(sys.stdout)
+            writer.writerows([["path", "rank", "index", "label", "score"], *rows])
+        elif args.format == "table" and rows:
+            print(format_table(["path", "top-1", "score", f"next {args.topk - 1}"], rows))
+        predicted = len(files) - len(classifier.skipped)
+        if classifier.skipped:
+            print(f"skipped {len(classifier.skipped)} unreadable file(s), e.g. {classifier.skipped[0][0]}: "
+                  f"{classifier.skipped[0][1]}", file=sys.stderr)  # fmt: skip
+        if not predicted:
+            raise ZooError(f"no readable image among {len(files)} file(s) under {' '.join(args.paths)}")
         return 0
 
     return run

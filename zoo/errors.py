@@ -57,6 +57,24 @@ class UnsafeCheckpointError(ZooError, ValueError):
     """A legacy pickle checkpoint needs code execution to load, which the zoo refuses."""
 
 
+class ExportError(ZooError, RuntimeError):
+    """An exported model does not compute what the eager model computes, or could not be written."""
+
+
+class MissingExtraError(ZooError, ImportError):
+    """An optional dependency is not installed; the message names the pip command that brings it."""
+
+
+def require(module: str, extra: str) -> object:
+    """Import ``module`` from the optional extra ``extra``, or raise a MissingExtraError naming the install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(f"{module} is not installed: pip install 'resnet-zoo[{extra}]'") from e
+
+
 _LOOKALIKES = str.maketrans("oil", "011")  # resnet5O -> resnet50: typed letters that look like digits
 
 

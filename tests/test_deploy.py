@@ -1,0 +1,203 @@
+"""Deployment: ONNX and AOTInductor exports checked against eager, and `zoo predict` on real images."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+import zoo
+from zoo import deploy
+from zoo.cli import main as zoo_main
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+
+
+def metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def test_onnx_matches_eager_for_any_batch_and_carries_its_preprocessing(tmp_path: Path) -> None:
+    model = zoo.create_model("resnet18").eval()
+    path = zoo.export(model, tmp_path / "resnet18.onnx", example_input=torch.randn(2, 3, 64, 64))
+    run = deploy.onnx_runner(path)
+    for batch in (1, 3):  # the batch axis is dynamic
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            assert relative_error(run(x)[0], model(x)) <= 1e-4
+    meta = metadata(path)
+    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and json.loads(meta["input_size"]) == [3, 224, 224]
+    assert meta["interpolation"] == "bilinear" and json.loads(meta["crop_pct"]) == 0.875
+    assert json.loads(meta["output_names"]) == ["logits"]
+    assert onnx.load(str(path)).opset_import[0].version == deploy.ONNX_OPSET
+    static = zoo.export(model, tmp_path / "static.onnx", example_input=torch.randn(1, 3, 64, 64), dynamic_batch=False)
+    dims = onnx.load(str(static)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 64, 64]
+
+
+def test_the_cli_exports_pretrained_weights_with_their_labels(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "resnet20.onnx"
+    assert zoo_main(["export", "resnet20", "--pretrained", "--output", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    meta = metadata(out)
+    assert meta["model_name"] == "resnet20" and meta["weights"] == zoo.registry.get_weights("resnet20")[0]
+    assert json.loads(meta["label_names"])[3] == "cat" and json.loads(meta["input_size"]) == [3, 32, 32]
+    model = zoo.create_model("resnet20", pretrained=True).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert relative_error(deploy.onnx_runner(out)(x)[0], model(x)) <= 1e-4
+
+
+def test_a_features_only_backbone_exports_one_named_output_per_map(tmp_path: Path) -> None:
+    backbone = zoo.create_model("resnet50", features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    path = zoo.export(backbone, tmp_path / "backbone.onnx", example_input=x)
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["layer1", "layer2", "layer3", "layer4"]
+    with torch.no_grad():
+        for got, want in zip(deploy.onnx_runner(path)(x), backbone(x), strict=True):
+            assert got.shape == want.shape and relative_error(got, want) <= 1e-4
+
+
+def test_a_mismatch_leaves_no_file_and_says_by_how_much(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = deploy.onnx_runner
+
+    def off_by_one_percent(path: Path):
+        run = real(path)
+        return lambda x: [o * 1.01 for o in run(x)]
+
+    monkeypatch.setattr(deploy, "onnx_runner", off_by_one_percent)
+    path = tmp_path / "bad.onnx"
+    model = zoo.create_model("resnet20")
+    with pytest.raises(zoo.ExportError, match=r"output 'logits' differs by 1\.\d+e-02 of its largest value"):
+        zoo.export(model, path)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_export_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = zoo.create_model("resnet20")
+    with pytest.raises(zoo.ConfigError, match=r"format: 'tflite' is not one of 'onnx', 'pt2'"):
+        zoo.export(model, tmp_path / "x", format="tflite")
+    with pytest.raises(zoo.ConfigError, match=r"path: an AOTInductor package's name ends in .pt2"):
+        zoo.export(model, tmp_path / "x.zip", format="pt2")
+    with pytest.raises(zoo.ConfigError, match=r"dtype: an ONNX file is fp32"):
+        zoo.export(model, tmp_path / "x.onnx", dtype="bf16")
+    with pytest.raises(zoo.ConfigError, match=r"example_input: a dynamic batch axis needs an example batch of 2"):
+        zoo.export(model, tmp_path / "x.onnx", example_input=torch.randn(1, 3, 32, 32))
+    assert zoo_main(["export", "resnet20", "--output", str(tmp_path / "x.onnx"), "--batch-size", "0"]) == 2
+    assert "--batch-size: expected a positive integer, got 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(zoo.MissingExtraError, match=r"onnxruntime is not installed: pip install 'resnet-zoo\[onnx\]'"):
+        deploy.onnx_runner("model.onnx")
+
+
+def test_bf16_packages_fold_norms_and_run_channels_last() -> None:
+    model = zoo.create_model("resnet20", pretrained=True).eval()
+    cast = deploy._CastIO(model, torch.bfloat16)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in cast.modules())
+    assert cast.model.conv1.weight.dtype == torch.bfloat16
+    assert cast.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        out, want = cast(x), model(x)
+    assert out.dtype == torch.float32 and relative_error(out, want) <= deploy.TOLERANCE["bf16"]
+
+
+@pytest.mark.slow
+def test_a_pt2_package_runs_in_a_process_without_zoo(tmp_path: Path) -> None:
+    model = zoo.create_model("resnet20", pretrained=True).eval()
+    path = zoo.export(model, tmp_path / "resnet20.pt2", format="pt2")  # checked against eager here
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the example's
+    with torch.no_grad():
+        torch.save({"x": x, "y": model(x)}, tmp_path / "io.pt")
+    script = (
+        "import sys, torch\n"
+        f"package = torch._inductor.aoti_load_package({str(path)!r})\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "y = package(io['x'])\n"
+        "assert 'zoo' not in sys.modules\n"
+        "print(((y - io['y']).abs().max() / io['y'].abs().max()).item())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.strip().splitlines()[-1]) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def validation_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """50 images drawn (seed 0) from the validation split the trainer carves (seed 0, 10%)."""
+    if not CIFAR_JPEG.is_file():
+        pytest.skip("needs ../shared/data/cifar10-train-jpeg.tar.gz")
+    from zoo.train.data import load_dataset
+
+    data = load_dataset("imagefolder", CIFAR_JPEG, val_split=0.1, split_seed=0, in_memory=False,
+                        cache_dir=tmp_path_factory.mktemp("cache"))  # fmt: skip
+    files = sorted(random.Random(0).sample(data.val.files, 50))  # type: ignore[arg-type]
+    return [Path(f) for f in files]
+
+
+def test_predict_names_the_right_class_of_real_images(
+    validation_images: list[Path], capsys: pytest.CaptureFixture
+) -> None:
+    assert len(validation_images) == 50
+    args = ["predict", *map(str, validation_images), "--model", "resnet56", "--format", "json", "--topk", "3"]
+    assert zoo_main(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in lines] == list(map(str, validation_images))
+    right = sum(r["topk"][0]["label"] == Path(r["path"]).parent.name for r in lines)
+    # resnet56's default weights score 91.3% on the whole split, with `zoo validate` and with predict alike
+    assert right >= 45, f"{right} of 50"
+    assert all(len(r["topk"]) == 3 and r["topk"][0]["score"] >= r["topk"][1]["score"] for r in lines)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_predict_runtimes_agree_with_torch(validation_images: list[Path], runtime: str, capsys) -> None:
+    images = list(map(str, validation_images[:8]))
+    tops = {}
+    for name in ("torch", runtime):
+        assert zoo_main(["predict", *images, "--model", "resnet20", "--format", "json", "--runtime", name]) == 0
+        tops[name] = [json.loads(line)["topk"][0] for line in capsys.readouterr().out.splitlines()]
+    assert [t["index"] for t in tops["torch"]] == [t["index"] for t in tops[runtime]]
+    tolerance = 1e-4 if runtime == "onnxruntime" else 0.05  # OpenVINO computes in bf16 on this CPU
+    assert all(abs(a["score"] - b["score"]) <= tolerance for a, b in zip(tops["torch"], tops[runtime], strict=True))
+
+
+def test_predict_reads_folders_skips_unreadable_files_and_refuses_bad_input(
+    validation_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "mixed" / "nested"
+    folder.mkdir(parents=True)
+    for image in validation_images[:3]:
+        (folder / image.name).write_bytes(image.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("not an image either, and not an image suffix: never read")
+    assert zoo_main(["predict", str(tmp_path / "mixed"), "--model", "resnet20", "--format", "csv", "--topk", "2"]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.splitlines()
+    assert rows[0] == "path,rank,index,label,score" and len(rows) == 1 + 3 * 2
+    assert "skipped 1 unreadable file(s), e.g." in captured.err and "broken.jpg" in captured.err
+    assert zoo_main(["predict", str(folder / "broken.jpg"), "--model", "resnet20"]) == 2
+    assert "no readable image among 1 file(s)" in capsys.readouterr().err
+    for args, message in (
+        ([str(tmp_path / "missing.jpg")], f"PATH: {str(tmp_path / 'missing.jpg')!r} does not exist"),
+        ([str(folder), "--topk", "11"], "--topk: expected 1 to 10 (the model's classes), got 11"),
+        ([str(folder), "--topk", "0"], "--topk: expected a positive integer, got 0"),
+        ([str(folder), "--checkpoint", str(tmp_path / "nope")], "--checkpoint: "),
+    ):
+        assert zoo_main(["predict", *args, "--model", "resnet20"]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

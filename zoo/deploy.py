@@ -1,0 +1,194 @@
+"""Models out of PyTorch: an ONNX file (ONNX Runtime, OpenVINO) or an AOTInductor package, checked against eager.
+
+Both are written atomically (a temporary sibling, then ``os.replace``) and only after
+the check passed, so a failed export never leaves a file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__, hub
+from .data import resolve_data_config
+from .errors import ConfigError, ExportError, not_one_of, require
+from .optimize import fold_batch_norms
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "pt2")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ONNX_OPSET = 18  # torch.onnx's dynamo exporter's own opset; ONNX Runtime >= 1.14 and OpenVINO run it
+# The largest |exported - eager| allowed, relative to the largest |eager| output: fp32 is exact up to
+# rounding; bf16 keeps 8 bits of mantissa, and its folded norms round differently from eager fp32.
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
+MAX_BATCH = 4096  # the dynamic batch axis's upper bound, which torch.export needs stated
+
+
+def export(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    format: str = "onnx",
+    example_input: torch.Tensor | None = None,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    dtype: str = "fp32",
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``model`` (put in eval mode) as an ONNX file or an AOTInductor ``.pt2`` package.
+
+    Args:
+        format: ``"onnx"`` (``torch.onnx.export(dynamo=True)``, opset 18, preprocessing and labels in
+            ``metadata_props``) or ``"pt2"`` (``torch.export``, then ``aoti_compile_and_package``; load it
+            with ``torch._inductor.aoti_load_package(path)``, no zoo needed).
+        example_input: what the export traces and the check runs; default two random images at the
+            weights' test size.
+        dynamic_batch: a batch axis of any size (1 to 4096); else the example's batch only.
+        check: run the file (ONNX Runtime for onnx, the loaded package for pt2) on the example and compare
+            with eager: a relative max difference over 1e-4 (fp32) is an ExportError and no file is left.
+        dtype: ``"bf16"`` (pt2 only): batch norms folded, channels_last, bf16 weights, fp32 in and out,
+            as ``optimize_for_inference``.
+        metadata: more ``metadata_props`` for an ONNX file (``model_name``, ``weights``, ...).
+    """
+    if format not in FORMATS:
+        raise ConfigError("format", not_one_of(format, FORMATS))
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", not_one_of(dtype, DTYPES))
+    if format == "onnx" and dtype != "fp32":
+        raise ConfigError("dtype", "an ONNX file is fp32; ONNX Runtime and OpenVINO pick their own precision")
+    path = Path(path)
+    if format == "pt2" and path.suffix != ".pt2":
+        raise ConfigError("path", f"an AOTInductor package's name ends in .pt2, got {str(path)!r}")
+    model = model.eval()
+    data_config = resolve_data_config(model, use_test_size=True)
+    x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"])
+    if dynamic_batch and x.shape[0] < 2:
+        raise ConfigError(
+            "example_input", "a dynamic batch axis needs an example batch of 2 or more (torch.export specializes 1)"
+        )
+    names = output_names(model)
+    with torch.no_grad():
+        expected = _as_list(model(x))
+    if format == "onnx":
+        require("onnxscript", "onnx")
+        props = {**_metadata(model, data_config, names), **(metadata or {})}
+        with hub.atomic_path(path) as tmp:
+            _export_onnx(model, x, tmp, dynamic_batch, names, props)
+            if check:
+                check_outputs(expected, onnx_runner(tmp)(x), TOLERANCE[dtype], names, what="ONNX Runtime")
+    else:
+        runnable = _CastIO(model, DTYPES[dtype]) if dtype != "fp32" else model
+        with hub.atomic_path(path, suffix=".tmp.pt2") as tmp:
+            _export_pt2(runnable, x, tmp, dynamic_batch)
+            if check:
+                package = torch._inductor.aoti_load_package(str(tmp))
+                check_outputs(expected, _as_list(package(x)), TOLERANCE[dtype], names, what="the AOTInductor package")
+    log.info("exported %s to %s", format, path)
+    return path
+
+
+def output_names(model: nn.Module) -> list[str]:
+    """``logits`` for a classifier; one name per feature map for a ``features_only`` backbone (its module)."""
+    from .features import FeatureExtractor
+
+    if isinstance(model, FeatureExtractor):
+        return list(model.feature_info.module_name())
+    return ["logits"] if getattr(model, "num_classes", 0) else ["features"]
+
+
+def _as_list(out: Any) -> list[torch.Tensor]:
+    return [o.float() for o in out] if isinstance(out, (list, tuple)) else [out.float()]
+
+
+def _metadata(model: nn.Module, data_config: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """What a deploying user needs besides the graph: preprocessing, labels, provenance (JSON values)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return {
+        "model_name": str(cfg.get("tag", "")).partition(".")[0] or type(model).__name__,
+        "weights": str(cfg.get("tag", "")),
+        "input_size": json.dumps(list(data_config["input_size"])),
+        "mean": json.dumps(list(data_config["mean"])),
+        "std": json.dumps(list(data_config["std"])),
+        "interpolation": data_config["interpolation"],
+        "crop_pct": json.dumps(data_config["crop_pct"]),
+        "crop_mode": data_config["crop_mode"],
+        "label_names": json.dumps(list(cfg.get("label_names") or [])),
+        "output_names": json.dumps(names),
+        "producer": f"resnet-zoo {__version__}",
+    }
+
+
+def _batch_axis(dynamic_batch: bool) -> tuple[dict[int, Any], ...] | None:
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
+
+
+def _export_onnx(
+    model: nn.Module, x: torch.Tensor, out: Path, dynamic_batch: bool, names: list[str], props: dict[str, str]
+) -> None:
+    program = torch.onnx.export(
+        model, (x,), dynamo=True, opset_version=ONNX_OPSET, input_names=["input"], output_names=names,
+        dynamic_shapes=_batch_axis(dynamic_batch), verbose=False,
+    )  # fmt: skip
+    program.model.metadata_props.update(props)
+    program.save(str(out))
+    onnx = require("onnx", "onnx")
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def onnx_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """An ONNX Runtime session (CPU) of an ONNX file, called like the model; the file is read once."""
+    ort = require("onnxruntime", "onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.numpy()})]
+
+
+def openvino_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """An OpenVINO model compiled for the CPU (its default precision: bf16 where the CPU has it)."""
+    openvino = require("openvino", "openvino")
+    compiled = openvino.Core().compile_model(str(path), "CPU")
+    return lambda x: [torch.from_numpy(o) for o in compiled(x.numpy()).values()]
+
+
+def _export_pt2(model: nn.Module, x: torch.Tensor, out: Path, dynamic_batch: bool) -> None:
+    with torch.no_grad():
+        program = torch.export.export(model, (x,), dynamic_shapes=_batch_axis(dynamic_batch))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(out))
+
+
+class _CastIO(nn.Module):
+    """The bf16 graph of ``optimize_for_inference`` without the compile: norms folded into convs, channels_last,
+    bf16 weights; fp32 images in, fp32 outputs out, so the package is called like the model."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = fold_batch_norms(model).to(dtype=dtype, memory_format=torch.channels_last)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.model(x.to(dtype=self.dtype, memory_format=torch.channels_last))
+        return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+
+
+def check_outputs(
+    expected: list[torch.Tensor], got: list[torch.Tensor], tolerance: float, names: list[str], *, what: str
+) -> None:
+    """Raise an ExportError naming the output and by how much ``got`` differs from ``expected``."""
+    if len(got) != len(expected):
+        raise ExportError(f"{what} gave {len(got)} outputs, the eager model {len(expected)}")
+    for name, a, b in zip(names, got, expected, strict=True):
+        if a.shape != b.shape:
+            raise ExportError(f"{what}: output {name!r} has shape {tuple(a.shape)}, eager {tuple(b.shape)}")
+        diff = ((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+        if not diff <= tolerance:  # also catches NaN
+            raise ExportError(
+                f"{what} does not match the eager model: output {name!r} differs by {diff:.2e} of its largest "
+                f"value (allowed {tolerance:.0e}); no file was written"
+            )

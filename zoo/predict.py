@@ -1,0 +1,135 @@
+"""Classify image files: the weights' own preprocessing and label names, on a chosen runtime.
+
+``Classifier(model, runtime="onnxruntime")(files)`` yields one :class:`Prediction` per
+readable image; unreadable files are skipped and kept in ``classifier.skipped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import create_transform, resolve_data_config
+from .errors import ConfigError, not_one_of, require
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "fast", "onnxruntime", "openvino")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    topk: list[dict[str, Any]]  # [{"index": 3, "label": "cat", "score": 0.91}, ...], best first
+
+
+def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The files named, and the image files under the folders named (recursively, sorted).
+
+    A path that does not exist is a ConfigError naming it; a file named explicitly is taken whatever
+    its suffix (an unreadable one is skipped later, and counted).
+    """
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ConfigError("PATH", f"{str(given)!r} does not exist")
+    return found
+
+
+def make_runner(model: nn.Module, runtime: str, example: torch.Tensor) -> Runner:
+    """images (fp32, NCHW) -> logits through ``runtime``: ``torch`` (eager), ``fast``
+    (``optimize_for_inference``: bf16 where the CPU has it), ``onnxruntime`` or ``openvino`` (an ONNX export)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError("--runtime", not_one_of(runtime, RUNTIMES))
+    model = model.eval()
+    if runtime == "torch":
+        return torch.inference_mode()(model)
+    if runtime == "fast":
+        from .optimize import cpu_supports_bf16, optimize_for_inference
+
+        return optimize_for_inference(model, "bf16" if cpu_supports_bf16() else "fp32", example_input=example)
+    from .deploy import export, onnx_runner, openvino_runner
+
+    require(runtime, "onnx" if runtime == "onnxruntime" else "openvino")
+    with tempfile.TemporaryDirectory(prefix="zoo-predict-") as folder:  # the runtime keeps the graph in memory
+        path = export(model, Path(folder) / "model.onnx", example_input=example)
+        run = (onnx_runner if runtime == "onnxruntime" else openvino_runner)(path)
+    return lambda x: run(x)[0]
+
+
+class Classifier:
+    """A model with its preprocessing, label names and runtime: files in, top-k predictions out."""
+
+    def __init__(
+        self, model: nn.Module, *, runtime: str = "torch", batch_size: int = 32, tta: str | None = None
+    ) -> None:
+        from .train.views import tta_views
+
+        if batch_size < 1:
+            raise ConfigError("--batch-size", f"expected a positive integer, got {batch_size}")
+        tta_views(torch.zeros(1, 3, 2, 2), tta)  # an unknown mode is refused before any work
+        config = resolve_data_config(model, use_test_size=True)
+        self.transform = create_transform(config)
+        self.num_classes = int(getattr(model, "num_classes", 0) or 0)
+        if not self.num_classes:
+            raise ConfigError("--model", "has no classifier head (num_classes=0); nothing to predict")
+        names = tuple((getattr(model, "pretrained_cfg", None) or {}).get("label_names") or ())
+        self.labels = names if len(names) == self.num_classes else tuple(str(i) for i in range(self.num_classes))
+        self.batch_size, self.tta = batch_size, tta
+        self.run = make_runner(model, runtime, torch.randn(2, *config["input_size"]))
+        self.skipped: list[tuple[Path, str]] = []
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        from .train.views import tta_views
+
+        views = tta_views(images, self.tta)
+        return sum(self.run(v).float() for v in views) / len(views)  # type: ignore[return-value]
+
+    def __call__(self, files: Sequence[Path], topk: int = 5, progress: bool = True) -> Iterator[Prediction]:
+        if not 1 <= topk <= self.num_classes:
+            raise ConfigError("--topk", f"expected 1 to {self.num_classes} (the model's classes), got {topk}")
+        batch: list[tuple[Path, torch.Tensor]] = []
+        for path in tqdm(files, desc="predict", unit="img", disable=not progress):
+            image = self._load(path)
+            if image is not None:
+                batch.append((path, image))
+            if len(batch) == self.batch_size:
+                yield from self._classify(batch, topk)
+                batch = []
+        if batch:
+            yield from self._classify(batch, topk)
+
+    def _load(self, path: Path) -> torch.Tensor | None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                return self.transform(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError, ValueError) as e:  # truncated, not an image, unreadable
+            self.skipped.append((path, f"{type(e).__name__}: {e}"))
+            log.info("skipped %s: %s", path, e)
+            return None
+
+    def _classify(self, batch: list[tuple[Path, torch.Tensor]], topk: int) -> Iterator[Prediction]:
+        probs = self.logits(torch.stack([image for _, image in batch])).softmax(1)
+        scores, indices = probs.topk(topk, dim=1)
+        for (path, _), row_scores, row_indices in zip(batch, scores.tolist(), indices.tolist(), strict=True):
+            pairs = zip(row_indices, row_scores, strict=True)
+            top = [{"index": i, "label": self.labels[i], "score": round(s, 6)} for i, s in pairs]
+            yield Prediction(str(path), top)

@@ -6,10 +6,15 @@
     python benchmarks/throughput.py --models resnet18_cifar --mode train --batch-sizes 128 \\
         --dtype bf16 --channels-last --baseline eager
     python benchmarks/throughput.py --models resnet50 --optimize --dtype int8 --baseline torchvision
-    python benchmarks/throughput.py --smoke
+    python benchmarks/throughput.py --models resnet50 --optimize --dtype bf16 --baseline torchvision \
+        --runtimes torch onnxruntime openvino pt2 int8
+    python benchmarks/throughput.py --smoke [--runtimes torch onnxruntime openvino]
 
 Modes: ``infer`` (forward under inference_mode), ``train`` (forward, backward, SGD step)
-and ``latency`` (batch 1). Warm-up iterations are excluded; each configuration is
+and ``latency`` (batch 1). ``--runtimes`` adds, for inference, the same model in the runtimes people
+deploy on: ``onnxruntime`` and ``openvino`` (an ONNX export, fp32 input), ``pt2`` (an AOTInductor
+package, bf16 when ``--dtype bf16``) and ``int8`` (``zoo.quantize_int8``); ``torch`` is the zoo model as
+the other flags set it. Warm-up iterations are excluded; each configuration is
 timed in ``--repeats`` rounds of ``--iters`` iterations, interleaved with its
 baseline when one is asked for, so the speed-up ratio is measured under the same
 machine conditions. Every row carries its environment. Outputs: a table, JSON
@@ -46,6 +51,8 @@ from zoo.optimize import DTYPES, optimize_for_inference, quantize_int8
 MODES = ("infer", "train", "latency")
 BASELINES = ("none", "torchvision", "eager")
 INT8 = "int8"  # --optimize only: zoo.quantize_int8, calibrated on random batches (speed does not depend on them)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "pt2", INT8)
 TORCHVISION_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                      "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}  # fmt: skip
 
@@ -80,13 +87,20 @@ def git_commit() -> str:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    return {
+    env = {
         "device": device.type,
         "device_name": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "commit": git_commit(),
     }
+    if device.type == "cuda":  # what decides which kernels an fp32 row ran: TF32 and cuDNN's autotuner
+        env.update(
+            cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+            cudnn_benchmark=torch.backends.cudnn.benchmark, tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+            tf32_conv=torch.backends.cudnn.allow_tf32,
+        )  # fmt: skip
+    return env
 
 
 class PeakMemory:
@@ -129,9 +143,14 @@ class Setting:
     channels_last: bool
     compile: bool
     optimize: bool
-    label: str = ""  # "zoo" or the baseline's name
+    label: str = ""  # "zoo", a runtime's name, or the baseline's name
+    runtime: str = "torch"  # what executes the model: torch, onnxruntime, openvino, pt2 (an exported file)
 
     def describe(self) -> str:
+        if self.runtime == "openvino":  # it picks its own inference precision (bf16 on CPUs that have it)
+            return "openvino:default-precision"
+        if self.runtime in EXPORTED:
+            return f"{self.runtime}:{self.dtype}"
         parts = [self.dtype, "NHWC" if self.channels_last else "NCHW"]
         parts += ["optimize"] if self.optimize else []
         parts += ["compile"] if self.compile else ([] if self.optimize else ["eager"])
@@ -211,6 +230,13 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
         return train_step
 
     model.eval()
+    if setting.runtime in EXPORTED:
+        run = exported(model, setting, x)
+
+        def exported_step() -> None:
+            run(x)
+
+        return exported_step
     if setting.dtype == INT8:
         fast = quantize_int8(model, [torch.randn_like(x) for _ in range(2)], compile=setting.compile)
 
@@ -232,6 +258,24 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
             run(x)
 
     return infer_step
+
+
+EXPORTED = ("onnxruntime", "openvino", "pt2")
+
+
+def exported(model: nn.Module, setting: Setting, x: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    """``model`` exported by ``zoo.export`` (dynamic batch, checked against eager) and loaded in its runtime."""
+    import tempfile
+
+    from zoo import deploy
+
+    folder = Path(tempfile.mkdtemp(prefix="zoo-bench-"))
+    example = x if len(x) >= 2 else torch.cat([x, x])  # a dynamic batch axis is traced from 2 or more
+    if setting.runtime == "pt2":
+        path = zoo.export(model, folder / "model.pt2", format="pt2", example_input=example, dtype=setting.dtype)
+        return torch._inductor.aoti_load_package(str(path))
+    path = zoo.export(model, folder / "model.onnx", example_input=example)
+    return (deploy.onnx_runner if setting.runtime == "onnxruntime" else deploy.openvino_runner)(path)
 
 
 def time_round(step: Callable[[], None], iters: int, device: torch.device, batch: int) -> tuple[float, list[float]]:
@@ -301,7 +345,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
-    p.add_argument("--compile-mode", default=None, help="e.g. max-autotune")
+    p.add_argument(
+        "--compile-mode", default=None, choices=COMPILE_MODES,
+        help="reduce-overhead: CUDA graphs, for small batches on GPUs",
+    )  # fmt: skip
     p.add_argument("--optimize", action="store_true", help="zoo.optimize_for_inference: fold BN, NHWC, dtype, compile")
     p.add_argument("--no-compile", action="store_true", help="with --optimize: the fast path without inductor")
     p.add_argument(
@@ -310,6 +357,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="none",
         help="torchvision: its model, eager fp32 NCHW; eager: the same zoo model, eager fp32 NCHW",
     )
+    p.add_argument(
+        "--runtimes", nargs="+", choices=RUNTIMES, default=["torch"],
+        help="inference rows per runtime: torch (the zoo model as set by the other flags), onnxruntime, openvino, "
+        "pt2 (AOTInductor), int8 (zoo.quantize_int8)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=3, help="iterations before timing (compilation happens here)")
     p.add_argument("--iters", type=int, default=10, help="iterations per timed round")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds")
@@ -320,7 +372,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="a seconds-long check: resnet20, batch 2, 2 iterations")
     args = p.parse_args(argv)
     if args.smoke:
-        args.models, args.mode, args.batch_sizes, args.img_size = ["resnet20"], ["infer", "train"], [2], 32
+        modes = ["infer", "train"] if args.runtimes == ["torch"] else ["infer"]  # runtimes are for inference
+        args.models, args.mode, args.batch_sizes, args.img_size = ["resnet20"], modes, [2], 32
         args.warmup, args.iters, args.repeats, args.no_ceiling = 1, 2, 1, True
     return args
 
@@ -349,6 +402,11 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
         raise BadInput("--iters and --repeats must be >= 1, --warmup >= 0")
     if args.dtype == "fp16" and device.type == "cpu":
         raise BadInput("--dtype fp16 needs a CUDA device; on a CPU use bf16 (fast with AVX-512 BF16 or AMX)")
+    exported = [r for r in args.runtimes if r != "torch"]
+    if exported and "train" in args.mode:
+        raise BadInput(f"--runtimes {' '.join(exported)}: runtimes are timed for inference; drop --mode train")
+    if INT8 in args.runtimes and device.type != "cpu":
+        raise BadInput("--runtimes int8: zoo.quantize_int8 is an x86 CPU path; use --device cpu")
     if args.dtype == INT8 and not (args.optimize and device.type == "cpu" and "train" not in args.mode):
         raise BadInput("--dtype int8 is an inference fast path for CPUs: use it with --optimize, --device cpu "
                        "and --mode infer or latency")  # fmt: skip
@@ -376,21 +434,30 @@ def compile_problem(device: torch.device) -> str | None:
     return None
 
 
-def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[Setting, Setting | None]]:
-    pairs = []
+def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list[Setting], Setting | None]]:
+    """Groups timed together, interleaved: the zoo's settings (one per runtime) and the baseline."""
+    groups = []
     for model in models:
         size = args.img_size or zoo.create_model(model).pretrained_cfg["input_size"][-1]
         for mode in args.mode:
             for batch in [1] if mode == "latency" else args.batch_sizes:
                 optimize = args.optimize and mode != "train"
                 compile = args.compile or (optimize and not args.no_compile)  # the fast path compiles by default
-                ours = Setting(model, mode, batch, size, args.dtype, args.channels_last or optimize, compile, optimize,
-                               label="zoo")  # fmt: skip
+                ours = []
+                if "torch" in args.runtimes or mode == "train":
+                    ours.append(Setting(model, mode, batch, size, args.dtype, args.channels_last or optimize, compile,
+                                        optimize, label="zoo"))  # fmt: skip
+                for runtime in [r for r in args.runtimes if r != "torch" and mode != "train"]:
+                    if runtime == INT8:
+                        ours.append(Setting(model, mode, batch, size, INT8, True, True, True, label="zoo"))
+                    else:
+                        dtype = "bf16" if runtime == "pt2" and args.dtype == "bf16" else "fp32"
+                        ours.append(Setting(model, mode, batch, size, dtype, False, False, False, runtime, runtime))
                 base = None
                 if args.baseline != "none":
                     base = Setting(model, mode, batch, size, "fp32", False, False, False, label=args.baseline)
-                pairs.append((ours, base))
-    return pairs
+                groups.append((ours, base))
+    return groups
 
 
 def write(out: Path, rows: list[dict[str, Any]], ceiling: dict[str, float], ratios: list[dict[str, Any]]) -> None:
@@ -442,10 +509,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         device, models = check(args)
-        pairs = settings_for(args, models)
+        groups = settings_for(args, models)
     except (BadInput, ZooError) as e:
         print(f"throughput.py: error: {e}", file=sys.stderr)
         return 2
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as timm's benchmark: fixed shapes, so let cuDNN pick its fastest
     env = environment(device)
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
@@ -460,9 +529,10 @@ def main(argv: list[str] | None = None) -> int:
             ceiling = measure_ceiling(device, ceiling_dtype)
             print(f"ceiling ({ceiling_dtype}, {env['device_name']}): conv {ceiling['conv']} GFLOP/s, "
                   f"matmul {ceiling['matmul']} GFLOP/s", flush=True)  # fmt: skip
-        for ours, base in pairs:
-            macs = zoo.count(zoo.create_model(ours.model), (3, ours.img_size, ours.img_size)).conv_linear_macs
-            results = [Result(ours)] + ([Result(base)] if base else [])
+        for ours, base in groups:
+            first = ours[0]
+            macs = zoo.count(zoo.create_model(first.model), (3, first.img_size, first.img_size)).conv_linear_macs
+            results = [Result(s) for s in ours] + ([Result(base)] if base else [])
             steps = []
             for result in results:
                 memory.reset()
@@ -484,13 +554,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['model']} {r['mode']} b{r['batch_size']} {r['config']}: {r['img_per_s']} img/s "
                       f"(p10 {r['img_per_s_p10']}, p90 {r['img_per_s_p90']}), p50 {r['latency_ms_p50']} ms, "
                       f"{r['gflops_achieved']} GFLOP/s{pct}", flush=True)  # fmt: skip
-            if base:
-                ratio = new[0]["img_per_s"] / new[1]["img_per_s"]
+            for setting, row in zip(ours, new, strict=False) if base else ():
+                ratio = row["img_per_s"] / new[-1]["img_per_s"]
                 ratios.append(
-                    {"model": ours.model, "mode": ours.mode, "batch_size": ours.batch_size, "ours": ours.describe(),
-                     "baseline": base.describe(), "speedup": round(ratio, 2)}
+                    {"model": setting.model, "mode": setting.mode, "batch_size": setting.batch_size,
+                     "ours": setting.describe(), "runtime": setting.runtime, "baseline": base.describe(),
+                     "speedup": round(ratio, 2)}
                 )  # fmt: skip
-                print(f"  speed-up over {base.describe()}: {ratio:.2f}x", flush=True)
+                print(f"  {setting.describe()}: {ratio:.2f}x {base.describe()}", flush=True)
     except KeyboardInterrupt:
         print("interrupted: writing the rows finished so far", file=sys.stderr)
         write(out, rows, ceiling, ratios)

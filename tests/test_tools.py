@@ -185,9 +185,26 @@ def test_benchmark_smoke_runs_quickly(tmp_path: Path) -> None:
     assert elapsed < 60  # the budget is 30 s on an idle machine; CI machines are shared
 
 
+def test_benchmark_compares_deployment_runtimes_in_one_table(tmp_path: Path) -> None:
+    result = run_script("benchmarks/throughput.py", "--smoke", "--runtimes", "torch", "onnxruntime", "openvino",
+                        "--baseline", "eager", "--out", str(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["runtime"], r["config"]) for r in data["rows"]] == [
+        ("torch", "zoo:fp32/NCHW/eager"),
+        ("onnxruntime", "onnxruntime:fp32"),
+        ("openvino", "openvino:default-precision"),
+        ("torch", "eager:fp32/NCHW/eager"),
+    ]
+    assert [r["runtime"] for r in data["speedups"]] == ["torch", "onnxruntime", "openvino"]
+    assert all(r["speedup"] > 0 and r["baseline"] == "eager:fp32/NCHW/eager" for r in data["speedups"])
+    assert "runtime" in (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--models", "resnet20", "--mode", "train", "--runtimes", "onnxruntime"], "runtimes are timed for inference"),
         (["--models", "resnet5O"], "--models: 'resnet5O' matches no registered model; did you mean 'resnet50'"),
         (["--batch-sizes", "0"], "--batch-sizes: 0 is not a positive batch size"),
         (["--dtype", "fp16", "--device", "cpu"], "--dtype fp16 needs a CUDA device"),

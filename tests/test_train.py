@@ -109,8 +109,13 @@ def test_resume_from_last_after_a_kill(shapes: Path, tmp_path: Path) -> None:
     proc.wait()
     done = int((out / "last").resolve().name.split("-")[1])
     assert done < 3, "the run finished before it could be killed"
-    with pytest.raises(zoo.ConfigError, match=r"--epochs: the checkpoint belongs to a 3-epoch run"):
+    with pytest.raises(
+        zoo.ConfigError, match=r"--resume: .*epoch-000\d' belongs to a run with other arguments: --epochs 3 -> 4"
+    ):
         train(parse(args_for(shapes, out, "--epochs", "4", "--resume")))
+    changed = r"other arguments: --batch-size 16 -> 8; --lr 0.05 -> 0.1\. Resume with the run's own arguments"
+    with pytest.raises(zoo.ConfigError, match=changed):
+        train(parse(args_for(shapes, out, "--epochs", "3", "--resume", "--batch-size", "8", "--lr", "0.1")))
     summary = train(parse(args_for(shapes, out, "--epochs", "3", "--resume")))
     assert summary["final"]["epoch"] == 3
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

@@ -77,6 +77,9 @@ def stem_and_stages(model: nn.Module, k: int) -> list[str]:
     """Names of the model's children that make up its stem and first ``k`` stages (k=-1: none)."""
     if k < 0:
         return []
+    stages = len(model.feature_info) - 1  # entry 0 is the stem
+    if k > stages:
+        raise ConfigError("--freeze-stages", f"expected -1 (none) to {stages}, the model's stages; got {k}")
     last = model.feature_info.module_name()[k]
     names = []
     for name, _ in model.named_children():

@@ -16,15 +16,14 @@ import sys
 
 import yaml
 
-from ..errors import ZooError
+from ..errors import ConfigError, ZooError
+from .config import DEVICES, NORMS, PRECISIONS, TrainConfig
 from .data import DATASETS
 from .recipe import OPTIMIZERS, SCHEDULES
 from .views import TTA_MODES
 
 # The minimal trainer's names for our choices.
 SCHEDULE_ALIASES = {"cosineannealinglr": "cosine", "onecyclelr": "onecycle", "multisteplr": "multistep"}
-PRECISIONS = ("fp32", "bf16", "fp16")
-NORMS = ("model", "dataset", "half")
 
 
 def _lower_choice(choices: tuple[str, ...], aliases: dict[str, str] | None = None):
@@ -90,7 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--milestones", type=float, nargs="*", default=None, help="multistep: epochs (default 50%%, 75%%)"
     )
     recipe.add_argument("--gamma", type=float, default=0.1, help="multistep decay factor")
-    recipe.add_argument("--min-lr-factor", type=float, default=0.0, help="final lr as a fraction of the peak")
+    recipe.add_argument(
+        "--min-lr-factor", type=float, default=None, help="cosine, linear: final lr as a fraction of the peak (0)"
+    )
     recipe.add_argument("--t-max", "--t_max", type=int, default=None, help="cosine: period in epochs")
     recipe.add_argument("--label-smoothing", type=float, default=0.0)
     recipe.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
@@ -122,42 +123,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     speed.add_argument("--compile", action="store_true", help="torch.compile the training model (inductor)")
     speed.add_argument("--compile-mode", default="default")
     speed.add_argument("--sync-bn", action="store_true", help="batch statistics over all processes")
-    speed.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    speed.add_argument("--device", choices=DEVICES, default="auto")
 
     run = p.add_argument_group("run")
     run.add_argument("--output", "--ckpt_dir", default="runs/train", help="checkpoints, metrics, curves")
     run.add_argument("--resume", nargs="?", const=True, default=None, help="continue from output/last (or PATH)")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     run.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and after the last)")
     run.add_argument("--keep-checkpoints", type=int, default=1, help="latest epochs kept besides the best")
     run.add_argument("--seed", "--random_seed", type=int, default=0)
 
 
-def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill defaults that depend on other flags; translate the minimal trainer's model names."""
-    if isinstance(args.model_kwargs, list):
+def finish_arguments(args: argparse.Namespace) -> TrainConfig:
+    """The checked TrainConfig of parsed arguments; the minimal trainer's model names translated."""
+    values = dict(vars(args))
+    if isinstance(values["model_kwargs"], list):
         pairs = {}
-        for item in args.model_kwargs:
+        for item in values["model_kwargs"]:
             key, sep, value = item.partition("=")
             if not sep or not key:
-                raise ZooError(f"--model-kwargs: expected KEY=VALUE, got {item!r}")
-            pairs[key] = yaml.safe_load(value)
-        args.model_kwargs = pairs
-    match = re.fullmatch(r"ResNet(\d+)", args.model)
+                raise ConfigError("--model-kwargs", f"expected KEY=VALUE, got {item!r}")
+            try:
+                pairs[key] = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError("--model-kwargs", f"{item!r}: the value is not YAML ({e})") from e
+        values["model_kwargs"] = pairs
+    match = re.fullmatch(r"ResNet(\d+)", values["model"])
     if match:  # its ResNet18..152 are the CIFAR-stem nets on CIFAR, the ImageNet ones elsewhere
-        args.model = f"resnet{match[1]}" + ("_cifar" if args.dataset.startswith("cifar") else "")
-    if args.warmup_epochs is None:
-        args.warmup_epochs = 0.25 * args.epochs if args.schedule in ("onecycle", "linear") else 0.0
-    if args.milestones is None:
-        args.milestones = [0.5 * args.epochs, 0.75 * args.epochs] if args.schedule == "multistep" else []
-    if args.time_budget is not None and not args.time_budget > 0:
-        raise ZooError(f"--time-budget: expected a positive number of minutes, got {args.time_budget}")
-    for name in ("epochs", "batch_size", "keep_checkpoints", "eval_every"):
-        if getattr(args, name) < 1:
-            raise ZooError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(args, name)}")
-    return args
+        values["model"] = f"resnet{match[1]}" + ("_cifar" if values["dataset"].startswith("cifar") else "")
+    return TrainConfig.from_mapping(values)
 
 
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="zoo train", description="Train a zoo model (torchrun for many processes)")
     add_arguments(parser)
     return finish_arguments(parser.parse_args(argv))

@@ -176,21 +176,23 @@ def _load_image_folder(
     else:
         tr, va = _stratified_split(train.labels, val_split, split_seed)
         train, val = subset(train, tr), subset(train, va)
-    if in_memory is None:
-        in_memory = _small_images(files[:16])
+    if in_memory is None:  # judged on a sample across all classes (the files are in class order)
+        in_memory = _small_images(files[:: max(1, len(files) // 32)])
     if in_memory:
         train, val = (_decode_cached(s, cache_dir) for s in (train, val))
     return Dataset(train, val, None, classes, in_memory)
 
 
 def _small_images(sample: Sequence[str]) -> bool:
+    """Whether every readable image of ``sample`` is small enough to decode into memory."""
+    sides = []
     for path in sample:
         try:
             with Image.open(path) as im:
-                return max(im.size) <= IN_MEMORY_MAX_SIDE
+                sides.append(max(im.size))
         except (OSError, UnidentifiedImageError):
             continue
-    return False
+    return bool(sides) and max(sides) <= IN_MEMORY_MAX_SIDE
 
 
 def read_image(path: str) -> Image.Image | None:
@@ -215,17 +217,21 @@ def _decode_cached(split: Split, cache_dir: Path) -> Split:
         return Split(data["labels"], data["images"], skipped=int(data["skipped"]))
     from tqdm import tqdm
 
-    images, labels, size = [], [], None
+    images, labels, size, resized = [], [], None, 0
     for path, label in tqdm(zip(split.files, split.labels.tolist(), strict=True), total=len(split), desc="decode"):
         im = read_image(path)
         if im is None:
             continue
         size = size or im.size
-        if im.size != size:
+        if im.size != size:  # the policy for mixed sizes: resized to the first image's size, counted, logged
             im = im.resize(size, Image.BILINEAR)
+            resized += 1
         images.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size[1], size[0], 3))
         labels.append(label)
     skipped = len(split) - len(images)
+    if resized:
+        log.warning("resized %d image(s) of another size to %dx%d (the first image's) to decode them into memory; "
+                    "--no-in-memory streams each image at its own size instead", resized, *size)  # fmt: skip
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d", skipped, len(split))
     if not images:
@@ -429,6 +435,7 @@ class FileBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.loader.generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch))  # worker seeds
+        self.skipped = 0  # per pass: the same unreadable files are met again each epoch
         for x, y, skipped in self.loader:
             self.skipped += skipped
             if len(y):

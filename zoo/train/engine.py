@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
+import itertools
 import json
 import logging
 import math
@@ -32,6 +32,7 @@ from ..hub import atomic_write, folder_config, save_json, save_model_folder, sav
 from ..layers import SyncBatchNorm2d
 from ..registry import is_model, split_name
 from ..weights import DATA_CONFIG_KEYS
+from .config import TrainConfig
 from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
 from .distill import Distillation, load_teacher
 from .recipe import ModelEma, make_optimizer, make_schedule
@@ -147,12 +148,14 @@ class Checkpoints:
         self, epoch: int, weights: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any], best: bool
     ) -> Path:
         final = self.root / f"epoch-{epoch:04d}"
-        tmp = self.root / f".epoch-{epoch:04d}.tmp"
+        for n in itertools.count(1):  # one left by a run resumed from an earlier epoch stays until pruned
+            if not final.exists():
+                break
+            final = self.root / f"epoch-{epoch:04d}.{n}"
+        tmp = self.root / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_model_folder(tmp, weights, config, {"epoch": str(epoch)})
         save_torch(tmp / "state.pt", state)
-        if final.exists():  # left by a run that was resumed from an earlier epoch
-            shutil.rmtree(final)
         os.replace(tmp, final)
         _point(self.output / "last", final)
         if best:
@@ -372,7 +375,7 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
 # --- the run --------------------------------------------------------------------------------------
 
 
-def _normalization(args: argparse.Namespace, model: nn.Module, data: Dataset) -> tuple[tuple, tuple]:
+def _normalization(args: TrainConfig, model: nn.Module, data: Dataset) -> tuple[tuple, tuple]:
     if args.norm == "dataset":
         return data.mean_std()
     if args.norm == "half":  # the minimal CIFAR trainer's --transform: Normalize((0.5,)*3, (0.5,)*3)
@@ -381,8 +384,12 @@ def _normalization(args: argparse.Namespace, model: nn.Module, data: Dataset) ->
     return cfg["mean"], cfg["std"]
 
 
-def _batches(args: argparse.Namespace, split: Split, train: bool, model: nn.Module, mean, std, procs) -> Any:
-    common = dict(batch_size=args.batch_size, train=train, seed=args.seed, rank=procs.rank, world=procs.world)
+def _batches(
+    args: TrainConfig, split: Split, train: bool, model: nn.Module, mean, std, procs, batch_size: int | None = None
+) -> Any:
+    common = dict(
+        batch_size=batch_size or args.batch_size, train=train, seed=args.seed, rank=procs.rank, world=procs.world
+    )
     if split.images is not None:
         augment = Augment(
             crop_pad=args.crop_pad, flip=args.flip, trivial_augment=args.trivial_augment,
@@ -421,7 +428,7 @@ def _architecture(model: str) -> str:
     return split_name(model)[0] if is_model(model) else model
 
 
-def _model_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]:
+def _model_options(args: TrainConfig, num_classes: int) -> dict[str, Any]:
     options: dict[str, Any] = {**args.model_kwargs, "num_classes": num_classes}
     for name in ("drop_rate", "drop_path_rate", "in_chans"):
         if getattr(args, name) is not None:
@@ -429,7 +436,7 @@ def _model_options(args: argparse.Namespace, num_classes: int) -> dict[str, Any]
     return options
 
 
-def _distillation(args: argparse.Namespace, num_classes: int, mean, std, procs: Processes) -> Distillation:
+def _distillation(args: TrainConfig, num_classes: int, mean, std, procs: Processes) -> Distillation:
     teachers = [load_teacher(spec, num_classes).to(procs.device) for spec in args.teacher]
     if args.channels_last:
         teachers = [t.to(memory_format=torch.channels_last) for t in teachers]
@@ -439,7 +446,7 @@ def _distillation(args: argparse.Namespace, num_classes: int, mean, std, procs: 
     )  # fmt: skip
 
 
-def _state(step: Step, epoch: int, best: dict | None, args: argparse.Namespace) -> dict[str, Any]:
+def _state(step: Step, epoch: int, best: dict | None, args: TrainConfig) -> dict[str, Any]:
     return {
         "epoch": epoch,
         "best": best,
@@ -448,17 +455,12 @@ def _state(step: Step, epoch: int, best: dict | None, args: argparse.Namespace) 
         "schedule": step.schedule.state_dict(),
         "scaler": step.scaler.state_dict() if step.scaler is not None else None,
         "rng": torch.get_rng_state(),
-        "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))},
+        "args": {k: v for k, v in args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None), list))},
     }
 
 
-def _resume(ckpt: Path, step: Step, epochs: int) -> tuple[int, dict | None]:
+def _resume(ckpt: Path, step: Step) -> tuple[int, dict | None]:
     state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
-    planned = state["args"].get("epochs")
-    if planned != epochs:  # the learning-rate schedule was laid out for the run's length
-        raise ConfigError(
-            "--epochs", f"the checkpoint belongs to a {planned}-epoch run; resume with --epochs {planned}"
-        )
     weights = load_file(ckpt / "model.safetensors")
     if step.ema is not None:
         step.ema.module.load_state_dict(weights)
@@ -473,7 +475,7 @@ def _resume(ckpt: Path, step: Step, epochs: int) -> tuple[int, dict | None]:
     return int(state["epoch"]), state["best"]
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+def train(args: TrainConfig) -> dict[str, Any]:
     """Run training as ``args`` says; returns the summary (also written to ``output/summary.json``)."""
     procs = Processes.start(args.device)
     try:
@@ -482,14 +484,58 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         procs.stop()
 
 
-def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
+# What a run leaves in its --output folder: a folder holding any of these holds a run.
+RUN_FILES = ("args.json", "command.txt", "metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "last", "best",
+             "checkpoints")  # fmt: skip
+
+
+def _check_output(args: TrainConfig, output: Path) -> Path | None:
+    """Refuse to lose a run: a folder that holds one is continued (--resume, with the same arguments) or
+    replaced (--overwrite), never silently written over. Returns the checkpoint to resume from."""
+    if args.resume:
+        ckpt = Path(args.resume) if isinstance(args.resume, str) else Checkpoints(output).last
+        if ckpt is None or not (ckpt / "state.pt").is_file():
+            raise ConfigError("--resume", f"no checkpoint to resume from in {str(ckpt or output)!r}")
+        changed = args.resume_differences(torch.load(ckpt / "state.pt", weights_only=True, mmap=True)["args"])
+        if changed:  # the schedule and the model were laid out from these
+            raise ConfigError(
+                "--resume", f"{str(ckpt)!r} belongs to a run with other arguments: {'; '.join(changed)}. "
+                "Resume with the run's own arguments, or start a new run in another --output"
+            )  # fmt: skip
+        return ckpt
+    found = [name for name in RUN_FILES if (output / name).exists() or (output / name).is_symlink()]
+    if found and not args.overwrite:
+        raise ConfigError(
+            "--output", f"{str(output)!r} already holds a run ({', '.join(found)}): continue it with --resume, "
+            "replace it with --overwrite, or choose another --output"
+        )  # fmt: skip
+    return None
+
+
+def _replace_run(output: Path) -> None:
+    log.warning("--overwrite: replacing the run in %s", output)
+    for name in RUN_FILES:
+        path = output / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+
+
+def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     output = Path(args.output)
     if args.precision == "fp16" and procs.device.type != "cuda":
         raise ConfigError("--precision", "'fp16' needs a CUDA device; on a CPU use 'bf16' (or 'fp32')")
+    with torch.device("meta"):  # the architecture's stage count, before any data is read
+        stem_and_stages(create_model(args.model, **args.model_kwargs), args.freeze_stages)
+    resume_from = _check_output(args, output)  # every rank checks before any rank writes
+    procs.barrier()
     if procs.main:
+        if args.overwrite:
+            _replace_run(output)
         output.mkdir(parents=True, exist_ok=True)
         (output / "command.txt").write_text(launch_command() + "\n")
-        save_json(output / "args.json", {k: v for k, v in vars(args).items()})
+        save_json(output / "args.json", args.to_dict())
     torch.manual_seed(args.seed)
 
     # Data: the main process unpacks and decodes into the cache first, the others then read it.
@@ -517,14 +563,16 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
     data_config = {k: v for k, v in model.pretrained_cfg.items() if k in DATA_CONFIG_KEYS}
     model.pretrained_cfg = {**data_config, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
 
-    train_batches = _batches(args, data.train, True, model, mean, std, procs)
+    # A training set smaller than one batch (per process) trains on one smaller batch per epoch.
+    batch_size = min(args.batch_size, len(data.train) // procs.world)
+    if batch_size < 1:
+        raise ConfigError("--batch-size", f"{procs.world} processes share {len(data.train)} training images")
+    if batch_size < args.batch_size and procs.main:
+        log.warning("--batch-size %d is more than the %d training images per process: batches of %d",
+                    args.batch_size, len(data.train) // procs.world, batch_size)  # fmt: skip
+    train_batches = _batches(args, data.train, True, model, mean, std, procs, batch_size)
     val_batches = _batches(args, data.val, False, model, mean, std, procs)
     steps_per_epoch = len(train_batches)
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            "--batch-size",
-            f"{args.batch_size} x {procs.world} process(es) is more than the {len(data.train)} training images",
-        )
     total_steps = args.epochs * steps_per_epoch
     optimizer = make_optimizer(
         args.optimizer, model, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
@@ -533,7 +581,7 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
     schedule = make_schedule(
         args.schedule, optimizer, total_steps=total_steps, warmup_steps=round(args.warmup_epochs * steps_per_epoch),
         momentum=args.momentum, milestones=[round(m * steps_per_epoch) for m in args.milestones], gamma=args.gamma,
-        min_factor=args.min_lr_factor, cosine_steps=args.t_max * steps_per_epoch if args.t_max else None,
+        min_factor=args.min_lr_factor or 0.0, cosine_steps=args.t_max * steps_per_epoch if args.t_max else None,
     )  # fmt: skip
     step = Step(
         model=model,
@@ -552,13 +600,10 @@ def _train(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
 
     checkpoints = Checkpoints(output, keep=args.keep_checkpoints)
     start_epoch, best = 0, None
-    if args.resume:
-        ckpt = Path(args.resume) if isinstance(args.resume, str) else checkpoints.last
-        if ckpt is None or not (ckpt / "state.pt").is_file():
-            raise ConfigError("--resume", f"no checkpoint to resume from in {str(output)!r}")
-        start_epoch, best = _resume(ckpt, step, args.epochs)
+    if resume_from is not None:
+        start_epoch, best = _resume(resume_from, step)
         if procs.main:
-            log.info("resumed from %s (epoch %d)", ckpt, start_epoch)
+            log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
 
     if procs.world > 1:
         step.model = nn.parallel.DistributedDataParallel(model)

@@ -90,12 +90,15 @@ def make_schedule(
     """A per-step schedule. onecycle is Smith's 1cycle as torch implements it (Smith & Topin 2018):
     the learning rate rises from peak/25 over the warm-up and anneals (cosine) to peak/25e4, while
     the momentum (Adam's beta1) cycles the other way between ``momentum`` -/+ 0.05."""
+    if name == "onecycle" and total_steps < 3:  # torch's two phases need a step each after the first
+        name, warmup_steps = "constant", 0
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
             total_steps=total_steps,
-            pct_start=min(max(warmup_steps, 1) / total_steps, 0.99),
+            # each phase at least one step long, or OneCycleLR divides by zero
+            pct_start=min(max(warmup_steps, 2) / total_steps, (total_steps - 1) / total_steps),
             anneal_strategy="cos",
             base_momentum=momentum - 0.05,
             max_momentum=momentum + 0.05,

@@ -1,0 +1,184 @@
+"""TrainConfig: everything a training run is told, in one frozen dataclass, checked once before any work.
+
+The command line parses into it (``zoo train``, ``tools/train.py``) and the engine takes
+only it. Each field is named after its flag (``batch_size`` is ``--batch-size``), so every
+error names the flag, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import ConfigError, not_one_of
+from .data import DATASETS
+from .recipe import OPTIMIZERS, SCHEDULES
+from .views import TTA_MODES
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+NORMS = ("model", "dataset", "half")
+DEVICES = ("auto", "cpu", "cuda")
+# Which schedules read which schedule flags: a flag the chosen schedule ignores is an error, not a no-op.
+SCHEDULE_FLAGS = {"milestones": ("multistep",), "t_max": ("cosine",), "min_lr_factor": ("cosine", "linear")}
+# What a resumed run must keep: the schedule and the model are laid out from these.
+RESUME_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "milestones", "t_max",
+               "min_lr_factor", "optimizer", "time_budget", "val_split", "split_seed", "seed")  # fmt: skip
+
+
+# Fields whose None means "not given" (off, or a default that depends on other fields).
+OPTIONAL = frozenset({"in_chans", "image_size", "t_max", "time_budget", "drop_rate", "drop_path_rate", "min_lr_factor",
+                      "warmup_epochs"})  # fmt: skip
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    dataset: str = "cifar10"
+    root: str = "data"
+    download: bool = False
+    val_split: float = 0.1
+    split_seed: int = 0
+    cache_dir: str | None = None
+    in_memory: bool | None = None  # None: decide from a sample of the images
+    workers: int = 2
+    pin_memory: bool = False
+    # model
+    model: str = "resnet20"
+    pretrained: bool = False
+    freeze_stages: int = -1  # -1: none; k: the stem and the first k stages (checked against the model)
+    in_chans: int | None = None
+    drop_rate: float | None = None
+    drop_path_rate: float | None = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # recipe
+    epochs: int = 30
+    time_budget: float | None = None  # minutes
+    batch_size: int = 256
+    lr: float = 0.2
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False
+    schedule: str = "onecycle"
+    warmup_epochs: float | None = None  # None: 25% for onecycle and linear, else 0
+    milestones: tuple[float, ...] | None = None  # None: 50% and 75% for multistep
+    gamma: float = 0.1
+    min_lr_factor: float | None = None  # None: 0
+    t_max: int | None = None
+    label_smoothing: float = 0.0
+    clip_grad: float = 0.0
+    ema_decay: float = 0.0
+    teacher: tuple[str, ...] = ()
+    distill_weight: float = 0.9
+    distill_temperature: float = 4.0
+    teacher_tta: str | None = None
+    crop_pad: int = 4
+    flip: bool = True
+    trivial_augment: bool = False
+    random_erasing: float = 0.0
+    image_size: int | None = None
+    norm: str = "model"
+    # speed
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+    sync_bn: bool = False
+    device: str = "auto"
+    # run
+    output: str = "runs/train"
+    resume: bool | str | None = None  # True: output/last; a path: that checkpoint
+    overwrite: bool = False
+    eval_every: int = 1
+    keep_checkpoints: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # frozen: normalized and defaults only
+        set_("teacher", tuple(self.teacher))
+        set_("model_kwargs", dict(self.model_kwargs))
+        if self.milestones is not None:
+            set_("milestones", tuple(float(m) for m in self.milestones))
+        self._check()
+        if self.warmup_epochs is None:
+            set_("warmup_epochs", 0.25 * self.epochs if self.schedule in ("onecycle", "linear") else 0.0)
+        if self.milestones is None:
+            set_("milestones", (0.5 * self.epochs, 0.75 * self.epochs) if self.schedule == "multistep" else ())
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """From parsed arguments (``vars(namespace)``) or a run's ``args.json``; other keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    def resume_differences(self, saved: Mapping[str, Any]) -> list[str]:
+        """What this config changes against a run's saved arguments, in what its schedule and model depend on."""
+        ours = self.to_dict()
+        return [f"{flag(k)} {saved[k]!r} -> {ours[k]!r}" for k in RESUME_KEYS if k in saved and saved[k] != ours[k]]
+
+    def _check(self) -> None:
+        choices = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,
+                   "norm": NORMS, "device": DEVICES}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(flag(name), not_one_of(getattr(self, name), allowed))
+        if self.teacher_tta is not None and self.teacher_tta not in TTA_MODES:
+            raise ConfigError("--teacher-tta", not_one_of(self.teacher_tta, TTA_MODES))
+        for name in ("epochs", "batch_size", "eval_every", "keep_checkpoints", "in_chans", "image_size", "t_max"):
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(flag(name), f"expected a positive integer, got {value!r}")
+        for name in ("workers", "crop_pad"):
+            if getattr(self, name) < 0:
+                raise ConfigError(flag(name), f"expected an integer >= 0, got {getattr(self, name)!r}")
+        if self.freeze_stages < -1:
+            raise ConfigError("--freeze-stages", f"expected -1 (none) or a stage count >= 0, got {self.freeze_stages}")
+        ranges = {  # name: (low, high, low included, high included, what is allowed)
+            "lr": (0, math.inf, False, False, "a learning rate > 0"),
+            "weight_decay": (0, math.inf, True, False, "a number >= 0"),
+            "momentum": (0, 1, True, False, "a number in [0, 1)"),
+            "gamma": (0, 1, False, True, "a factor in (0, 1]"),
+            "clip_grad": (0, math.inf, True, False, "a gradient norm >= 0 (0: off)"),
+            "ema_decay": (0, 1, True, False, "a decay in [0, 1) (0: off)"),
+            "label_smoothing": (0, 1, True, False, "a fraction in [0, 1)"),
+            "random_erasing": (0, 1, True, False, "a probability in [0, 1)"),
+            "val_split": (0, 1, True, False, "a fraction in [0, 1)"),
+            "distill_weight": (0, 1, True, True, "a weight in [0, 1]"),
+            "distill_temperature": (0, math.inf, False, False, "a temperature > 0"),
+            "time_budget": (0, math.inf, False, False, "a positive number of minutes"),
+            "drop_rate": (0, 1, True, False, "a probability in [0, 1)"),
+            "drop_path_rate": (0, 1, True, False, "a probability in [0, 1)"),
+            "min_lr_factor": (0, 1, True, True, "a fraction of the peak lr in [0, 1]"),
+            "warmup_epochs": (0, self.epochs, True, False, f"epochs in [0, {self.epochs}) (shorter than the run)"),
+        }
+        for name, (low, high, low_ok, high_ok, allowed) in ranges.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
+            inside = (low <= value if low_ok else low < value) and (value <= high if high_ok else value < high)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside:
+                raise ConfigError(flag(name), f"expected {allowed}, got {value!r}")
+        for name, schedules in SCHEDULE_FLAGS.items():
+            value = getattr(self, name)
+            if value is not None and self.schedule not in schedules:
+                raise ConfigError(
+                    flag(name), f"the {self.schedule} schedule ignores it (it is for {' and '.join(schedules)})"
+                )
+        for m in self.milestones or ():
+            if not 0 < m < self.epochs:
+                raise ConfigError("--milestones", f"expected epochs inside the run (0, {self.epochs}), got {m!r}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--overwrite", "replaces the run that --resume would continue; give one of them")

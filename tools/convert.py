@@ -28,6 +28,10 @@ TORCHVISION = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "re
                "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}  # fmt: skip
 
 
+class Mismatch(Exception):
+    """The converted weights do not compute what the source model computes."""
+
+
 def reference_model(arch: str, state: dict[str, torch.Tensor]) -> tuple[str, torch.nn.Module] | None:
     """The same network from torchvision or timm, holding the source weights, when one exists."""
     num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
@@ -70,22 +74,27 @@ def main(argv: list[str] | None = None) -> int:
             "config": json.dumps(model.cfg.to_dict()),
             "source": args.checkpoint,
         }
-        hub.save_safetensors(args.out, model.state_dict(), metadata)
-        print(f"wrote {args.out}: {len(state)} tensors ({renamed} keys renamed), {num_classes} classes")
         ref = reference_model(args.arch, state)
+        # Written aside and checked there: the output appears only once its logits match the reference.
+        with hub.atomic_path(args.out, suffix=".tmp.safetensors") as tmp:
+            hub.save_safetensors(tmp, model.state_dict(), metadata)
+            if ref is not None:
+                name, reference = ref
+                size = model.pretrained_cfg["input_size"][-1]
+                x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+                loaded = zoo.create_model(args.arch, checkpoint_path=tmp).eval()
+                with torch.no_grad():
+                    diff = (loaded(x) - reference(x)).abs().max().item()
+                if diff > 1e-5:
+                    raise Mismatch(f"MISMATCH: logits differ from {name} by {diff:.3g} (> 1e-5); nothing written")
+        print(f"wrote {args.out}: {len(state)} tensors ({renamed} keys renamed), {num_classes} classes")
         if ref is None:
             print("no reference model for this architecture here: keys and shapes verified, logits not compared")
-            return 0
-        name, reference = ref
-        size = model.pretrained_cfg["input_size"][-1]
-        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        loaded = zoo.create_model(args.arch, checkpoint_path=args.out).eval()
-        with torch.no_grad():
-            diff = (loaded(x) - reference(x)).abs().max().item()
-        if diff > 1e-5:
-            print(f"MISMATCH: logits differ from {name} by {diff:.3g} (> 1e-5)", file=sys.stderr)
-            return 1
-        print(f"logits match {name} within {diff:.1e} (tolerance 1e-5)")
+        else:
+            print(f"logits match {ref[0]} within {diff:.1e} (tolerance 1e-5)")
+    except Mismatch as e:
+        print(e, file=sys.stderr)
+        return 1
     except (ZooError, RuntimeError) as e:
         print(f"convert.py: error: {e}", file=sys.stderr)
         return 2

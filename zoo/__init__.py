@@ -10,6 +10,7 @@ from .data import create_transform, resolve_data_config
 from .deploy import export
 from .errors import (
     ConfigError,
+    DiskFullError,
     ExportError,
     MissingExtraError,
     RegistryError,
@@ -31,6 +32,7 @@ from .yaml_config import model_config, save_config
 
 __all__ = [
     "ConfigError",
+    "DiskFullError",
     "ExportError",
     "FeatureExtractor",
     "FeatureInfo",

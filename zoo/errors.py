@@ -57,6 +57,10 @@ class UnsafeCheckpointError(ZooError, ValueError):
     """A legacy pickle checkpoint needs code execution to load, which the zoo refuses."""
 
 
+class DiskFullError(ZooError, OSError):
+    """The disk filled up while a file was written; the previous file is intact and nothing partial is left."""
+
+
 class ExportError(ZooError, RuntimeError):
     """An exported model does not compute what the eager model computes, or could not be written."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +62,16 @@ def _folder_weights(config: dict[str, Any], repo_id: str, revision: str | None =
     return Weights(hf_hub_id=repo_id, revision=revision, **{**fields, "num_classes": config.get("num_classes", 1000)})
 
 
+def _folder_config(config: Any, path: Path) -> dict[str, Any]:
+    """A Hub folder's config.json as a dict, or a ConfigError naming the file and what is wrong."""
+    if not isinstance(config, dict):
+        raise ConfigError(str(path), f"expected a JSON object, got a {type(config).__name__}")
+    for key, kind in (("pretrained_cfg", dict), ("zoo_config", dict), ("architecture", str), ("model_args", dict)):
+        if config.get(key) is not None and not isinstance(config[key], kind):
+            raise ConfigError(f"{path}: {key}", f"expected a JSON {'object' if kind is dict else 'string'}")
+    return config
+
+
 def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Source:
     """Turn ``resnet50.tv2_in1k``, ``hf-hub:org/repo[@rev]``, ``local-dir:PATH`` or a YAML path into a Source."""
     if not isinstance(name, str) or not name:
@@ -72,13 +81,14 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise WeightsNotFoundError(f"{name}: no config.json in {str(folder)!r}")
-        config = json.loads(config_path.read_text())
+        config = _folder_config(hub.read_json(config_path, name), config_path)
         return Source(name, _from_folder_config(config, name), _folder_weights(config, str(folder)), name, folder)
     if name.startswith("hf-hub:"):
         repo_id, _, revision = name[len("hf-hub:") :].partition("@")
-        config = json.loads(
-            hub.hub_file(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir).read_text()
-        )
+        if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (revision == "" and "@" in name):
+            raise UnknownModelError(f"{name!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+        path = hub.hub_file(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir)
+        config = _folder_config(hub.read_json(path, name), path)
         weights = _folder_weights(config, repo_id, revision or None)
         return Source(name, _from_folder_config(config, name), weights, name)
     if name.endswith((".yaml", ".yml")):
@@ -198,6 +208,10 @@ def build(
             "features_only", "out_indices, frozen_stages and norm_eval only apply with features_only=True"
         )
     overlay = dict(pretrained_cfg_overlay or {})
+    allowed = ["file", *Weights.__dataclass_fields__]
+    unknown = sorted(set(overlay) - set(allowed))
+    if unknown:
+        raise ConfigError("pretrained_cfg_overlay", f"unknown keys {unknown}; allowed: {', '.join(allowed)}")
     checkpoint_path = checkpoint_path or overlay.pop("file", None)
     if overlay and source.weights is not None:
         source = replace(source, weights=replace(source.weights, **overlay))

@@ -7,13 +7,18 @@ a crash or Ctrl-C never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.resources
+import io
 import json
 import logging
+import math
 import os
 import pickle
+import pickletools
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import (
+    ConfigError,
+    DiskFullError,
     StateDictError,
     UnsafeCheckpointError,
     WeightsIntegrityError,
@@ -32,6 +39,7 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 
+_KEPT = "the file that was there is kept and nothing partial was left"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -47,12 +55,15 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     tmp = Path(name)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual mode
+        if tmp.is_file():  # a writer may have made a folder or removed the file
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on the device to write {str(path)!r}; {_KEPT}") from e
         raise
 
 
@@ -111,6 +122,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """A JSON file the zoo reads (a model folder's config.json, ...), or a ConfigError naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(what, f"{str(path)!r} is not readable JSON: {_first_line(e)}") from e
+
+
 def save_model_folder(
     folder: str | os.PathLike[str],
     state_dict: dict[str, torch.Tensor],
@@ -142,11 +161,47 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise WeightsIntegrityError(f"{path} has a corrupted safetensors header: {e}") from e
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    end = _check_header(path, header)
     if 8 + header_len + end != size:
         raise WeightsIntegrityError(
             f"{path} is truncated or padded: the header describes {8 + header_len + end} bytes, the file has {size}"
         )
+
+
+# Bytes per element of each safetensors dtype.
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+
+
+def _check_header(path: Path, header: Any) -> int:
+    """The end offset of a safetensors header's data, or a WeightsIntegrityError if it has the wrong shape:
+    JSON that parses is not yet a header (a dict of tensors, each with a dtype, a shape and offsets that fit)."""
+
+    def bad(problem: str) -> WeightsIntegrityError:
+        return WeightsIntegrityError(f"{path} has a malformed safetensors header: {problem}")
+
+    if not isinstance(header, dict):
+        raise bad(f"a JSON {type(header).__name__}, not an object")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise bad("__metadata__ is not an object of strings")
+            continue
+        if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPE_BYTES:
+            raise bad(f"tensor {name!r} has no known dtype")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not (
+            isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
+        ):
+            raise bad(f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):  # fmt: skip
+            raise bad(f"tensor {name!r} has data_offsets {offsets!r}")
+        if offsets[1] - offsets[0] != math.prod(shape) * _DTYPE_BYTES[entry["dtype"]]:
+            raise bad(f"tensor {name!r} of shape {shape} and dtype {entry['dtype']} spans {offsets}")
+        end = max(end, offsets[1])
+    return end
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
@@ -201,6 +256,25 @@ def _is_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
+def _readable_pickle(path: Path) -> bool:
+    """Whether ``path`` holds a well-formed pickle (``torch.save``'s zip with its data.pkl, or a legacy
+    file): its opcodes parse from the protocol header to the end. Random bytes do not; a pickle that
+    merely needs code (custom classes) does."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        if not data.startswith(b"\x80"):  # the PROTO opcode every torch.save pickle starts with
+            return False
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+        return True
+    except (StopIteration, ValueError, zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors of a weights file: safetensors, or a legacy pickle that holds only tensors.
 
@@ -212,14 +286,20 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix not in LEGACY_SUFFIXES and not _is_zip(path):
+        check_safetensors(path)  # a malformed header is named here, not deep inside the reader
     if path.suffix in LEGACY_SUFFIXES or _is_zip(path):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            if not _readable_pickle(path):  # torch says "weights only load failed" of both
+                raise WeightsIntegrityError(f"{path} is not a readable checkpoint: {_first_line(e)}") from e
             raise UnsafeCheckpointError(
                 f"{path} is a pickle that needs code execution to load ({str(e).splitlines()[0][:200]}). "
                 "The zoo only loads plain tensors; re-save it as safetensors (tools/convert.py) where you trust it"
             ) from e
+        except (RuntimeError, EOFError, ValueError, OSError) as e:  # a broken zip, a truncated file
+            raise WeightsIntegrityError(f"{path} is not a readable checkpoint: {_first_line(e)}") from e
         if not isinstance(state, dict):
             raise StateDictError(f"{path} holds a {type(state).__name__}, not a state dict")
         return clean_state_dict(state)
@@ -296,6 +376,14 @@ def hub_file(
     collects a line per place looked at, for the caller's error message.
     """
     tried = tried if tried is not None else []
+    hf = _hf()
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except hf_errors.HFValidationError as e:
+        raise ConfigError("repo_id", f"{repo_id!r} is not a Hub repo id: {_first_line(e)}") from e
     cache = hub_cache_dir(cache_dir)
     where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
     cached = cached_file(repo_id, filename, revision=revision, cache_dir=cache)
@@ -311,9 +399,6 @@ def hub_file(
     if hub_offline():
         tried.append(f"Hub {endpoint}/{repo_id}: not asked, HF_HUB_OFFLINE is set")
         raise WeightsNotFoundError(_not_found(where, tried))
-    hf = _hf()
-    from huggingface_hub import errors as hf_errors
-
     try:
         path = Path(hf.hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), endpoint=endpoint))
     except hf_errors.LocalEntryNotFoundError as e:  # network down or server failing; EntryNotFoundError is its base

@@ -61,6 +61,12 @@ def launch_command() -> str:
     return shlex.join(["torchrun", *nodes, f"--nproc_per_node={per_node}", *no_python, program[-1], *rest])
 
 
+def backend(cuda: bool) -> str:
+    """The process group's backend: on GPUs nccl for CUDA tensors and gloo for the CPU ones (the time
+    budget's tick, a checkpoint's small sums), since nccl alone cannot reduce a CPU tensor."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
 @dataclass
 class Processes:
     """Where this process sits: rank, world size and device (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK)."""
@@ -84,7 +90,7 @@ class Processes:
         if cuda:
             torch.cuda.set_device(dev)
         if world > 1:
-            dist.init_process_group("nccl" if cuda else "gloo")
+            dist.init_process_group(backend(cuda))
         return cls(dist.get_rank() if world > 1 else 0, world, dev)
 
     def barrier(self) -> None:
@@ -154,9 +160,13 @@ class Checkpoints:
             final = self.root / f"epoch-{epoch:04d}.{n}"
         tmp = self.root / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_model_folder(tmp, weights, config, {"epoch": str(epoch)})
-        save_torch(tmp / "state.pt", state)
-        os.replace(tmp, final)
+        try:
+            save_model_folder(tmp, weights, config, {"epoch": str(epoch)})
+            save_torch(tmp / "state.pt", state)
+            os.replace(tmp, final)
+        except BaseException:  # a full disk, a kill: the earlier checkpoints and links stay as they were
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _point(self.output / "last", final)
         if best:
             _point(self.output / "best", final)
@@ -239,7 +249,7 @@ def evaluate(
     """Loss, top-1 and top-5 accuracy (%) over ``batches`` (already in the model's memory format), summed
     over all ranks. ``tta`` (see ``tta_views``) scores the mean logits of several views of each image."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, count
+    sums = torch.zeros(4, dtype=torch.float64, device=procs.device)  # loss, top-1 hits, top-5 hits, count
     for x, y in batches:
         x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
         with _autocast(procs.device, precision):
@@ -247,15 +257,9 @@ def evaluate(
             logits = sum(model(v).float() for v in views) / len(views)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == y[:, None]
-        sums += torch.tensor(
-            [
-                F.cross_entropy(logits, y, reduction="sum").item(),
-                hits[:, 0].sum().item(),
-                hits.any(1).sum().item(),
-                len(y),
-            ],
-            dtype=torch.float64,
-        )
+        # summed where they are: no host sync per batch
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
+                             torch.tensor(len(y), device=procs.device)]).double()  # fmt: skip
     loss, top1, top5_hits, n = procs.sum(sums).tolist()
     n = max(n, 1)
     return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5_hits / n}
@@ -308,6 +312,9 @@ class Step:
     frozen: list[str]
 
 
+NAN_CHECK_EVERY = 16  # steps between looks at the loss; a diverged run still stops within its epoch
+
+
 def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epochs: int) -> dict[str, float]:
     """One pass over ``batches``, or less when the budget runs out during it (``done`` in the result)."""
     from tqdm import tqdm
@@ -315,7 +322,8 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
     step.model.train()
     for name in step.frozen:  # frozen stem/stages keep their norms in eval mode
         getattr(step.raw, name).eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # loss, hits, count
+    sums = torch.zeros(3, dtype=torch.float64, device=procs.device)  # loss, hits, count
+    nonfinite = torch.zeros(1, device=procs.device)  # steps whose loss was NaN or infinite
     start, done = time.perf_counter(), False
     bar = tqdm(
         total=len(batches), desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not procs.main, leave=False,
@@ -328,11 +336,12 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
             loss = step.criterion(logits.float(), y)
             if step.distill is not None:
                 loss = step.distill(loss, logits.float(), x)
-        bad = procs.sum((~torch.isfinite(loss.detach())).float().reshape(1))
-        if bad.item():
+        nonfinite += (~torch.isfinite(loss.detach())).float()
+        # Looked at every NAN_CHECK_EVERY steps and at the end, not every step: each look is a host sync.
+        if ((i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == len(batches)) and procs.sum(nonfinite).item():
             bar.close()
             raise TrainingDiverged(
-                f"loss became {loss.item()} at epoch {epoch}, step {i + 1}; stopped without saving. "
+                f"loss became {loss.item()} at epoch {epoch} (by step {i + 1}); stopped without saving. "
                 "The last good checkpoint is kept: lower --lr, add --clip-grad or use --precision fp32, "
                 "then --resume"
             )
@@ -353,7 +362,7 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
         if step.ema is not None:
             step.ema.update(step.raw)
         n = len(y)
-        sums += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n], dtype=torch.float64)
+        sums += torch.stack([loss.detach() * n, (logits.argmax(1) == y).sum(), torch.tensor(n, device=procs.device)])
         if procs.main and (i % 10 == 0 or i + 1 == len(batches)):
             elapsed = time.perf_counter() - start
             bar.set_postfix(
@@ -553,7 +562,9 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     for name in frozen:
         getattr(model, name).requires_grad_(False)
     if args.sync_bn and procs.world > 1:
-        SyncBatchNorm2d.convert(model)
+        # nccl: torch's SyncBatchNorm (its reductions stay on the GPU); gloo: ours, which torch's refuses to run
+        cuda = procs.device.type == "cuda"
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if cuda else SyncBatchNorm2d.convert(model)
     model.to(procs.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -1,0 +1,294 @@
+"""No run is ever lost, no flag goes unchecked, every failure is a named error."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_train import args_for, shapes  # noqa: F401  (the generated image folder fixture)
+
+import zoo
+from zoo import hub
+from zoo.cli import COMMANDS
+from zoo.cli import main as zoo_main
+from zoo.train.cli import main as train_main
+from zoo.train.cli import parse
+from zoo.train.engine import Checkpoints, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# --- every flag is checked before any work ----------------------------------------------------------------
+
+BAD_TRAINING_FLAGS = [  # (arguments, what the error must say); the data folder is never read
+    (["--lr", "0"], "--lr: expected a learning rate > 0, got 0.0"),
+    (["--lr", "nan"], "--lr: expected a learning rate > 0, got nan"),
+    (["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    (["--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+    (["--epochs", "2", "--warmup-epochs", "2"], "--warmup-epochs: expected epochs in [0, 2) (shorter than the run), got 2.0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs: expected epochs in [0, 30)"),
+    (["--weight-decay=-1e-4"], "--weight-decay: expected a number >= 0, got -0.0001"),
+    (["--momentum", "1"], "--momentum: expected a number in [0, 1), got 1.0"),
+    (["--clip-grad", "-1"], "--clip-grad: expected a gradient norm >= 0 (0: off), got -1.0"),
+    (["--ema-decay", "1.5"], "--ema-decay: expected a decay in [0, 1) (0: off), got 1.5"),
+    (["--ema-decay", "1"], "--ema-decay: expected a decay in [0, 1) (0: off), got 1.0"),
+    (["--label-smoothing", "1"], "--label-smoothing: expected a fraction in [0, 1), got 1.0"),
+    (["--random-erasing", "1.2"], "--random-erasing: expected a probability in [0, 1), got 1.2"),
+    (["--val-split", "1"], "--val-split: expected a fraction in [0, 1), got 1.0"),
+    (["--distill-weight", "1.5"], "--distill-weight: expected a weight in [0, 1], got 1.5"),
+    (["--distill-temperature", "0"], "--distill-temperature: expected a temperature > 0, got 0.0"),
+    (["--time-budget", "0"], "--time-budget: expected a positive number of minutes, got 0.0"),
+    (["--time-budget", "-5"], "--time-budget: expected a positive number of minutes, got -5.0"),
+    (["--workers", "-1"], "--workers: expected an integer >= 0, got -1"),
+    (["--crop-pad", "-1"], "--crop-pad: expected an integer >= 0, got -1"),
+    (["--eval-every", "0"], "--eval-every: expected a positive integer, got 0"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints: expected a positive integer, got 0"),
+    (["--in-chans", "0"], "--in-chans: expected a positive integer, got 0"),
+    (["--image-size", "0"], "--image-size: expected a positive integer, got 0"),
+    (["--drop-path-rate", "1"], "--drop-path-rate: expected a probability in [0, 1), got 1.0"),
+    (["--drop-rate", "-0.1"], "--drop-rate: expected a probability in [0, 1), got -0.1"),
+    (["--gamma", "0"], "--gamma: expected a factor in (0, 1], got 0.0"),
+    (["--freeze-stages", "-2"], "--freeze-stages: expected -1 (none) or a stage count >= 0, got -2"),
+    (["--freeze-stages", "9"], "--freeze-stages: expected -1 (none) to 3, the model's stages; got 9"),
+    (["--schedule", "onecycle", "--milestones", "10"], "--milestones: the onecycle schedule ignores it (it is for multistep)"),
+    (["--schedule", "onecycle", "--t-max", "5"], "--t-max: the onecycle schedule ignores it (it is for cosine)"),
+    (["--schedule", "multistep", "--min-lr-factor", "0.1"], "--min-lr-factor: the multistep schedule ignores it (it is for cosine and linear)"),
+    (["--schedule", "cosine", "--t-max", "0"], "--t-max: expected a positive integer, got 0"),
+    (["--schedule", "multistep", "--milestones", "40"], "--milestones: expected epochs inside the run (0, 30), got 40.0"),
+    (["--schedule", "linear", "--min-lr-factor", "2"], "--min-lr-factor: expected a fraction of the peak lr in [0, 1], got 2.0"),
+    (["--resume", "--overwrite"], "--overwrite: replaces the run that --resume would continue; give one of them"),
+    (["--model-kwargs", "zero_init_last"], "--model-kwargs: expected KEY=VALUE, got 'zero_init_last'"),
+    (["--model-kwargs", "norm_layer=[x"], "--model-kwargs: 'norm_layer=[x': the value is not YAML"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_TRAINING_FLAGS, ids=[" ".join(a) for a, _ in BAD_TRAINING_FLAGS])
+def test_every_training_flag_is_checked_before_any_work(args: list[str], message: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    code = train_main(["--dataset", "imagefolder", "--root", str(tmp_path / "never-read"), "--output", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists()  # nothing was written
+
+
+def _tokens() -> st.SearchStrategy[str]:
+    flags = ["--lr", "--batch-size", "--epochs", "--topk", "--format", "--output", "--model", "--dtype", "--runtime",
+             "--checkpoint", "--pretrained", "--image-size", "--stages", "--input-size", "--tta", "--split", "--int8",
+             "--cache-dir", "--static-batch", "--features-only", "-o", "--help-me"]  # fmt: skip
+    odd = ["nan", "inf", "-1e9", "0.5", "", "resnet5O", "hf-hub:", "local-dir:/nowhere", "x.yaml", "json",
+           "onnx", "fp16", "flip"]  # fmt: skip
+    return st.one_of(
+        st.sampled_from(flags), st.integers(-3, 3).map(str), st.sampled_from(odd), st.text("abc-_./:", max_size=6)
+    )
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(command=st.sampled_from(sorted(set(COMMANDS) - {"train"})), rest=st.lists(_tokens(), max_size=5))
+def test_random_argument_lists_end_in_a_message_never_a_traceback(
+    command: str, rest: list[str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # `zoo config` and the like may write here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        code = zoo_main([command, *rest])
+    except SystemExit as e:  # argparse: usage errors (2) and --help (0)
+        code = e.code
+    err = capsys.readouterr().err
+    assert code in (0, 2), (command, rest, err)
+    assert "Traceback" not in err
+
+
+# --- runs are never lost ----------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_the_same_output_is_refused_unless_overwrite(
+    shapes: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "run"
+    first = train(parse(args_for(shapes, out, "--epochs", "1")))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert train_main(args_for(shapes, out, "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert f"--output: {str(out)!r} already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # untouched
+    with caplog.at_level(logging.WARNING, logger="zoo.train"):
+        second = train(parse(args_for(shapes, out, "--epochs", "1", "--seed", "1", "--overwrite")))
+    assert f"--overwrite: replacing the run in {out}" in caplog.text
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert second["best"] is not None and first["best"] is not None
+    assert json.loads((out / "args.json").read_text())["seed"] == 1
+
+
+def test_short_runs_work(shapes: Path, tmp_path: Path) -> None:  # noqa: F811
+    # one epoch, and one step: the whole training set (180 images) is smaller than one batch
+    summary = train(parse(args_for(shapes, tmp_path / "one", "--epochs", "1", "--batch-size", "1000")))
+    assert summary["epochs"] == 1 and summary["final"]["steps"] == 1
+    # a validation split of one image per class
+    summary = train(parse(args_for(shapes, tmp_path / "tiny-val", "--epochs", "1", "--val-split", "0.005")))
+    assert json.loads((tmp_path / "tiny-val" / "summary.json").read_text())["best"]["epoch"] == 1
+    for schedule in ("linear", "cosine", "multistep", "constant"):
+        train(parse(args_for(shapes, tmp_path / schedule, "--epochs", "1", "--schedule", schedule)))
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    checkpoints = Checkpoints(tmp_path)
+    model = zoo.create_model("resnet20")
+    config = hub.folder_config("resnet20", model.cfg.to_dict(), model.pretrained_cfg)
+    first = checkpoints.save(1, model.state_dict(), config, {"epoch": 1}, best=True)
+    saved = {p.name: p.read_bytes() for p in first.iterdir()}
+    real_save = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # a partial file, then the device is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(zoo.DiskFullError, match=r"no space left on the device to write .*state.pt.*nothing partial"):
+        checkpoints.save(2, model.state_dict(), config, {"epoch": 2}, best=True)
+    assert checkpoints.last == checkpoints.best == first.resolve()
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == saved
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0001"]  # no partial folder
+
+
+def test_a_full_disk_while_writing_a_file_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "weights.safetensors"
+    hub.save_safetensors(path, {"w": torch.ones(3)})
+    before = path.read_bytes()
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hub, "save_file", disk_full)
+    with pytest.raises(zoo.DiskFullError, match="no space left"):
+        hub.save_safetensors(path, {"w": torch.zeros(3)})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]
+
+
+def test_a_full_disk_while_exporting_leaves_no_file(tmp_path: Path, monkeypatch) -> None:
+    from zoo import deploy
+
+    def disk_full(model, x, out, *args):
+        Path(out).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(deploy, "_export_onnx", disk_full)
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"the previous export")
+    with pytest.raises(zoo.DiskFullError, match="no space left on the device"):
+        zoo.export(zoo.create_model("resnet20"), path)
+    assert path.read_bytes() == b"the previous export" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+# --- weights IO: every bad input is a named error -----------------------------------------------------------
+
+
+def test_a_corrupt_checkpoint_is_not_called_unsafe(tmp_path: Path) -> None:
+    path = tmp_path / "x.pth"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(zoo.WeightsIntegrityError, match=r"x.pth is not a readable checkpoint"):
+        zoo.create_model("resnet20", checkpoint_path=path)
+
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"obj": Checkpoints(tmp_path)}, unsafe)  # a readable pickle of an object: needs code to load
+    with pytest.raises(zoo.UnsafeCheckpointError, match="needs code execution"):
+        zoo.create_model("resnet20", checkpoint_path=unsafe)
+
+
+def _with_header(path: Path, header: object, data: bytes = b"") -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ([], "a JSON list, not an object"),
+        ({"w": 1}, "tensor 'w' has no known dtype"),
+        ({"w": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, "tensor 'w' has shape '2'"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, "tensor 'w' has data_offsets [8, 0]"),
+        ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, "tensor 'w' of shape [3] and dtype F32 spans"),
+        ({"__metadata__": [1], "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, "__metadata__ is not"),
+    ],
+)
+def test_a_malformed_safetensors_header_fails_verification(header: object, problem: str, tmp_path: Path) -> None:
+    path = _with_header(tmp_path / "model.safetensors", header, bytes(8))
+    with pytest.raises(zoo.WeightsIntegrityError, match="malformed safetensors header") as caught:
+        hub.verify(path, None)
+    assert problem in str(caught.value)
+    with pytest.raises(zoo.WeightsIntegrityError, match="malformed safetensors header"):
+        zoo.create_model("resnet20", checkpoint_path=path)
+
+
+def test_a_cached_file_with_a_malformed_header_is_evicted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--bad" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (cache / "models--org--bad" / "refs").mkdir()
+    (cache / "models--org--bad" / "refs" / "main").write_text("0" * 40)
+    bad = _with_header(snapshot / "model.safetensors", {"w": {"dtype": "F32", "shape": [9], "data_offsets": [0, 8]}},
+                       bytes(8))  # fmt: skip
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(zoo.WeightsNotFoundError, match=r"damaged, evicted"):
+        hub.hub_file("org/bad", "model.safetensors", cache_dir=cache)
+    assert not bad.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "message"),
+    [
+        ("hf-hub:", zoo.UnknownModelError, "'hf-hub:': expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION"),
+        ("hf-hub:a/b/c", zoo.UnknownModelError, "expected hf-hub:ORG/NAME"),
+        ("hf-hub:org/name@", zoo.UnknownModelError, "expected hf-hub:ORG/NAME"),
+        ("hf-hub:org/..", zoo.ConfigError, "repo_id: 'org/..' is not a Hub repo id"),
+    ],
+)
+def test_bad_hub_names_are_named_errors(name: str, error: type, message: str, monkeypatch) -> None:
+    with pytest.raises(error) as caught:
+        zoo.create_model(name, pretrained=True)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "config.json' is not readable JSON"), ("[1, 2]", "expected a JSON object, got a list"),
+     ('{"pretrained_cfg": 3, "architecture": "resnet20"}', "pretrained_cfg: expected a JSON object")],
+)  # fmt: skip
+def test_a_broken_folder_config_names_the_file(content: str, message: str, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(zoo.ConfigError) as caught:
+        zoo.create_model(f"local-dir:{tmp_path}", pretrained=True)
+    assert message in str(caught.value) and str(tmp_path) in str(caught.value)
+
+
+def test_an_unknown_overlay_key_names_the_allowed_keys() -> None:
+    with pytest.raises(
+        zoo.ConfigError, match=r"pretrained_cfg_overlay: unknown keys \['mena'\]; allowed: file, hf_hub_id"
+    ):
+        zoo.create_model("resnet20", pretrained=True, pretrained_cfg_overlay={"mena": (0.5,) * 3})
+
+
+def test_convert_writes_nothing_when_the_logits_differ(tmp_path: Path, monkeypatch, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("convert", ROOT / "tools" / "convert.py")
+    convert = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(convert)  # type: ignore[union-attr]
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    other = torchvision.models.resnet18().eval()  # other random weights: the logits differ
+    monkeypatch.setattr(convert, "reference_model", lambda arch, state: ("resnet18", other))
+    out = tmp_path / "r18.safetensors"
+    assert convert.main([str(tmp_path / "r18.pth"), "--arch", "resnet18", "--out", str(out)]) == 1
+    assert "MISMATCH: logits differ from resnet18" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r18.pth"]

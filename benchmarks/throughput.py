@@ -112,20 +112,30 @@ class PeakMemory:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.before = 0.0
 
     def reset(self) -> None:
+        """Start a measured block: the peak so far is forgotten and what is held now is the zero."""
         if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device) / 2**20
         else:
             with contextlib.suppress(OSError):
                 Path("/proc/self/clear_refs").write_text("5")
+            self.before = self._rss("VmRSS:")
 
     def peak_mb(self) -> float:
+        """The block's peak above what was held at ``reset``: its own activations and workspace."""
         if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
+            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.before
+        return max(0.0, self._rss("VmHWM:") - self.before)
+
+    @staticmethod
+    def _rss(field: str) -> float:
         with contextlib.suppress(OSError):
             for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -162,10 +172,14 @@ class Result:
     setting: Setting
     img_per_s: list[float] = field(default_factory=list)  # one per repeat
     latencies_ms: list[float] = field(default_factory=list)  # one per iteration
-    peak_mb: float = 0.0
+    peak_mb: float = 0.0  # above what was allocated before, over one timed round
+    compiled_graphs: int = 0  # dynamo graphs compiled while building and warming up this setting
+    status: str = "ok"  # or "oom": it did not fit the device; its row has no speed
 
     def row(self, env: dict[str, Any], macs: float, ceiling: dict[str, float]) -> dict[str, Any]:
         s, ips = self.setting, sorted(self.img_per_s)
+        if self.status != "ok":
+            return {**asdict(s), "config": s.describe(), "status": self.status, "img_per_s": None, **env}
         lat = sorted(self.latencies_ms)
         q = lambda xs, p: xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
         median = statistics.median(ips)
@@ -180,6 +194,8 @@ class Result:
             "latency_ms_p90": round(q(lat, 0.9), 3),
             "latency_ms_p99": round(q(lat, 0.99), 3),
             "peak_mem_mb": round(self.peak_mb, 1),
+            "compiled_graphs": self.compiled_graphs,
+            "status": self.status,
             "gflops_achieved": round(achieved, 1),
             **env,
         }
@@ -218,14 +234,20 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
         model.train()
         y = torch.randint(0, getattr(model, "num_classes", 1000) or 1000, (setting.batch_size,), device=device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        run = torch.compile(model, mode=compile_mode) if setting.compile else model
+        run = torch.compile(model, mode=compile_mode, dynamic=False) if setting.compile else model
+        scaler = torch.amp.GradScaler(device.type) if setting.dtype == "fp16" else None  # as the trainer does
 
         def train_step() -> None:
             with _autocast(device, setting.dtype):
                 loss = nn.functional.cross_entropy(run(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
 
         return train_step
 
@@ -251,7 +273,7 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
             fast(x)
 
         return optimized_step
-    run = torch.compile(model, mode=compile_mode) if setting.compile else model
+    run = torch.compile(model, mode=compile_mode, dynamic=False) if setting.compile else model
 
     def infer_step() -> None:
         with torch.inference_mode(), _autocast(device, setting.dtype):
@@ -278,8 +300,60 @@ def exported(model: nn.Module, setting: Setting, x: torch.Tensor) -> Callable[[t
     return (deploy.onnx_runner if setting.runtime == "onnxruntime" else deploy.openvino_runner)(path)
 
 
-def time_round(step: Callable[[], None], iters: int, device: torch.device, batch: int) -> tuple[float, list[float]]:
-    """img/s over ``iters`` iterations and each iteration's latency (ms); CUDA events on GPU."""
+def measure_group(
+    settings: list[Setting], args: argparse.Namespace, device: torch.device, memory: PeakMemory
+) -> list[Result]:
+    """Build, warm up and time ``settings`` round by round, interleaved. A setting that runs out of device
+    memory gets an OOM row (the cache is freed) and the others go on."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # this group compiles its own graphs: no shapes or recompile budget left by another
+    results = [Result(s) for s in settings]
+    steps: dict[int, Callable[[], None]] = {}
+    for i, result in enumerate(results):
+        graphs = counters["stats"]["unique_graphs"]
+        try:
+            step = build_step(result.setting, device, args.compile_mode)
+            for _ in range(args.warmup):
+                step()
+            _sync(device)
+        except torch.cuda.OutOfMemoryError:
+            _out_of_memory(result, device)
+            continue
+        result.compiled_graphs = counters["stats"]["unique_graphs"] - graphs
+        steps[i] = step
+    for repeat in range(args.repeats):  # interleaved: ours, baseline, ours, baseline, ...
+        for i, step in list(steps.items()):
+            result = results[i]
+            if repeat == 0:
+                memory.reset()  # the peak of one timed round, above what the group holds already
+            try:
+                ips, lat = time_round(
+                    step, args.iters, device, result.setting.batch_size, result.setting.mode == "latency"
+                )
+            except torch.cuda.OutOfMemoryError:
+                _out_of_memory(result, device)
+                del steps[i]
+                continue
+            if repeat == 0:
+                result.peak_mb = memory.peak_mb()
+            result.img_per_s.append(ips)
+            result.latencies_ms += lat
+    return results
+
+
+def _out_of_memory(result: Result, device: torch.device) -> None:
+    result.status, result.img_per_s, result.latencies_ms = "oom", [], []
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def time_round(
+    step: Callable[[], None], iters: int, device: torch.device, batch: int, latency: bool = False
+) -> tuple[float, list[float]]:
+    """img/s over ``iters`` iterations and each iteration's latency (ms); CUDA events on GPU. ``latency``
+    waits for each step to finish before the next starts, as a request at a time would."""
     latencies = []
     if device.type == "cuda":
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
@@ -287,6 +361,8 @@ def time_round(step: Callable[[], None], iters: int, device: torch.device, batch
         for i in range(iters):
             step()
             starts[i + 1].record()
+            if latency:
+                starts[i + 1].synchronize()
         torch.cuda.synchronize(device)
         latencies = [starts[i].elapsed_time(starts[i + 1]) for i in range(iters)]
         total = sum(latencies) / 1000
@@ -316,16 +392,28 @@ def measure_ceiling(device: torch.device, dtype: str, seconds: float = 2.0) -> d
         _sync(device)
         return flops * n / (time.perf_counter() - begin) / 1e9
 
-    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device).to(memory_format=torch.channels_last).eval()
-    x = torch.randn(32, 256, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
-    conv_flops = 2 * 32 * 28 * 28 * 256 * 256 * 9
-    a = torch.randn(2048, 2048, device=device)
-    b = torch.randn(2048, 2048, device=device)
-    with torch.inference_mode(), _autocast(device, dtype):
+    conv, x, a, b = ceiling_operands(device, dtype)
+    n = a.shape[0]
+    conv_flops = 2 * x.shape[0] * 28 * 28 * 256 * 256 * 9
+    with torch.inference_mode():  # no autocast: the operands are in the dtype already, no casts are timed
         return {
             "conv": round(rate(lambda: conv(x), conv_flops), 1),
-            "matmul": round(rate(lambda: a @ b, 2 * 2048**3), 1),
+            "matmul": round(rate(lambda: a @ b, 2 * n**3), 1),
         }
+
+
+def ceiling_operands(device: torch.device, dtype: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 3x3 conv with its input (channels_last) and two square matrices, all in ``dtype``; large enough to
+    saturate a big GPU (8192^2 matmul, batch 256 conv), smaller on a CPU. fp32 on CUDA runs as TF32 when
+    ``torch.backends`` allows it, for conv and matmul alike (recorded in every row)."""
+    dt = DTYPES[dtype]
+    big = device.type == "cuda"
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dt).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(256 if big else 32, 256, 28, 28, device=device, dtype=dt).contiguous(
+        memory_format=torch.channels_last
+    )
+    n = 8192 if big else 2048
+    return conv, x, torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -410,6 +498,9 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     if args.dtype == INT8 and not (args.optimize and device.type == "cpu" and "train" not in args.mode):
         raise BadInput("--dtype int8 is an inference fast path for CPUs: use it with --optimize, --device cpu "
                        "and --mode infer or latency")  # fmt: skip
+    compiles = args.compile or (args.optimize and not args.no_compile) or INT8 in args.runtimes
+    if compiles and args.warmup < 1:
+        raise BadInput("--warmup 0: compiled rows compile in their first call; give --warmup 1 or more")
     if args.compile or (args.optimize and not args.no_compile):
         problem = compile_problem(device)
         if problem:
@@ -428,6 +519,11 @@ def compile_problem(device: torch.device) -> str | None:
 
     if not torch._dynamo.is_dynamo_supported():
         return f"TorchDynamo does not support Python {platform.python_version()} with torch {torch.__version__}"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "inductor needs Triton for CUDA code and it is not installed (pip install triton)"
     compiler = os.environ.get("CXX", "g++")
     if device.type == "cpu" and not (shutil.which(compiler) or shutil.which("clang++")):
         return f"inductor needs a C++ compiler for CPU code and {compiler!r} is not on PATH"
@@ -532,29 +628,22 @@ def main(argv: list[str] | None = None) -> int:
         for ours, base in groups:
             first = ours[0]
             macs = zoo.count(zoo.create_model(first.model), (3, first.img_size, first.img_size)).conv_linear_macs
-            results = [Result(s) for s in ours] + ([Result(base)] if base else [])
-            steps = []
-            for result in results:
-                memory.reset()
-                step = build_step(result.setting, device, args.compile_mode)
-                for _ in range(args.warmup):
-                    step()
-                _sync(device)
-                result.peak_mb = memory.peak_mb()
-                steps.append(step)
-            for _ in range(args.repeats):  # interleaved: ours, baseline, ours, baseline, ...
-                for result, step in zip(results, steps, strict=True):
-                    ips, lat = time_round(step, args.iters, device, result.setting.batch_size)
-                    result.img_per_s.append(ips)
-                    result.latencies_ms += lat
+            results = measure_group([*ours, *([base] if base else [])], args, device, memory)
             new = [r.row(env, macs, ceiling) for r in results]
             rows += new
             for r in new:
+                if r["status"] != "ok":
+                    print(f"{r['model']} {r['mode']} b{r['batch_size']} {r['config']}: out of memory", flush=True)
+                    continue
                 pct = f", {r['pct_of_conv_ceiling']}% of conv ceiling" if ceiling else ""
                 print(f"{r['model']} {r['mode']} b{r['batch_size']} {r['config']}: {r['img_per_s']} img/s "
                       f"(p10 {r['img_per_s_p10']}, p90 {r['img_per_s_p90']}), p50 {r['latency_ms_p50']} ms, "
                       f"{r['gflops_achieved']} GFLOP/s{pct}", flush=True)  # fmt: skip
-            for setting, row in zip(ours, new, strict=False) if base else ():
+            if base is None or new[-1]["status"] != "ok":
+                continue
+            for setting, row in zip(ours, new, strict=False):
+                if row["status"] != "ok":
+                    continue
                 ratio = row["img_per_s"] / new[-1]["img_per_s"]
                 ratios.append(
                     {"model": setting.model, "mode": setting.mode, "batch_size": setting.batch_size,
@@ -564,9 +653,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {setting.describe()}: {ratio:.2f}x {base.describe()}", flush=True)
     except KeyboardInterrupt:
         print("interrupted: writing the rows finished so far", file=sys.stderr)
-        write(out, rows, ceiling, ratios)
         return 130
-    write(out, rows, ceiling, ratios)
+    finally:  # an interrupt, or any failure: what was measured is kept
+        write(out, rows, ceiling, ratios)
     header = [
         "model",
         "mode",

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import os
 import platform
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
@@ -46,7 +44,7 @@ from torch import nn
 import zoo
 from zoo.cli import format_table
 from zoo.errors import ZooError
-from zoo.optimize import DTYPES, optimize_for_inference, quantize_int8
+from zoo.optimize import DTYPES, compile_problem, optimize_for_inference, quantize_int8
 
 MODES = ("infer", "train", "latency")
 BASELINES = ("none", "torchvision", "eager")
@@ -513,23 +511,6 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     return device, models
 
 
-def compile_problem(device: torch.device) -> str | None:
-    """Why torch.compile cannot work here, or None."""
-    import torch._dynamo
-
-    if not torch._dynamo.is_dynamo_supported():
-        return f"TorchDynamo does not support Python {platform.python_version()} with torch {torch.__version__}"
-    if device.type == "cuda":
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
-            return "inductor needs Triton for CUDA code and it is not installed (pip install triton)"
-    compiler = os.environ.get("CXX", "g++")
-    if device.type == "cpu" and not (shutil.which(compiler) or shutil.which("clang++")):
-        return f"inductor needs a C++ compiler for CPU code and {compiler!r} is not on PATH"
-    return None
-
-
 def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list[Setting], Setting | None]]:
     """Groups timed together, interleaved: the zoo's settings (one per runtime) and the baseline."""
     groups = []
@@ -563,7 +544,8 @@ def write(out: Path, rows: list[dict[str, Any]], ceiling: dict[str, float], rati
     save_json(out / "results.json", {"ceiling_gflops": ceiling, "speedups": ratios, "rows": rows})
     if rows:
         with atomic_write(out / "results.csv", "w") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            fields = list(dict.fromkeys(k for r in rows for k in r))  # OOM rows have fewer fields
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
         plot(out / "throughput.png", rows)
@@ -581,7 +563,7 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[str, list[tuple[int, float, float, float]]] = {}
-    for r in rows:
+    for r in (r for r in rows if r["status"] == "ok"):
         key = f"{r['model']} {r['mode']} {r['config']}"
         series.setdefault(key, []).append((r["batch_size"], r["img_per_s"], r["img_per_s_p10"], r["img_per_s_p90"]))
     for key, points in series.items():

@@ -69,7 +69,8 @@ def export(
         raise ConfigError("path", f"an AOTInductor package's name ends in .pt2, got {str(path)!r}")
     model = model.eval()
     data_config = resolve_data_config(model, use_test_size=True)
-    x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"])
+    device = next(model.parameters()).device
+    x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"], device=device)
     if dynamic_batch and x.shape[0] < 2:
         raise ConfigError(
             "example_input", "a dynamic batch axis needs an example batch of 2 or more (torch.export specializes 1)"

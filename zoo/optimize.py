@@ -10,6 +10,9 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import os
+import platform
+import shutil
 from collections.abc import Iterable, Sized
 from typing import Any
 
@@ -81,11 +84,14 @@ def fold_batch_norms(model: nn.Module) -> torch.fx.GraphModule:
 class InferenceModel(nn.Module):
     """Runs an optimized model in inference mode: input cast and laid out, outputs back in fp32."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool, compiled: Any) -> None:
+    def __init__(
+        self, model: nn.Module, dtype: torch.dtype, channels_last: bool, compiled: Any, clone: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         self.dtype = dtype
         self.channels_last = channels_last
+        self.clone = clone  # CUDA graphs reuse their output buffers: the next call would overwrite these
         # a plain attribute, not a submodule: the compiled wrapper shares the weights of ``model``
         self.__dict__["_run"] = model if compiled is None else compiled
         _copy_info(model, self)
@@ -102,9 +108,28 @@ class InferenceModel(nn.Module):
         with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
             x = x.to(dtype=self.dtype, memory_format=torch.channels_last if self.channels_last else None)
             out = self._run(x)
-            if isinstance(out, (list, tuple)):  # a features_only backbone
-                return [o.float() for o in out]
-            return out.float()
+            outs = [o.float() for o in out] if isinstance(out, (list, tuple)) else [out.float()]
+            if self.clone:
+                outs = [o.clone() for o in outs]
+            return outs if isinstance(out, (list, tuple)) else outs[0]  # a features_only backbone: a list
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot work on ``device`` here, or None: checked before any work, so a run
+    never fails at its first compiled call."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"TorchDynamo does not support Python {platform.python_version()} with torch {torch.__version__}"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "inductor needs Triton for CUDA code and it is not installed (pip install triton)"
+    compiler = os.environ.get("CXX", "g++")
+    if device.type == "cpu" and not (shutil.which(compiler) or shutil.which("clang++")):
+        return f"inductor needs a C++ compiler for CPU code and {compiler!r} is not on PATH"
+    return None
 
 
 def cpu_supports_bf16() -> bool:
@@ -149,7 +174,9 @@ def optimize_for_inference(
     compiled = None
     if compile:
         compiled = torch.compile(fused, mode=compile_mode)
-    optimized = InferenceModel(fused, dtype, channels_last, compiled)
+    # max-autotune and reduce-overhead run CUDA graphs, whose outputs live in memory the next call reuses
+    cuda_graphs = compile and device.type == "cuda" and compile_mode in ("max-autotune", "reduce-overhead")
+    optimized = InferenceModel(fused, dtype, channels_last, compiled, clone=cuda_graphs)
     if example_input is not None:
         optimized(example_input.to(device))
     return optimized

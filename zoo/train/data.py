@@ -299,12 +299,14 @@ class TensorBatches:
         rank: int = 0,
         world: int = 1,
         channels_last: bool = False,
+        pin_memory: bool = False,
     ) -> None:
         assert split.images is not None
         self.split, self.batch_size, self.train, self.augment = split, batch_size, train, augment
         self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std).view(1, -1, 1, 1) * 255
         self.seed, self.rank, self.world, self.channels_last = seed, rank, world, channels_last
+        self.pin_memory = pin_memory  # CUDA: page-locked batches, so the copy to the device is asynchronous
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -329,7 +331,8 @@ class TensorBatches:
             if self.train:
                 x = self._augment(x, g)
             x = (x.float() - self.mean) / self.std
-            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+            x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+            yield (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         a, (n, _, h, w) = self.augment, x.shape

@@ -30,6 +30,7 @@ from ..errors import ConfigError, ZooError
 from ..features import stem_and_stages
 from ..hub import atomic_write, folder_config, save_json, save_model_folder, save_torch
 from ..layers import SyncBatchNorm2d
+from ..optimize import compile_problem
 from ..registry import is_model, split_name
 from ..weights import DATA_CONFIG_KEYS
 from .config import TrainConfig
@@ -89,27 +90,33 @@ class Processes:
         dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(dev)
-        if world > 1:
+        # Under torchrun (which sets RANK) the group exists even for one process: --sync-bn and the
+        # collectives then run exactly as they would on many.
+        if world > 1 or "RANK" in os.environ:
             dist.init_process_group(backend(cuda))
-        return cls(dist.get_rank() if world > 1 else 0, world, dev)
+        return cls(dist.get_rank() if dist.is_initialized() else 0, world, dev)
+
+    @property
+    def grouped(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
 
     def barrier(self) -> None:
-        if self.world > 1:
+        if self.grouped:
             dist.barrier()
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
+        if self.grouped:
             dist.all_reduce(t)
         return t
 
     def broadcast(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` as rank 0 has it, on every rank."""
-        if self.world > 1:
+        if self.grouped:
             dist.broadcast(t, src=0)
         return t
 
     def stop(self) -> None:
-        if self.world > 1 and dist.is_initialized():
+        if self.grouped:
             dist.destroy_process_group()
 
 
@@ -404,7 +411,10 @@ def _batches(
             crop_pad=args.crop_pad, flip=args.flip, trivial_augment=args.trivial_augment,
             random_erasing=args.random_erasing,
         )  # fmt: skip
-        return TensorBatches(split, mean=mean, std=std, augment=augment, channels_last=args.channels_last, **common)
+        return TensorBatches(
+            split, mean=mean, std=std, augment=augment, channels_last=args.channels_last,
+            pin_memory=procs.device.type == "cuda", **common,
+        )  # fmt: skip
     from torchvision.transforms import v2
 
     config = resolve_data_config(model, mean=tuple(mean), std=tuple(std))
@@ -535,6 +545,9 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     output = Path(args.output)
     if args.precision == "fp16" and procs.device.type != "cuda":
         raise ConfigError("--precision", "'fp16' needs a CUDA device; on a CPU use 'bf16' (or 'fp32')")
+    problem = compile_problem(procs.device) if args.compile else None
+    if problem:
+        raise ConfigError("--compile", f"torch.compile is unavailable here: {problem}; train without it")
     with torch.device("meta"):  # the architecture's stage count, before any data is read
         stem_and_stages(create_model(args.model, **args.model_kwargs), args.freeze_stages)
     resume_from = _check_output(args, output)  # every rank checks before any rank writes
@@ -561,7 +574,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     frozen = stem_and_stages(model, args.freeze_stages)
     for name in frozen:
         getattr(model, name).requires_grad_(False)
-    if args.sync_bn and procs.world > 1:
+    if args.sync_bn and procs.grouped:
         # nccl: torch's SyncBatchNorm (its reductions stay on the GPU); gloo: ours, which torch's refuses to run
         cuda = procs.device.type == "cuda"
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if cuda else SyncBatchNorm2d.convert(model)
@@ -616,7 +629,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
         if procs.main:
             log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
 
-    if procs.world > 1:
+    if procs.grouped:
         step.model = nn.parallel.DistributedDataParallel(model)
     if args.compile:
         step.model = torch.compile(step.model, mode=args.compile_mode)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import re
 import sys
@@ -18,7 +19,7 @@ from ..data import create_transform, resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..factory import names_weights, weights_file
 from ..hub import save_json, sha256_of
-from ..optimize import quantize_int8
+from ..optimize import _import_pt2e, quantize_int8
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .engine import Processes, evaluate
 from .ensemble import Ensemble
@@ -60,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def validate(args: argparse.Namespace) -> dict[str, Any]:
     if args.int8 and args.calibration_images < 1:  # before any work, not after the float model is scored
         raise ConfigError("--calibration-images", f"expected a positive integer, got {args.calibration_images}")
+    if args.int8:
+        int8_problem()
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and len(args.model) > 1:
         raise ConfigError("--checkpoint", f"scores one model; got {len(args.model)} (--model {' '.join(args.model)})")
@@ -105,7 +108,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.int8:
         source = "val" if args.split == "train" else "train"  # never the split being scored
-        result["int8"] = _score_int8(model, getattr(data, source), batches, config, args, procs)
+        result["int8"] = _score_int8(model, getattr(data, source), batches, config, args)
         result["int8"]["calibration_split"] = source
     return result
 
@@ -162,16 +165,29 @@ def _eval_batches(split: Split, config: dict[str, Any], args: argparse.Namespace
     )  # type: ignore[union-attr]
 
 
+def int8_problem() -> None:
+    """Refuse --int8 up front where it cannot run: the int8 path is x86 CPU code from torchao."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        raise ConfigError("--int8", f"quantized inference runs on x86 CPUs; this machine is {platform.machine()}")
+    try:
+        _import_pt2e()
+    except ImportError as e:
+        raise ConfigError("--int8", f"{e}") from e
+
+
 def _score_int8(
-    model: torch.nn.Module, source: Split, batches: Any, config: dict[str, Any], args: argparse.Namespace, procs: Any
+    model: torch.nn.Module, source: Split, batches: Any, config: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Quantize with a seeded sample of ``source`` images for calibration and score ``batches`` again."""
     g = torch.Generator().manual_seed(args.split_seed)
     sample = torch.randperm(len(source), generator=g)[: args.calibration_images].sort().values
     calibration = _eval_batches(subset(source, sample), config, args)
     start = time.perf_counter()
-    int8 = quantize_int8(model, calibration)
-    metrics = evaluate(int8, batches, procs, tta=args.tta)
+    # x86 CPU kernels: a CPU copy is quantized and scored on the CPU, also on a GPU machine
+    int8 = quantize_int8(copy.deepcopy(model).cpu(), calibration)
+    metrics = evaluate(int8, batches, Processes(), tta=args.tta)
     return {
         "calibration_images": len(sample),
         "top1": round(metrics["acc1"], 3),

@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""The GPU self-check: one command that runs every GPU path of the zoo once and says what passed.
+
+    python benchmarks/gpu_check.py --out runs/gpu-check      # on a CUDA machine: under 5 minutes
+
+On whatever device it finds (CUDA if present, else the CPU at a smaller size, which is how
+``make test`` runs it), in order:
+
+1. ``benchmark``: ``throughput.py`` on resnet50 at two batch sizes in fp32 (TF32 and cuDNN settings
+   recorded in each row), bf16 (and fp16 on CUDA) through ``optimize_for_inference``, and one
+   compiled row;
+2. ``optimize-parity``: ``optimize_for_inference`` against the eager model, per dtype;
+3. ``train``: ``torchrun --nproc_per_node 1 tools/train.py`` for 20 steps on a generated image
+   folder with the device's process-group backend (nccl on CUDA), ``--sync-bn``, an evaluation and
+   a checkpoint;
+4. ``pt2``: a ``zoo.export(format="pt2")`` package loaded back and compared with eager.
+
+It writes ``results.json`` (every step's result, its details or error, and the environment) and
+``summary.txt`` (one line per step) in ``--out`` and exits 1 if any step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import zoo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import throughput  # noqa: E402  (the benchmark beside this file)
+
+
+def run_benchmark(device: torch.device, out: Path) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    size = [] if cuda else ["--img-size", "64", "--no-ceiling"]
+    timing = ["--iters", "10", "--repeats", "3"] if cuda else ["--iters", "2", "--repeats", "1", "--warmup", "1"]
+    runs = {
+        "fp32": ["--models", "resnet50", "--batch-sizes", *(["32", "128"] if cuda else ["2", "4"]), "--dtype", "fp32"],
+        "bf16-optimize": [
+            "--models",
+            "resnet50",
+            "--batch-sizes",
+            "32" if cuda else "2",
+            "--dtype",
+            "bf16",
+            "--optimize",
+            *([] if cuda else ["--no-compile"]),
+        ],
+        "compiled": [
+            "--models",
+            "resnet50" if cuda else "resnet20",
+            "--batch-sizes",
+            "32" if cuda else "2",
+            "--dtype",
+            "bf16",
+            "--compile",
+            *([] if cuda else ["--img-size", "32"]),
+        ],
+    }
+    if cuda:
+        runs["fp16-optimize"] = ["--models", "resnet50", "--batch-sizes", "32", "--dtype", "fp16", "--optimize"]
+    rows = {}
+    for name, args in runs.items():
+        folder = out / f"bench-{name}"
+        code = throughput.main([*args, *size, *timing, "--baseline", "eager", "--device", device.type,
+                                "--out", str(folder)])  # fmt: skip
+        if code != 0:
+            raise RuntimeError(f"throughput.py {' '.join(args)} exited {code}")
+        rows[name] = json.loads((folder / "results.json").read_text())["rows"]
+    fp32 = [r for r in rows["fp32"] if r["label"] == "zoo"]
+    if cuda and not all("tf32_matmul" in r and "cudnn_benchmark" in r for r in fp32):
+        raise RuntimeError("fp32 rows do not record the TF32 and cuDNN settings")
+    if not rows["compiled"][0]["compiled_graphs"]:
+        raise RuntimeError("the compiled row compiled no graph")
+    return {
+        name: [{k: r.get(k) for k in ("model", "batch_size", "config", "img_per_s", "status", "peak_mem_mb",
+                                      "compiled_graphs", "tf32_matmul", "tf32_conv", "cudnn_benchmark")} for r in rs]
+        for name, rs in rows.items()
+    }  # fmt: skip
+
+
+def optimize_parity(device: torch.device, out: Path) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    model = zoo.create_model("resnet50").to(device).eval()
+    x = torch.randn(8 if cuda else 2, 3, 224 if cuda else 64, 224 if cuda else 64, device=device)
+    with torch.no_grad():
+        expected = model(x).float()
+    tolerances = {"fp32": 1e-3, "bf16": 5e-2, **({"fp16": 1e-2} if cuda else {})}
+    found = {}
+    for dtype, tolerance in tolerances.items():
+        fast = zoo.optimize_for_inference(model, dtype, compile=cuda)
+        got = fast(x)
+        diff = ((got - expected).abs().max() / expected.abs().max()).item()
+        found[dtype] = round(diff, 6)
+        if not diff <= tolerance:
+            raise RuntimeError(f"optimize_for_inference({dtype}) differs from eager by {diff:.2e} (> {tolerance})")
+    return {"relative_max_diff": found}
+
+
+def train_steps(device: torch.device, out: Path) -> dict[str, Any]:
+    """20 steps under torchrun: 3 classes x 60 generated images, 10% validation, batch 8."""
+    from PIL import Image, ImageDraw
+
+    data = out / "shapes"
+    rng = random.Random(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        (data / "train" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(60):
+            img = Image.new("RGB", (32, 32), tuple(rng.randrange(0, 60) for _ in range(3)))
+            color = [rng.randrange(40, 120) for _ in range(3)]
+            color[c] = 230
+            x, y = rng.randrange(4, 20), rng.randrange(4, 20)
+            ImageDraw.Draw(img).rectangle((x, y, x + 10, y + 10), fill=tuple(color))
+            img.save(data / "train" / name / f"{i:02d}.png")
+    run = out / "train-run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", str(ROOT / "tools" / "train.py"),
+               "--dataset", "imagefolder", "--root", str(data), "--model", "resnet20", "--epochs", "1",
+               "--batch-size", "8", "--val-split", "0.1", "--lr", "0.05", "--sync-bn", "--device", device.type,
+               "--precision", "bf16", "--output", str(run), "--overwrite",
+               "--cache-dir", str(out / "cache")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun exited {done.returncode}: {done.stderr[-2000:]}")
+    summary = json.loads((run / "summary.json").read_text())
+    if summary["final"]["steps"] != 20 or not (run / "best" / "model.safetensors").is_file():
+        raise RuntimeError(f"expected 20 steps and a best checkpoint, got {summary['final']}")
+    return {"steps": summary["final"]["steps"], "val_acc1": summary["best"]["val_acc1"], "output": str(run)}
+
+
+def pt2_package(device: torch.device, out: Path) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    name = "resnet50" if cuda else "resnet20"
+    model = zoo.create_model(name).to(device).eval()
+    size = 224 if cuda else 32
+    path = zoo.export(
+        model, out / f"{name}.pt2", format="pt2", example_input=torch.randn(2, 3, size, size, device=device)
+    )
+    package = torch._inductor.aoti_load_package(str(path))
+    x = torch.randn(3, 3, size, size, device=device)
+    with torch.no_grad():
+        expected = model(x)
+    diff = ((package(x) - expected).abs().max() / expected.abs().max()).item()
+    if not diff <= 1e-3:
+        raise RuntimeError(f"the loaded package differs from eager by {diff:.2e}")
+    return {"file": str(path), "relative_max_diff": round(diff, 8), "mib": round(path.stat().st_size / 2**20, 1)}
+
+
+STEPS: dict[str, Callable[[torch.device, Path], dict[str, Any]]] = {
+    "benchmark": run_benchmark,
+    "optimize-parity": optimize_parity,
+    "train": train_steps,
+    "pt2": pt2_package,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/gpu-check", help="folder for results.json and summary.txt")
+    p.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS), help="run only these")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.steps:
+        start = time.perf_counter()
+        try:
+            details, ok, error = STEPS[name](device, out), True, None
+        except Exception as e:  # every step is tried; a failure is recorded with its traceback, not fatal
+            details, ok, error = {}, False, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"
+        seconds = round(time.perf_counter() - start, 1)
+        results.append({"step": name, "ok": ok, "seconds": seconds, "details": details, "error": error})
+        print(f"{'PASS' if ok else 'FAIL'} {name} ({seconds} s)" + (f": {error.splitlines()[0]}" if error else ""),
+              flush=True)  # fmt: skip
+    environment = throughput.environment(device)
+    from zoo.hub import atomic_write, save_json
+
+    save_json(out / "results.json", {"device": device.type, "environment": environment, "steps": results})
+    with atomic_write(out / "summary.txt", "w") as f:
+        f.write(f"{environment['device_name']} | torch {environment['torch']} | commit {environment['commit']}\n")
+        f.writelines(f"{'PASS' if r['ok'] else 'FAIL'} {r['step']} ({r['seconds']} s)\n" for r in results)
+    failed = [r["step"] for r in results if not r["ok"]]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

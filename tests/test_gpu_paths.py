@@ -1,0 +1,175 @@
+"""The decisions the GPU paths make, tested on the CPU; and the GPU self-check in its small CPU form."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo.optimize import InferenceModel
+from zoo.train.engine import Processes, _batches, backend
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import throughput  # noqa: E402
+
+SMALL = ["--models", "resnet20", "--img-size", "32", "--batch-sizes", "2", "--iters", "1", "--repeats", "1"]
+
+
+def test_the_process_group_reduces_cpu_tensors_next_to_nccl() -> None:
+    assert backend(cuda=True) == "cpu:gloo,cuda:nccl"  # the time budget's tick and small sums are CPU tensors
+    assert backend(cuda=False) == "gloo"
+
+
+def test_an_out_of_memory_setting_gets_its_row_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
+    real = throughput.build_step
+
+    def tight(setting, device, compile_mode):
+        if setting.label == "zoo" and setting.batch_size == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(setting, device, compile_mode)
+
+    monkeypatch.setattr(throughput, "build_step", tight)
+    args = ["--models", "resnet20", "--img-size", "32", "--batch-sizes", "1", "2", "--iters", "1", "--repeats", "1",
+            "--warmup", "1", "--no-ceiling", "--baseline", "eager", "--out", str(tmp_path)]  # fmt: skip
+    assert throughput.main(args) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["batch_size"], r["label"], r["status"]) for r in rows] == [
+        (1, "zoo", "ok"), (1, "eager", "ok"), (2, "zoo", "oom"), (2, "eager", "ok"),
+    ]  # fmt: skip
+    assert rows[2]["img_per_s"] is None
+
+
+def test_a_failing_sweep_still_writes_what_it_measured(tmp_path: Path, monkeypatch) -> None:
+    real, calls = throughput.measure_group, []
+
+    def second_fails(settings, args, device, memory):
+        calls.append(settings)
+        if len(calls) == 2:
+            raise RuntimeError("the device fell off the bus")
+        return real(settings, args, device, memory)
+
+    monkeypatch.setattr(throughput, "measure_group", second_fails)
+    args = ["--models", "resnet20", "--img-size", "32", "--batch-sizes", "1", "2", "--iters", "1", "--repeats", "1",
+            "--warmup", "1", "--no-ceiling", "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(RuntimeError, match="fell off the bus"):
+        throughput.main(args)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["batch_size"] for r in rows] == [1]
+
+
+def test_each_group_compiles_its_own_graphs(tmp_path: Path, monkeypatch) -> None:
+    import torch._dynamo
+
+    resets = []
+    real_reset = torch._dynamo.reset
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: (resets.append(1), real_reset())[1])
+    args = ["--models", "resnet20", "--img-size", "32", "--batch-sizes", "1", "2", "--iters", "2", "--repeats", "1",
+            "--warmup", "2", "--no-ceiling", "--compile", "--out", str(tmp_path)]  # fmt: skip
+    assert throughput.main(args) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert len(resets) == 2  # one per (model, batch) group: batch 2 never reuses batch 1's cache
+    assert [r["compiled_graphs"] for r in rows] == [1, 1]  # each row ran the graph compiled for it
+
+
+def test_every_row_records_the_kernel_settings_on_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(throughput, "device_name", lambda device: "a GPU")
+    env = throughput.environment(torch.device("cuda"))
+    assert {"cuda", "cudnn", "cudnn_benchmark", "tf32_matmul", "tf32_conv"} <= set(env)
+    assert "tf32_matmul" not in throughput.environment(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_the_ceiling_is_measured_in_the_target_dtype(dtype: str) -> None:
+    conv, x, a, b = throughput.ceiling_operands(torch.device("cpu"), dtype)
+    want = throughput.DTYPES[dtype]
+    assert conv.weight.dtype == x.dtype == a.dtype == b.dtype == want  # no casts inside the timed call
+    assert x.is_contiguous(memory_format=torch.channels_last) and a.shape == (2048, 2048)
+
+
+def test_compiled_rows_need_a_warm_up(tmp_path: Path, capsys) -> None:
+    assert throughput.main([*SMALL, "--compile", "--warmup", "0", "--out", str(tmp_path)]) == 2
+    assert "--warmup 0: compiled rows compile in their first call" in capsys.readouterr().err
+
+
+def test_fp16_training_rows_use_a_grad_scaler(monkeypatch) -> None:
+    made = []
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *a, **k: made.append(a) or real(*a, **k))
+    setting = throughput.Setting("resnet20", "train", 2, 32, "fp16", False, False, False, label="zoo")
+    throughput.build_step(setting, torch.device("cpu"), None)()
+    assert made == [("cpu",)]
+
+
+def test_int8_validation_is_refused_before_any_work_where_it_cannot_run(tmp_path: Path, capsys, monkeypatch) -> None:
+    import platform
+
+    from zoo.train.validate import main as validate_main
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert validate_main(["--model", "resnet20", "--dataset", "imagefolder", "--root", str(tmp_path / "never-read"),
+                          "--int8"]) == 2  # fmt: skip
+    assert "--int8: quantized inference runs on x86 CPUs; this machine is aarch64" in capsys.readouterr().err
+
+
+def test_cuda_graph_outputs_are_copied_before_they_are_returned() -> None:
+    class Reuses(nn.Module):  # as a CUDA graph does: every call writes into the same output buffer
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = torch.zeros(2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out.copy_(x.flatten(1)[:, :3])
+
+    first_input, second_input = torch.ones(2, 3, 1, 1), torch.full((2, 3, 1, 1), 2.0)
+    unsafe = InferenceModel(Reuses(), torch.float32, False, None)
+    first = unsafe(first_input)
+    unsafe(second_input)
+    assert first.eq(2).all()  # overwritten by the next call
+    safe = InferenceModel(Reuses(), torch.float32, False, None, clone=True)
+    first = safe(first_input)
+    safe(second_input)
+    assert first.eq(1).all()
+
+
+def test_in_memory_batches_are_pinned_for_cuda_only() -> None:
+    from zoo.train.config import TrainConfig
+    from zoo.train.data import Split
+
+    split = Split(torch.zeros(4, dtype=torch.int64), torch.zeros(4, 3, 8, 8, dtype=torch.uint8))
+    model = zoo.create_model("resnet20")
+    for device, pinned in (("cuda", True), ("cpu", False)):
+        procs = Processes(device=torch.device(device))
+        batches = _batches(TrainConfig(batch_size=2), split, True, model, (0.5,) * 3, (0.5,) * 3, procs)
+        assert batches.pin_memory is pinned
+
+
+def test_training_with_compile_is_refused_up_front_without_a_compiler(tmp_path: Path, monkeypatch) -> None:
+    from zoo.train import engine
+    from zoo.train.cli import parse
+
+    monkeypatch.setattr(engine, "compile_problem", lambda device: "inductor needs a C++ compiler")
+    args = parse(["--dataset", "imagefolder", "--root", str(tmp_path / "never-read"), "--compile",
+                  "--output", str(tmp_path / "run")])  # fmt: skip
+    with pytest.raises(zoo.ConfigError, match=r"--compile: torch\.compile is unavailable here: inductor needs a C"):
+        engine.train(args)
+
+
+@pytest.mark.slow
+def test_the_gpu_self_check_passes_in_its_small_cpu_form(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["device"] == "cpu"
+    assert [(s["step"], s["ok"]) for s in report["steps"]] == [
+        ("benchmark", True), ("optimize-parity", True), ("train", True), ("pt2", True),
+    ]  # fmt: skip
+    assert report["steps"][2]["details"]["steps"] == 20
+    assert (tmp_path / "summary.txt").read_text().count("PASS") == 4

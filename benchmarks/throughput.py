@@ -484,6 +484,9 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     for b in args.batch_sizes:
         if b < 1:
             raise BadInput(f"--batch-sizes: {b} is not a positive batch size")
+    for flag, value in (("--img-size", args.img_size), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise BadInput(f"{flag}: expected a positive integer, got {value}")
     if args.iters < 1 or args.repeats < 1 or args.warmup < 0:
         raise BadInput("--iters and --repeats must be >= 1, --warmup >= 0")
     if args.dtype == "fp16" and device.type == "cpu":
@@ -584,9 +587,9 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        device, models = check(args)
         if args.threads:
             torch.set_num_threads(args.threads)
-        device, models = check(args)
         groups = settings_for(args, models)
     except (BadInput, ZooError) as e:
         print(f"throughput.py: error: {e}", file=sys.stderr)

@@ -78,8 +78,33 @@ def test_every_training_flag_is_checked_before_any_work(args: list[str], message
     assert not out.exists()  # nothing was written
 
 
+OTHER_COMMANDS = [  # (a command line with one bad value, what the error must say): the other commands' flags
+    (["count", "resnet20", "--input-size", "0"], "--input-size: expected a positive side in pixels, got 0"),
+    (["validate", "--model", "resnet20", "--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    (["validate", "--model", "resnet20", "--workers", "-1"], "--workers: expected an integer >= 0, got -1"),
+    (["validate", "--model", "resnet20", "--val-split", "1.5"], "--val-split: expected a fraction in [0, 1), got 1.5"),
+    (["predict", ".", "--model", "resnet20", "--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    (["export", "resnet20", "--output", "x.onnx", "--image-size", "0"], "--image-size: expected a positive integer"),
+    (["export", "resnet20", "--output", "x.onnx", "--format", "tflite"], "invalid choice: 'tflite'"),
+    (["download", "resnet5O.tv_in1k"], "unknown model 'resnet5O'"),
+    (["config", "resnet5O"], "unknown model 'resnet5O'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), OTHER_COMMANDS, ids=[" ".join(a) for a, _ in OTHER_COMMANDS])
+def test_the_other_commands_check_their_flags(args: list[str], message: str, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = zoo_main(args)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def _tokens() -> st.SearchStrategy[str]:
-    flags = ["--lr", "--batch-size", "--epochs", "--topk", "--format", "--output", "--model", "--dtype", "--runtime",
+    flags = ["--lr", "--batch-size", "--workers", "--val-split", "--warmup-epochs", "--clip-grad", "--epochs", "--topk", "--format", "--output", "--model", "--dtype", "--runtime",
              "--checkpoint", "--pretrained", "--image-size", "--stages", "--input-size", "--tta", "--split", "--int8",
              "--cache-dir", "--static-batch", "--features-only", "-o", "--help-me"]  # fmt: skip
     odd = ["nan", "inf", "-1e9", "0.5", "", "resnet5O", "hf-hub:", "local-dir:/nowhere", "x.yaml", "json",
@@ -90,7 +115,7 @@ def _tokens() -> st.SearchStrategy[str]:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(command=st.sampled_from(sorted(set(COMMANDS) - {"train"})), rest=st.lists(_tokens(), max_size=5))
+@given(command=st.sampled_from(sorted(COMMANDS)), rest=st.lists(_tokens(), max_size=5))
 def test_random_argument_lists_end_in_a_message_never_a_traceback(
     command: str, rest: list[str], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -144,7 +144,13 @@ def count_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespa
     parser.add_argument("--format", choices=FORMATS, default="table")
 
     def run(args: argparse.Namespace) -> int:
-        print(render(count_models(args.models, args.input_size, stages=args.stages), args.format))
+        if args.input_size is not None and args.input_size < 1:
+            raise ConfigError("--input-size", f"expected a positive side in pixels, got {args.input_size}")
+        try:
+            costs = count_models(args.models, args.input_size, stages=args.stages)
+        except RuntimeError as e:  # a side the model cannot run on (smaller than its stem's stride)
+            raise ConfigError("--input-size", f"{args.input_size} is too small: {str(e).splitlines()[0]}") from e
+        print(render(costs, args.format))
         return 0
 
     return run

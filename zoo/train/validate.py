@@ -63,6 +63,12 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--calibration-images", f"expected a positive integer, got {args.calibration_images}")
     if args.int8:
         int8_problem()
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size", f"expected a positive integer, got {args.batch_size}")
+    if args.workers < 0:
+        raise ConfigError("--workers", f"expected an integer >= 0, got {args.workers}")
+    if not 0 <= args.val_split < 1:
+        raise ConfigError("--val-split", f"expected a fraction in [0, 1), got {args.val_split}")
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     if checkpoint is not None and len(args.model) > 1:
         raise ConfigError("--checkpoint", f"scores one model; got {len(args.model)} (--model {' '.join(args.model)})")

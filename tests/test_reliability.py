@@ -317,3 +317,54 @@ def test_convert_writes_nothing_when_the_logits_differ(tmp_path: Path, monkeypat
     assert convert.main([str(tmp_path / "r18.pth"), "--arch", "resnet18", "--out", str(out)]) == 1
     assert "MISMATCH: logits differ from resnet18" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r18.pth"]
+
+
+# --- data: stated policies, never silent -------------------------------------------------------------------
+
+
+def _folder(root: Path, sizes: dict[str, list[int]]) -> Path:
+    from PIL import Image
+
+    for label, sides in sizes.items():
+        (root / "train" / label).mkdir(parents=True)
+        for i, side in enumerate(sides):
+            Image.new("RGB", (side, side), (40 * i % 255, 80, 120)).save(root / "train" / label / f"{i:03d}.png")
+    return root
+
+
+def test_in_memory_decoding_is_decided_from_every_class(tmp_path: Path) -> None:
+    from zoo.train.data import load_dataset
+
+    # the first class is small, a later one large: the first 16 files alone would say "decode into memory"
+    root = _folder(tmp_path / "data", {"a": [32] * 20, "b": [32] * 20, "c": [200] * 20})
+    data = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+    assert not data.in_memory and data.train.images is None
+
+
+def test_mixed_sizes_decoded_into_memory_are_resized_counted_and_logged(tmp_path: Path, caplog) -> None:
+    from zoo.train.data import load_dataset
+
+    root = _folder(tmp_path / "data", {"a": [32] * 10, "b": [32] * 8 + [40, 24]})
+    with caplog.at_level(logging.WARNING, logger="zoo.train"):
+        data = load_dataset("imagefolder", root, val_split=0.1, cache_dir=tmp_path / "cache", in_memory=True)
+    assert tuple(data.train.images.shape[-2:]) == (32, 32)  # type: ignore[union-attr]
+    resized = [r.getMessage() for r in caplog.records if "resized" in r.getMessage()]
+    assert resized and all("to 32x32 (the first image's)" in m for m in resized)
+    assert sum(int(m.split()[1]) for m in resized) == 2  # the two odd images, whichever split they fell in
+
+
+def test_skipped_images_are_counted_per_pass(tmp_path: Path) -> None:
+    from zoo.train.data import FileBatches, Split
+
+    root = _folder(tmp_path / "data", {"a": [32] * 6})
+    (root / "train" / "a" / "broken.png").write_bytes(b"not an image")
+    files = sorted(str(p) for p in (root / "train" / "a").iterdir())
+    split = Split(torch.zeros(len(files), dtype=torch.int64), files=files)
+    from torchvision.transforms import v2
+
+    batches = FileBatches(split, batch_size=7, train=False, workers=0,
+                          transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))  # fmt: skip
+    for epoch in (1, 2):
+        batches.set_epoch(epoch)
+        assert sum(len(y) for _, y in batches) == 6
+        assert batches.skipped == 1  # the same file met again, not a second unreadable image

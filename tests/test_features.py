@@ -120,3 +120,65 @@ def test_faster_rcnn_trains_and_infers_on_a_zoo_backbone() -> None:
     with torch.no_grad():
         (detections,) = model(images)
     assert set(detections) == {"boxes", "labels", "scores"}
+
+
+# --- timm's intermediates API --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"indices": 2},
+        {"indices": [0, 2, -1]},
+        {"indices": 3, "stop_early": True},
+        {"indices": [1, 3], "norm": True},
+    ],
+)
+def test_forward_intermediates_matches_timm(kwargs: dict) -> None:
+    import timm
+
+    reference = timm.create_model("resnet50", pretrained=False).eval()
+    model = zoo.create_model("resnet50").eval()
+    model.load_state_dict(reference.state_dict())  # timm's keys are the zoo's
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x, **kwargs)
+        want_final, want_maps = reference.forward_intermediates(x, **kwargs)
+        only = model.forward_intermediates(x, intermediates_only=True, **kwargs)
+    assert len(maps) == len(want_maps) == len(only)
+    for got, want, alone in zip(maps, want_maps, only, strict=True):
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(alone, want)
+    torch.testing.assert_close(final, want_final)
+
+
+def test_prune_intermediate_layers_matches_timm() -> None:
+    import timm
+
+    reference = timm.create_model("resnet50", pretrained=False).eval()
+    model = zoo.create_model("resnet50").eval()
+    model.load_state_dict(reference.state_dict())
+    assert tuple(model.prune_intermediate_layers(indices=[1, 2])) == tuple(reference.prune_intermediate_layers([1, 2]))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        got, want = model.forward_intermediates(x, indices=[1, 2]), reference.forward_intermediates(x, indices=[1, 2])
+        torch.testing.assert_close(got[0], want[0])  # the stages after layer2 are gone
+        torch.testing.assert_close(model(x), reference(x))  # no head: pooled features
+    assert model.num_classes == 0 and not any(n.startswith(("layer3.", "layer4.")) for n, _ in model.named_parameters())
+
+
+def test_forward_intermediates_on_a_three_stage_net_and_bad_input() -> None:
+    model = zoo.create_model("resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+        features = zoo.create_model("resnet20", features_only=True)
+        features.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")})
+        for got, want in zip(maps, features.eval()(x), strict=True):  # the same maps as features_only
+            torch.testing.assert_close(got, want)
+    assert [m.shape[1] for m in maps] == [16, 16, 32, 64]
+    with pytest.raises(zoo.ConfigError, match=r"indices: last-n 5 is out of range; this model has 1..4"):
+        model.forward_intermediates(x, indices=5)
+    with pytest.raises(zoo.ConfigError, match=r"output_fmt: 'NHWC' is not one of 'NCHW'"):
+        model.forward_intermediates(x, output_fmt="NHWC")

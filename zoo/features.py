@@ -69,6 +69,18 @@ class FeatureInfo(Sequence[dict[str, Any]]):
             raise ConfigError("out_indices", f"{tuple(out_indices)!r} names a feature map twice")
         return tuple(resolved)
 
+    def take_indices(self, indices: int | Sequence[int] | None) -> tuple[tuple[int, ...], int]:
+        """timm's ``feature_take_indices``: None -> every map, an int n -> the last n, a list -> those
+        (negative from the end). Returns the indices and the largest of them."""
+        n = len(self)
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            if not 0 < indices <= n:
+                raise ConfigError("indices", f"last-n {indices} is out of range; this model has 1..{n} feature maps")
+            taken = tuple(range(n - indices, n))
+        else:
+            taken = self.resolve(indices)
+        return taken, max(taken)
+
     def select(self, indices: Sequence[int]) -> FeatureInfo:
         return FeatureInfo([self._entries[i] for i in indices])
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 from .blocks import BLOCK_TYPES, conv3x3, make_shortcut
 from .config import Pool, ResNetConfig
 from .data import default_pretrained_cfg
+from .errors import ConfigError, not_one_of
 from .features import FeatureInfo
 from .layers import ACT_LAYERS, NORM_LAYERS, GlobalPool, checkpointed
 
@@ -143,6 +145,47 @@ class ResNet(nn.Module):
             for block in stage:
                 x = checkpointed(block, x) if checkpointing else block(x)
         return x  # (B, num_features, H/32, W/32) for the ImageNet stem at output_stride 32
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's intermediates API: the feature maps ``indices`` picks (None: all; an int n: the last n;
+        a list: those; 0 is the stem) and the final map, ``(final, intermediates)``, or the maps alone with
+        ``intermediates_only``. ``stop_early`` skips the stages after the last map taken. ``norm`` is
+        accepted for timm's signature: a ResNet has no final norm."""
+        if output_fmt != "NCHW":
+            raise ConfigError("output_fmt", not_one_of(output_fmt, ("NCHW",)))
+        taken, last = self.feature_info.take_indices(indices)
+        intermediates = []
+        x = self.act1(self.bn1(self.conv1(x)))  # index 0: the stem's output, before the max-pool
+        if 0 in taken:
+            intermediates.append(x)
+        x = self.maxpool(x)
+        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
+        for i, stage in enumerate(self.stages()[:last] if stop_early else self.stages(), start=1):
+            for block in stage:
+                x = checkpointed(block, x) if checkpointing else block(x)
+            if i in taken:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> tuple[int, ...]:
+        """timm's pruning: drop the stages after the last map ``indices`` takes (and the head unless
+        ``prune_head=False``); returns the indices taken. ``prune_norm`` is for timm's signature."""
+        taken, last = self.feature_info.take_indices(indices)
+        for name in self.stage_names[last:]:
+            setattr(self, name, nn.Sequential())  # empty: passes its input through, and iterates as a stage
+        if prune_head:
+            self.reset_classifier(0, "")
+        return taken
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)  # (B, num_features)

@@ -110,11 +110,6 @@ def get_weights(name: str) -> tuple[str, Any]:
     return f"{arch}.{tag}", tags[tag]
 
 
-def weight_tags(arch: str) -> list[str]:
-    """Tags of ``arch``, default first."""
-    return list(_weights.get(arch, {}))
-
-
 def _patterns(pattern: str | Iterable[str]) -> list[str]:
     return [pattern] if isinstance(pattern, str) else list(pattern)
 

@@ -49,15 +49,6 @@ FIELD_PATHS = {
 }  # fmt: skip
 
 
-def _yaml_path(field: str) -> str:
-    """Where a ResNetConfig field lives in the document: ``channels[1]`` -> ``...stage_params[1].channels``."""
-    name, bracket, rest = field.partition("[")
-    if bracket and name in ("layers", "channels"):
-        return f"{ROOT}.stage_params[{rest.rstrip(']')}].{'num_blocks' if name == 'layers' else 'channels'}"
-    where = FIELD_PATHS.get(name, f"params.{name}")
-    return f"model.architecture.{where}" if where.startswith("head") else f"{ROOT}.{where}"
-
-
 # --- reading ----------------------------------------------------------------------------------------
 
 

@@ -272,7 +272,6 @@ class Augment:
     flip: bool = True
     trivial_augment: bool = False  # TrivialAugmentWide (Muller & Hutter 2021)
     random_erasing: float = 0.0  # probability per image (Zhong et al. 2017)
-    image_size: int | None = None  # streamed data: random-resized-crop / eval size
 
 
 def _seed(*parts: int) -> int:

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Regenerate the README's tables from the project's own tools (``make readme``).
+"""Regenerate the documentation's tables and picture from the project's own tools (``make readme``).
 
-Each table sits between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->``:
-``models`` (``zoo count`` of every model, markdown), ``weights`` (the weight tags) and
-``training`` (the bundled weights' training runs, from their ``results.json``).
-``--only weights`` skips the slow counting; ``--check`` fails when a table is stale.
+Each table sits between ``<!-- begin:NAME -->`` and ``<!-- end:NAME -->`` in its page:
+``defaults`` (README.md: each architecture's default weights), ``weights`` and ``training``
+(weights/README.md: every weight tag; the bundled weights' training runs, from their
+``results.json``) and ``models`` (docs/models.md: ``zoo count`` of every model). The picture
+docs/accuracy_vs_cost.png plots top-1 against MACs for every tag. ``--only NAME`` makes one table
+(``--only weights`` skips the slow counting); ``--check`` fails when a table is stale.
 """
 
 from __future__ import annotations
@@ -20,15 +22,24 @@ from zoo.counting import count_models, render
 from zoo.registry import get_weights, list_models, list_pretrained
 from zoo.train.views import TTA_MODES
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = {"defaults": "README.md", "weights": "weights/README.md", "training": "weights/README.md",
+         "models": "docs/models.md"}  # fmt: skip
+PLOT = ROOT / "docs" / "accuracy_vs_cost.png"
 
 
-def weights_table() -> str:
+def _is_default(full: str) -> bool:
+    return get_weights(full.split(".")[0])[0] == full
+
+
+def weights_table(defaults_only: bool = False) -> str:
     rows = []
     for full in list_pretrained():
+        if defaults_only and not _is_default(full):
+            continue
         _, w = get_weights(full)
         test = w.test_input_size or w.input_size
-        default = " (default)" if get_weights(full.split(".")[0])[0] == full else ""
+        default = " (default)" if _is_default(full) and not defaults_only else ""
         rows.append([
             f"`{full}`{default}", f"{w.top1:.2f}" if w.top1 is not None else "-",
             f"{w.top5:.2f}" if w.top5 is not None else "-", f"{w.num_params / 1e6:.2f}M", f"{w.gmacs:.2f}G",
@@ -60,28 +71,88 @@ def training_table() -> str:
 
 def tables(only: str | None = None) -> dict[str, str]:
     makers = {
-        "models": lambda: render(count_models(list_models()), "markdown"),
+        "defaults": lambda: weights_table(defaults_only=True),
         "weights": weights_table,
         "training": training_table,
+        "models": lambda: render(count_models(list_models()), "markdown"),
     }
     if only is not None and only not in makers:
         raise SystemExit(f"--only: {only!r} is not one of {', '.join(makers)}")
     return {name: make() for name, make in makers.items() if only in (None, name)}
 
 
-def update(text: str, generated: dict[str, str]) -> str:
+def update(text: str, generated: dict[str, str], page: str = "README.md") -> str:
     for name, table in generated.items():
         pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- begin:{name} --> ... <!-- end:{name} --> block")
+            raise SystemExit(f"{page} has no <!-- begin:{name} --> ... <!-- end:{name} --> block")
         text = pattern.sub(lambda m, table=table: m[1] + table.rstrip("\n") + "\n" + m[2], text)
     return text
 
 
+def pages(generated: dict[str, str]) -> dict[Path, tuple[str, str]]:
+    """Each page touched: (its text now, its text with the generated tables)."""
+    out = {}
+    for page in sorted({PAGES[name] for name in generated}):
+        path = ROOT / page
+        text = path.read_text()
+        mine = {name: table for name, table in generated.items() if PAGES[name] == page}
+        out[path] = (text, update(text, mine, page))
+    return out
+
+
+def plot(path: Path = PLOT) -> None:
+    """Top-1 against MACs (log scale) for every tag, ImageNet and CIFAR-10 side by side, defaults marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    fig, panels = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, (title, cifar) in zip(panels, (("ImageNet-1k (published scores)", False),
+                                          ("CIFAR-10 (the zoo's own weights)", True)), strict=True):  # fmt: skip
+        for full in list_pretrained():
+            _, w = get_weights(full)
+            if w.top1 is None or not w.gmacs or (w.label_names == "cifar-10") != cifar:
+                continue
+            default = _is_default(full)
+            ax.scatter(
+                w.gmacs,
+                w.top1,
+                s=60 if default else 18,
+                marker="*" if default else "o",
+                color="C3" if default else "C0",
+                alpha=0.9 if default else 0.6,
+                zorder=3 if default else 2,
+            )
+            if default:  # the architecture's name; its tag is in the tables
+                ax.annotate(full.split(".")[0], (w.gmacs, w.top1), fontsize=7, xytext=(4, -3),
+                            textcoords="offset points")  # fmt: skip
+        ax.set(xscale="log", xlabel="MACs per image (G, log scale)", ylabel="top-1 (%)", title=title)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[-1] in "25" else ""))
+        ax.grid(alpha=0.3, which="both")
+    panels[0].scatter([], [], marker="*", color="C3", s=60, label="default weights of an architecture")
+    panels[0].scatter([], [], marker="o", color="C0", s=18, alpha=0.6, label="other weights")
+    panels[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    with hub.atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv[:-1] else None  # e.g. --only weights
-    new = update(README.read_text(), tables(only))
+    changed = pages(tables(only))
     if "--check" in sys.argv:
-        raise SystemExit(0 if new == README.read_text() else "README.md tables are stale: run make readme")
-    README.write_text(new)
-    print(f"updated {README}")
+        stale = [str(path.relative_to(ROOT)) for path, (old, new) in changed.items() if old != new]
+        if not PLOT.is_file():
+            stale.append(str(PLOT.relative_to(ROOT)))
+        raise SystemExit(f"stale: {', '.join(stale)}: run make readme" if stale else 0)
+    for path, (_, new) in changed.items():
+        path.write_text(new)
+        print(f"updated {path}")
+    if only is None:
+        plot()
+        print(f"drew {PLOT}")

@@ -120,9 +120,19 @@ def test_int8_accuracy_quoted_for_a_tag_is_stored_in_its_results(tag: str) -> No
     int8 = [r for r in rows if r["split"] == "validation, `zoo validate` int8"]
     assert len(plain) == len(int8) == 1, f"{tag}: run `zoo validate --model {tag} ... --int8` and add it"
     quoted = f"{tag} {plain[0]['top1']:.2f}% -> {int8[0]['top1']:.2f}%"
-    for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
-        text = re.sub(r"\s+", " ", readme.read_text())
-        assert quoted in text, f"{readme.name} should quote {quoted!r}"
+    text = re.sub(r"\s+", " ", (ROOT / "benchmarks" / "README.md").read_text())
+    assert quoted in text, f"benchmarks/README.md should quote {quoted!r}"
+
+
+def test_the_readme_int8_range_is_the_stored_one() -> None:
+    changes = []
+    for tag in BUNDLED:
+        rows = {
+            r["split"]: r["top1"] for r in json.loads((hub.bundled_dir() / tag / "results.json").read_text())["results"]
+        }
+        changes.append(rows["validation, `zoo validate` int8"] - rows["validation, `zoo validate` fp32"])
+    claim = f"{min(changes):+.2f} to {max(changes):+.2f} points"
+    assert claim in re.sub(r"\s+", " ", (ROOT / "README.md").read_text()), claim
 
 
 IJG_LUMINANCE = (  # the JPEG standard's example luminance table (Annex K), quality 50, in natural order

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'PASS' if ok else 'FAIL'} {name} ({seconds} s)" + (f": {error.splitlines()[0]}" if error else ""),
               flush=True)  # fmt: skip
     environment = throughput.environment(device)
-    from zoo.hub import atomic_write, save_json
+    from zoo.io import atomic_write, save_json
 
     save_json(out / "results.json", {"device": device.type, "environment": environment, "steps": results})
     with atomic_write(out / "summary.txt", "w") as f:

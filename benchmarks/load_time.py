@@ -71,7 +71,7 @@ def main() -> int:
     print(f"ratio: the zoo is ready {b / a:.1f}x faster ({torch.get_num_threads()} threads, torch {torch.__version__})")
     from throughput import environment  # the benchmarks' one record of where a number was measured
 
-    from zoo.hub import save_json
+    from zoo.io import save_json
 
     result = {
         "model": args.model,

@@ -541,7 +541,7 @@ def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list
 
 
 def write(out: Path, rows: list[dict[str, Any]], ceiling: dict[str, float], ratios: list[dict[str, Any]]) -> None:
-    from zoo.hub import atomic_write, save_json
+    from zoo.io import atomic_write, save_json
 
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "results.json", {"ceiling_gflops": ceiling, "speedups": ratios, "rows": rows})
@@ -562,7 +562,7 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    from zoo.hub import atomic_write
+    from zoo.io import atomic_write
 
     fig, ax = plt.subplots(figsize=(8, 5))
     series: dict[str, list[tuple[int, float, float, float]]] = {}

@@ -17,6 +17,7 @@ from PIL import Image, JpegImagePlugin
 
 import zoo
 from zoo import hub
+from zoo.io import sha256_of
 from zoo.registry import get_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,7 @@ def test_every_bundled_tag_pins_its_file() -> None:
     assert len(BUNDLED) >= 11
     for tag in BUNDLED:
         pinned = get_weights(tag)[1].sha256
-        assert pinned and hub.sha256_of(hub.bundled_dir() / tag / "model.safetensors") == pinned, tag
+        assert pinned and sha256_of(hub.bundled_dir() / tag / "model.safetensors") == pinned, tag
 
 
 def test_a_flipped_byte_in_bundled_weights_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +85,7 @@ def test_a_flipped_byte_in_bundled_weights_is_caught(tmp_path: Path, monkeypatch
     (copy / "model.safetensors").write_bytes(bytes(data))
     monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(copy.parent))
     expected = get_weights(tag)[1].sha256
-    actual = hub.sha256_of(copy / "model.safetensors")
+    actual = sha256_of(copy / "model.safetensors")
     with pytest.raises(zoo.WeightsIntegrityError) as caught:
         zoo.create_model(tag, pretrained=True)
     message = str(caught.value)

@@ -19,6 +19,7 @@ import zoo
 from zoo import hub
 from zoo.cli import COMMANDS
 from zoo.cli import main as zoo_main
+from zoo.io import folder_config, save_safetensors, verify
 from zoo.train.cli import main as train_main
 from zoo.train.cli import parse
 from zoo.train.engine import Checkpoints, train
@@ -168,7 +169,7 @@ def test_short_runs_work(shapes: Path, tmp_path: Path) -> None:  # noqa: F811
 def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
     checkpoints = Checkpoints(tmp_path)
     model = zoo.create_model("resnet20")
-    config = hub.folder_config("resnet20", model.cfg.to_dict(), model.pretrained_cfg)
+    config = folder_config("resnet20", model.cfg.to_dict(), model.pretrained_cfg)
     first = checkpoints.save(1, model.state_dict(), config, {"epoch": 1}, best=True)
     saved = {p.name: p.read_bytes() for p in first.iterdir()}
     real_save = torch.save
@@ -187,16 +188,16 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path: Pat
 
 def test_a_full_disk_while_writing_a_file_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "weights.safetensors"
-    hub.save_safetensors(path, {"w": torch.ones(3)})
+    save_safetensors(path, {"w": torch.ones(3)})
     before = path.read_bytes()
 
     def disk_full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(hub, "save_file", disk_full)
+    monkeypatch.setattr("zoo.io.save_file", disk_full)
     with pytest.raises(zoo.DiskFullError, match="no space left"):
-        hub.save_safetensors(path, {"w": torch.zeros(3)})
+        save_safetensors(path, {"w": torch.zeros(3)})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]
 
 
@@ -250,7 +251,7 @@ def _with_header(path: Path, header: object, data: bytes = b"") -> Path:
 def test_a_malformed_safetensors_header_fails_verification(header: object, problem: str, tmp_path: Path) -> None:
     path = _with_header(tmp_path / "model.safetensors", header, bytes(8))
     with pytest.raises(zoo.WeightsIntegrityError, match="malformed safetensors header") as caught:
-        hub.verify(path, None)
+        verify(path, None)
     assert problem in str(caught.value)
     with pytest.raises(zoo.WeightsIntegrityError, match="malformed safetensors header"):
         zoo.create_model("resnet20", checkpoint_path=path)

@@ -16,6 +16,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import zoo
 from zoo import hub
+from zoo.io import folder_config, save_model_folder
 from zoo.registry import _weights, get_weights, register_weights
 from zoo.weights import Weights
 
@@ -277,8 +278,8 @@ def test_strict_keys(tmp_path: Path) -> None:
 
 def test_local_dir_folder(tmp_path: Path) -> None:
     source = zoo.create_model("resnet20", num_classes=4)
-    config = hub.folder_config("resnet20", source.cfg.to_dict(), source.pretrained_cfg, num_features=64)
-    hub.save_model_folder(tmp_path / "run", source.state_dict(), config)
+    config = folder_config("resnet20", source.cfg.to_dict(), source.pretrained_cfg, num_features=64)
+    save_model_folder(tmp_path / "run", source.state_dict(), config)
     loaded = zoo.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True)
     assert loaded.num_classes == 4
     torch.testing.assert_close(loaded.fc.weight, source.fc.weight)

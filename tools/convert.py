@@ -20,8 +20,8 @@ import sys
 import torch
 
 import zoo
-from zoo import hub
 from zoo.errors import ZooError
+from zoo.io import atomic_path, load_state_dict, save_safetensors
 from zoo.weights import convert_state_dict
 
 TORCHVISION = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output .safetensors")
     args = p.parse_args(argv)
     try:
-        raw = hub.load_state_dict(args.checkpoint)  # unwraps containers; refuses code pickles
+        raw = load_state_dict(args.checkpoint)  # unwraps containers; refuses code pickles
         state = convert_state_dict(raw)
         zoo.registry.get_entry(args.arch)
         num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         ref = reference_model(args.arch, state)
         # Written aside and checked there: the output appears only once its logits match the reference.
-        with hub.atomic_path(args.out, suffix=".tmp.safetensors") as tmp:
-            hub.save_safetensors(tmp, model.state_dict(), metadata)
+        with atomic_path(args.out, suffix=".tmp.safetensors") as tmp:
+            save_safetensors(tmp, model.state_dict(), metadata)
             if ref is not None:
                 name, reference = ref
                 size = model.pretrained_cfg["input_size"][-1]

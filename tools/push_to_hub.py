@@ -25,6 +25,7 @@ from pathlib import Path
 import zoo
 from zoo import hub
 from zoo.errors import ConfigError, ZooError
+from zoo.io import folder_config, save_json, sha256_of
 from zoo.publish import Card, add_results, read_run, upload_folder, write_folder
 
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
@@ -55,9 +56,9 @@ def _teacher_name(teacher: str) -> str:
     path = Path(teacher)
     file = path / "model.safetensors" if path.is_dir() else path
     if file.is_file():
-        digest = hub.sha256_of(file)
+        digest = sha256_of(file)
         for bundled in sorted(hub.bundled_dir().glob("*/model.safetensors")):
-            if hub.sha256_of(bundled) == digest:
+            if sha256_of(bundled) == digest:
                 return f"`{bundled.parent.name}` (given as `{teacher}`)"
     return f"`{teacher}`"
 
@@ -69,7 +70,7 @@ def _validation_rows(path: str, weights: Path, tag: str | None = None) -> list[d
     scored = r.get("weights", "")
     if scored != tag and Path(scored.removeprefix("local-dir:")).resolve() != weights.resolve():
         raise ConfigError("--eval", f"{path!r} scores {scored!r}, not {tag or str(weights)!r}")
-    own = hub.sha256_of(weights / "model.safetensors")  # the name may match while the file does not
+    own = sha256_of(weights / "model.safetensors")  # the name may match while the file does not
     if r.get("weights_sha256") != own:
         raise ConfigError(
             "--eval", f"{path!r} scored a file with sha256 {r.get('weights_sha256')}, not {str(weights)!r} ({own})"
@@ -128,7 +129,7 @@ def from_run(args: argparse.Namespace) -> Path:
     card = Card(name, describe, dataset=args.card_dataset, results=results, training=training, license=args.license)
     extra = {n: Path(args.run) / n for n in ("curves.png", "metrics.csv") if (Path(args.run) / n).is_file()}
     out = write_folder(args.out, run["best"] / "model.safetensors", config, card, extra=extra)
-    hub.save_json(out / "results.json", {"name": name, "results": results, "epochs": summary.get("epochs"),
+    save_json(out / "results.json", {"name": name, "results": results, "epochs": summary.get("epochs"),
                                          "wall_time_s": round(wall, 1), "best_epoch": best.get("epoch"),
                                          "command": run["command"]})  # fmt: skip
     return out
@@ -138,7 +139,7 @@ def from_weights(args: argparse.Namespace) -> Path:
     model = zoo.create_model(args.arch, checkpoint_path=args.weights)
     name = f"{args.arch}.{args.tag}"
     pretrained_cfg = {**model.pretrained_cfg, "tag": name, "license": args.license}
-    config = hub.folder_config(args.arch, model.cfg.to_dict(), pretrained_cfg, num_features=model.num_features)
+    config = folder_config(args.arch, model.cfg.to_dict(), pretrained_cfg, num_features=model.num_features)
     card = Card(name, _describe(args.arch, args.card_dataset, False), dataset=args.card_dataset, license=args.license)
     return write_folder(args.out, args.weights, config, card)
 

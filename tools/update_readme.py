@@ -19,6 +19,7 @@ from pathlib import Path
 from zoo import hub
 from zoo.cli import format_table
 from zoo.counting import count_models, render
+from zoo.io import atomic_write
 from zoo.registry import get_weights, list_models, list_pretrained
 from zoo.train.views import TTA_MODES
 
@@ -137,7 +138,7 @@ def plot(path: Path = PLOT) -> None:
     panels[0].scatter([], [], marker="o", color="C0", s=18, alpha=0.6, label="other weights")
     panels[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    with hub.atomic_write(path) as f:
+    with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
 

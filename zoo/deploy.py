@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, hub
+from . import __version__
 from .data import resolve_data_config
 from .errors import ConfigError, ExportError, not_one_of, require
+from .io import atomic_path
 from .optimize import fold_batch_norms
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,13 @@ def export(
     if format == "onnx":
         require("onnxscript", "onnx")
         props = {**_metadata(model, data_config, names), **(metadata or {})}
-        with hub.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             _export_onnx(model, x, tmp, dynamic_batch, names, props)
             if check:
                 check_outputs(expected, onnx_runner(tmp)(x), TOLERANCE[dtype], names, what="ONNX Runtime")
     else:
         runnable = _CastIO(model, DTYPES[dtype]) if dtype != "fp32" else model
-        with hub.atomic_path(path, suffix=".tmp.pt2") as tmp:
+        with atomic_path(path, suffix=".tmp.pt2") as tmp:
             _export_pt2(runnable, x, tmp, dynamic_batch)
             if check:
                 package = torch._inductor.aoti_load_package(str(tmp))

@@ -17,6 +17,7 @@ from . import hub, yaml_config
 from .config import ResNetConfig
 from .errors import ConfigError, StateDictError, UnknownModelError, WeightsNotFoundError
 from .features import FeatureExtractor
+from .io import load_state_dict, read_json, verify
 from .registry import get_entry, get_weights, split_name
 from .resnet import ResNet
 from .weights import Weights, fit_state_dict
@@ -81,14 +82,14 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise WeightsNotFoundError(f"{name}: no config.json in {str(folder)!r}")
-        config = _folder_config(hub.read_json(config_path, name), config_path)
+        config = _folder_config(read_json(config_path, name), config_path)
         return Source(name, _from_folder_config(config, name), _folder_weights(config, str(folder)), name, folder)
     if name.startswith("hf-hub:"):
         repo_id, _, revision = name[len("hf-hub:") :].partition("@")
         if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (revision == "" and "@" in name):
             raise UnknownModelError(f"{name!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
         path = hub.hub_file(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir)
-        config = _folder_config(hub.read_json(path, name), path)
+        config = _folder_config(read_json(path, name), path)
         weights = _folder_weights(config, repo_id, revision or None)
         return Source(name, _from_folder_config(config, name), weights, name)
     if name.endswith((".yaml", ".yml")):
@@ -123,7 +124,7 @@ def _weights_file(
     if source.folder is not None:
         local = source.folder / weights.filename
         if local.is_file():
-            hub.verify(local, weights.sha256)
+            verify(local, weights.sha256, hub.stamp_dir())
             return local
         tried.append(f"local folder {local}: not there")
         if source.name.startswith("local-dir:"):
@@ -222,7 +223,7 @@ def build(
         model = source.builder(**kwargs)
     else:
         path = _weights_file(source, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
-        state = hub.load_state_dict(path)
+        state = load_state_dict(path)
         model = _build_with_weights(source, state, kwargs)
         log.info("loaded %s from %s", source.tag or source.name, path)
     if source.weights is not None and (pretrained or source.tag == source.name):

@@ -1,219 +1,31 @@
-"""All file and network IO of weights: safetensors files, checkpoints, the Hugging Face Hub.
+"""The Hugging Face Hub, the caches and the environment: where weights are found and fetched.
 
-Writes are atomic (a temporary file in the same folder, then ``os.replace``), so
-a crash or Ctrl-C never leaves a half-written file under the final name.
+Files on disk (atomic writes, reading and verifying weights) are ``zoo.io``'s; this module decides
+where to look (bundled weights, the Hub cache, the Hub) and talks to the network.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import importlib.resources
-import io
-import json
 import logging
-import math
 import os
-import pickle
-import pickletools
-import tempfile
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from .errors import (
-    ConfigError,
-    DiskFullError,
-    StateDictError,
-    UnsafeCheckpointError,
-    WeightsIntegrityError,
-    WeightsNotFoundError,
-    ZooError,
-)
+from . import io
+from .errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError, ZooError
 
 log = logging.getLogger(__name__)
-
-_KEPT = "the file that was there is kept and nothing partial was left"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary sibling of ``path`` to write; on success it is synced and replaces ``path``.
-    ``suffix`` ends the temporary name, for writers that insist on an extension (``.tmp.pt2``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        if tmp.is_file():  # a writer may have made a folder or removed the file
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual mode
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on the device to write {str(path)!r}; {_KEPT}") from e
-        raise
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        yield f
-
-
-def save_safetensors(
-    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    """Write ``tensors`` as safetensors, atomically. Shared storage is copied apart first."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
-
-
-def save_json(path: str | os.PathLike[str], data: Any) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-
-
-def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
-    """``torch.save`` atomically (training state: optimizer, scheduler, RNG)."""
-    with atomic_write(path) as f:
-        torch.save(obj, f)
-
-
-def folder_config(
-    architecture: str, model_config: dict[str, Any] | None, pretrained_cfg: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
-    """The ``config.json`` of a Hub model folder, in timm's layout plus the zoo's full architecture.
-
-    ``architecture`` and ``pretrained_cfg`` are what timm reads; ``zoo_config``
-    (the ResNetConfig as data) rebuilds any zoo model, registered or from YAML.
-    """
-    cfg = {
-        "architecture": architecture,
-        "num_classes": pretrained_cfg.get("num_classes"),
-        "num_features": extra.pop("num_features", None),
-        "pretrained_cfg": _jsonable(pretrained_cfg),
-    }
-    if model_config is not None:
-        cfg["zoo_config"] = _jsonable(model_config)
-    return {**cfg, **_jsonable(extra)}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def read_json(path: str | os.PathLike[str], what: str) -> Any:
-    """A JSON file the zoo reads (a model folder's config.json, ...), or a ConfigError naming the file."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(what, f"{str(path)!r} is not readable JSON: {_first_line(e)}") from e
-
-
-def save_model_folder(
-    folder: str | os.PathLike[str],
-    state_dict: dict[str, torch.Tensor],
-    config: dict[str, Any],
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """Write ``model.safetensors`` and ``config.json``: a folder ``create_model("local-dir:...")`` loads."""
-    folder = Path(folder)
-    save_safetensors(folder / "model.safetensors", state_dict, metadata)
-    save_json(folder / "config.json", config)
-    return folder
-
-
-# --- reading weights files --------------------------------------------------------------------------
-
-
-def check_safetensors(path: str | os.PathLike[str]) -> None:
-    """Cheap integrity check: a parseable header whose tensors end exactly at the end of the file."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise WeightsIntegrityError(f"{path} is truncated: {size} bytes, not even a safetensors header")
-        header_len = int.from_bytes(raw, "little")
-        if header_len > size - 8 or header_len > 100_000_000:
-            raise WeightsIntegrityError(f"{path} is truncated or not safetensors: header of {header_len} bytes")
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise WeightsIntegrityError(f"{path} has a corrupted safetensors header: {e}") from e
-    end = _check_header(path, header)
-    if 8 + header_len + end != size:
-        raise WeightsIntegrityError(
-            f"{path} is truncated or padded: the header describes {8 + header_len + end} bytes, the file has {size}"
-        )
-
-
-# Bytes per element of each safetensors dtype.
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-                "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
-
-
-def _check_header(path: Path, header: Any) -> int:
-    """The end offset of a safetensors header's data, or a WeightsIntegrityError if it has the wrong shape:
-    JSON that parses is not yet a header (a dict of tensors, each with a dtype, a shape and offsets that fit)."""
-
-    def bad(problem: str) -> WeightsIntegrityError:
-        return WeightsIntegrityError(f"{path} has a malformed safetensors header: {problem}")
-
-    if not isinstance(header, dict):
-        raise bad(f"a JSON {type(header).__name__}, not an object")
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
-                raise bad("__metadata__ is not an object of strings")
-            continue
-        if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPE_BYTES:
-            raise bad(f"tensor {name!r} has no known dtype")
-        shape, offsets = entry.get("shape"), entry.get("data_offsets")
-        if not (
-            isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
-        ):
-            raise bad(f"tensor {name!r} has shape {shape!r}, not a list of sizes")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-                and 0 <= offsets[0] <= offsets[1]):  # fmt: skip
-            raise bad(f"tensor {name!r} has data_offsets {offsets!r}")
-        if offsets[1] - offsets[0] != math.prod(shape) * _DTYPE_BYTES[entry["dtype"]]:
-            raise bad(f"tensor {name!r} of shape {shape} and dtype {entry['dtype']} spans {offsets}")
-        end = max(end, offsets[1])
-    return end
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def zoo_cache_dir() -> Path:
     return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "resnet-zoo"))
+
+
+def stamp_dir() -> Path:
+    """Where the sha256 of a checked file is remembered, so it is not hashed again (``zoo.io.verify``)."""
+    return zoo_cache_dir() / "verified"
 
 
 def bundled_dir() -> Path:
@@ -222,91 +34,6 @@ def bundled_dir() -> Path:
     if os.environ.get("ZOO_WEIGHTS_DIR"):
         return Path(os.environ["ZOO_WEIGHTS_DIR"])
     return Path(str(importlib.resources.files("zoo._weights")))
-
-
-def verify(path: str | os.PathLike[str], sha256: str | None) -> None:
-    """Check a weights file before it is trusted: header and size always, the hash when one is pinned.
-
-    A file whose hash was checked once is remembered by (size, mtime, inode), so a
-    warm load does not re-hash hundreds of megabytes.
-    """
-    if Path(path).name.endswith(".safetensors"):  # judged by the link's name: cache blobs have no suffix
-        check_safetensors(path)
-    path = Path(path).resolve()
-    if not sha256:
-        return
-    st = path.stat()
-    stamp = zoo_cache_dir() / "verified" / sha256
-    seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
-    if stamp.is_file() and stamp.read_text() == seen:
-        return
-    actual = sha256_of(path)
-    if actual != sha256:
-        raise WeightsIntegrityError(f"{path} is corrupted: sha256 {actual}, expected {sha256}")
-    with contextlib.suppress(OSError), atomic_write(stamp, "w") as f:  # read-only cache: re-hash next time
-        f.write(seen)
-
-
-LEGACY_SUFFIXES = (".pth", ".pt", ".th", ".bin", ".ckpt", ".tar")
-
-
-def _is_zip(path: Path) -> bool:
-    """Whether ``path`` is a zip archive: what ``torch.save`` writes, whatever the file is called."""
-    with path.open("rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
-def _readable_pickle(path: Path) -> bool:
-    """Whether ``path`` holds a well-formed pickle (``torch.save``'s zip with its data.pkl, or a legacy
-    file): its opcodes parse from the protocol header to the end. Random bytes do not; a pickle that
-    merely needs code (custom classes) does."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
-        else:
-            data = path.read_bytes()
-        if not data.startswith(b"\x80"):  # the PROTO opcode every torch.save pickle starts with
-            return False
-        for _ in pickletools.genops(io.BytesIO(data)):
-            pass
-        return True
-    except (StopIteration, ValueError, zipfile.BadZipFile, OSError, EOFError):
-        return False
-
-
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file: safetensors, or a legacy pickle that holds only tensors.
-
-    Pickles load with ``torch.load(weights_only=True)``: one that needs code
-    execution (custom classes, functions) is refused, never run.
-    """
-    from .weights import clean_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix not in LEGACY_SUFFIXES and not _is_zip(path):
-        check_safetensors(path)  # a malformed header is named here, not deep inside the reader
-    if path.suffix in LEGACY_SUFFIXES or _is_zip(path):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            if not _readable_pickle(path):  # torch says "weights only load failed" of both
-                raise WeightsIntegrityError(f"{path} is not a readable checkpoint: {_first_line(e)}") from e
-            raise UnsafeCheckpointError(
-                f"{path} is a pickle that needs code execution to load ({str(e).splitlines()[0][:200]}). "
-                "The zoo only loads plain tensors; re-save it as safetensors (tools/convert.py) where you trust it"
-            ) from e
-        except (RuntimeError, EOFError, ValueError, OSError) as e:  # a broken zip, a truncated file
-            raise WeightsIntegrityError(f"{path} is not a readable checkpoint: {_first_line(e)}") from e
-        if not isinstance(state, dict):
-            raise StateDictError(f"{path} holds a {type(state).__name__}, not a state dict")
-        return clean_state_dict(state)
-    try:
-        return clean_state_dict(load_file(path))
-    except SafetensorError as e:
-        raise WeightsIntegrityError(f"{path} is not a readable safetensors file: {e}") from e
 
 
 # --- the Hugging Face Hub -------------------------------------------------------------------------
@@ -338,8 +65,11 @@ def _hf() -> Any:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
         import huggingface_hub
+        from huggingface_hub import constants
     except ImportError as e:  # pragma: no cover - a declared dependency
         raise ImportError("downloading weights needs huggingface_hub: pip install huggingface-hub") from e
+    # huggingface_hub read HF_HUB_OFFLINE once, when first imported (maybe while it was set); follow it now.
+    constants.HF_HUB_OFFLINE = hub_offline()
     return huggingface_hub
 
 
@@ -383,13 +113,13 @@ def hub_file(
     try:
         validate_repo_id(repo_id)
     except hf_errors.HFValidationError as e:
-        raise ConfigError("repo_id", f"{repo_id!r} is not a Hub repo id: {_first_line(e)}") from e
+        raise ConfigError("repo_id", f"{repo_id!r} is not a Hub repo id: {io.first_line(e)}") from e
     cache = hub_cache_dir(cache_dir)
     where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
     cached = cached_file(repo_id, filename, revision=revision, cache_dir=cache)
     if cached is not None:
         try:
-            verify(cached, sha256)
+            io.verify(cached, sha256, stamp_dir())
             return cached
         except WeightsIntegrityError as e:
             log.warning("cached weights are damaged, fetching them again: %s", e)
@@ -402,26 +132,22 @@ def hub_file(
     try:
         path = Path(hf.hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), endpoint=endpoint))
     except hf_errors.LocalEntryNotFoundError as e:  # network down or server failing; EntryNotFoundError is its base
-        tried.append(f"Hub {endpoint}/{repo_id}: unreachable ({_first_line(e.__cause__ or e)})")
+        tried.append(f"Hub {endpoint}/{repo_id}: unreachable ({io.first_line(e.__cause__ or e)})")
         raise WeightsNotFoundError(_not_found(where, tried)) from e
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as e:
-        tried.append(f"Hub {endpoint}/{repo_id}: {type(e).__name__}: {_first_line(e)}")
+        tried.append(f"Hub {endpoint}/{repo_id}: {type(e).__name__}: {io.first_line(e)}")
         raise WeightsNotFoundError(_not_found(where, tried)) from e
     except Exception as e:  # a broken transfer: huggingface_hub removes its partial file
         if isinstance(e, ZooError):
             raise
-        tried.append(f"Hub {endpoint}/{repo_id}: download failed ({type(e).__name__}: {_first_line(e)})")
+        tried.append(f"Hub {endpoint}/{repo_id}: download failed ({type(e).__name__}: {io.first_line(e)})")
         raise WeightsIntegrityError(_not_found(where, tried)) from e
     try:
-        verify(path, sha256)
+        io.verify(path, sha256, stamp_dir())
     except WeightsIntegrityError as e:
         _evict(path)
         raise WeightsIntegrityError(f"downloaded {where} is damaged and was removed from the cache: {e}") from e
     return path
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _not_found(where: str, tried: list[str]) -> str:

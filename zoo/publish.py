@@ -14,6 +14,7 @@ from typing import Any
 
 from . import hub
 from .errors import ConfigError, WeightsNotFoundError
+from .io import atomic_path, atomic_write, check_safetensors, save_json
 
 CARD_TEMPLATE = """\
 ---
@@ -116,20 +117,20 @@ def write_folder(
     out, weights = Path(out), Path(weights)
     if not weights.is_file():
         raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
-    hub.check_safetensors(weights)
+    check_safetensors(weights)
     out.mkdir(parents=True, exist_ok=True)
-    with hub.atomic_path(out / "model.safetensors") as tmp:
+    with atomic_path(out / "model.safetensors") as tmp:
         shutil.copyfile(weights, tmp)
-    hub.save_json(out / "config.json", config)
+    save_json(out / "config.json", config)
     model = create_model(f"local-dir:{out}", pretrained=True)  # the folder must load: prove it now
     params = sum(p.numel() for p in model.parameters())
     from .counting import count
 
     macs = count(model).macs
-    with hub.atomic_write(out / "README.md", "w") as f:
+    with atomic_write(out / "README.md", "w") as f:
         f.write(model_card(card, config, params, macs))
     for name, path in (extra or {}).items():
-        with hub.atomic_path(out / name) as tmp:
+        with atomic_path(out / name) as tmp:
             shutil.copyfile(path, tmp)
     return out
 
@@ -149,9 +150,9 @@ def add_results(folder: str | Path, rows: list[dict[str, Any]]) -> list[dict[str
     table_end = rest.find("\n\n## ")
     if not sep or table_end < 0:
         raise ConfigError("--folder", f"{str(folder / 'README.md')!r} has no '## Results' table to update")
-    with hub.atomic_write(folder / "README.md", "w") as f:
+    with atomic_write(folder / "README.md", "w") as f:
         f.write(head + sep + _results_table(record["results"]) + rest[table_end:])
-    hub.save_json(folder / "results.json", record)
+    save_json(folder / "results.json", record)
     return record["results"]
 
 

@@ -388,7 +388,7 @@ def dump(document: Mapping[str, Any]) -> str:
 
 def save_config(model_or_name: str | nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write the YAML config of a model; building from it gives the same architecture."""
-    from .hub import atomic_write
+    from .io import atomic_write
 
     text = dump(model_config(model_or_name))
     with atomic_write(path, "w") as f:

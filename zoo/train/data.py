@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError
-from ..hub import save_torch, zoo_cache_dir
+from ..hub import zoo_cache_dir
+from ..io import save_torch
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from .. import create_model
 from ..data import resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..features import stem_and_stages
-from ..hub import atomic_write, folder_config, save_json, save_model_folder, save_torch
+from ..io import atomic_write, folder_config, save_json, save_model_folder, save_torch
 from ..layers import SyncBatchNorm2d
 from ..optimize import compile_problem
 from ..registry import is_model, split_name

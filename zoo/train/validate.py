@@ -18,7 +18,7 @@ from .. import create_model
 from ..data import create_transform, resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..factory import names_weights, weights_file
-from ..hub import save_json, sha256_of
+from ..io import save_json, sha256_of
 from ..optimize import _import_pt2e, quantize_int8
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .engine import Processes, evaluate

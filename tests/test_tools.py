@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 import zoo
 from zoo import fold_batch_norms, optimize_for_inference, quantize_int8
 from zoo.cli import main as zoo_main
-from zoo.counting import count_models, render
+from zoo.cli import render
+from zoo.counting import count_models
 from zoo.pretrained import CIFAR10, IMAGENET
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from zoo import hub
-from zoo.cli import format_table
-from zoo.counting import count_models, render
+from zoo.cli import format_table, render
+from zoo.counting import count_models
 from zoo.io import atomic_write
 from zoo.registry import get_weights, list_models, list_pretrained
 from zoo.train.views import TTA_MODES

@@ -2,18 +2,24 @@
 ``predict``.
 
 Each subcommand is a function that adds its arguments to a parser and returns
-the function that runs it; the bigger ones live with the code they drive. Only
-the module of the subcommand that runs is imported.
+the function that runs it. Argument parsing and table rendering live here (and in
+``zoo/train/cli.py``, ``zoo/train/validate.py`` for the trainer), never in the
+library modules the commands drive.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
+import io
+import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 from . import __version__
+from .counting import CONVENTION, FORMATS, Cost
 from .errors import ConfigError, ZooError
 
 Runner = Callable[[argparse.Namespace], int]
@@ -23,10 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("zoo.cli:list_command", "list registered models or weight tags (fnmatch patterns)"),
     "info": ("zoo.cli:info_command", "the weights of a model: tag, top-1, params, MACs, input size, license"),
     "download": ("zoo.cli:download_command", "prefetch weights into the Hub cache, for offline use later"),
-    "count": ("zoo.counting:count_command", "parameters, MACs and FLOPs of models"),
+    "count": ("zoo.cli:count_command", "parameters, MACs and FLOPs of models"),
     "train": ("zoo.train.cli:train_command", "train on CIFAR or an image folder (torchrun for many processes)"),
     "validate": ("zoo.train.validate:validate_command", "top-1/top-5 of a model on CIFAR or an image folder"),
-    "config": ("zoo.yaml_config:config_command", "write a model's YAML backbone config"),
+    "config": ("zoo.cli:config_command", "write a model's YAML backbone config"),
     "export": ("zoo.cli:export_command", "export to ONNX or an AOTInductor package (.pt2), checked against eager"),
     "predict": ("zoo.cli:predict_command", "classify image files or folders, with the weights' label names"),
 }
@@ -213,6 +219,72 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], markdo
 
     rule = ("|" + "|".join("-" * (w + 2) for w in widths) + "|") if markdown else "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
+
+
+def render(costs: list[Cost], fmt: str = "table") -> str:
+    """The costs as an aligned table, markdown, CSV or JSON."""
+    if fmt not in FORMATS:
+        raise ConfigError("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "json":
+        return json.dumps(
+            {"convention": CONVENTION, "models": [{**asdict(c), "flops": c.flops} for c in costs]}, indent=2
+        )
+    stage_names = sorted({s for c in costs for s in c.stages}, key=lambda s: (s != "stem", s == "head", s))
+    header = ["model", "input", "params (M)", "conv+linear MACs (G)", "total MACs (G)", "FLOPs (G)", "activations (M)"]
+    header += [f"{s} MACs (G)" for s in stage_names]
+    rows = [
+        [
+            c.model, "x".join(map(str, c.input_size[1:])), f"{c.params / 1e6:.3f}", f"{c.conv_linear_macs / 1e9:.3f}",
+            f"{c.macs / 1e9:.3f}", f"{c.flops / 1e9:.3f}", f"{c.activations / 1e6:.2f}",
+            *(f"{c.stages.get(s, 0) / 1e9:.3f}" for s in stage_names),
+        ]
+        for c in costs
+    ]  # fmt: skip
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(rows)
+        return out.getvalue()
+    note = f"{CONVENTION}\n\n" if fmt == "table" else f"_{CONVENTION}_\n\n"
+    return note + format_table(header, rows, markdown=fmt == "markdown")
+
+
+def count_command(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("models", nargs="+", help="names or fnmatch patterns, e.g. 'resnet*'")
+    parser.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
+    parser.add_argument("--stages", action="store_true", help="MACs per stem, stage and head")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+
+    def run(args: argparse.Namespace) -> int:
+        from .counting import count_models
+
+        if args.input_size is not None and args.input_size < 1:
+            raise ConfigError("--input-size", f"expected a positive side in pixels, got {args.input_size}")
+        try:
+            costs = count_models(args.models, args.input_size, stages=args.stages)
+        except RuntimeError as e:  # a side the model cannot run on (smaller than its stem's stride)
+            raise ConfigError("--input-size", f"{args.input_size} is too small: {str(e).splitlines()[0]}") from e
+        print(render(costs, args.format))
+        return 0
+
+    return run
+
+
+def config_command(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("model", help="a registered model name")
+    parser.add_argument("-o", "--output", default=None, help="file to write (default: print)")
+
+    def run(args: argparse.Namespace) -> int:
+        from .yaml_config import dump, model_config, save_config
+
+        if args.output:
+            print(save_config(args.model, args.output))
+        else:
+            print(dump(model_config(args.model)), end="")
+        return 0
+
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

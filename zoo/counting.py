@@ -8,14 +8,9 @@ total adds the norms. Element-wise adds, activations and pooling are not counted
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
-import json
 import logging
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -104,53 +99,3 @@ def count_models(
         size = model.pretrained_cfg["input_size"]
         costs.append(count(model, (size[0], input_size, input_size) if input_size else size, name=name, stages=stages))
     return costs
-
-
-def render(costs: list[Cost], fmt: str = "table") -> str:
-    """The costs as an aligned table, markdown, CSV or JSON."""
-    if fmt not in FORMATS:
-        raise ConfigError("format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
-    if fmt == "json":
-        return json.dumps(
-            {"convention": CONVENTION, "models": [{**asdict(c), "flops": c.flops} for c in costs]}, indent=2
-        )
-    stage_names = sorted({s for c in costs for s in c.stages}, key=lambda s: (s != "stem", s == "head", s))
-    header = ["model", "input", "params (M)", "conv+linear MACs (G)", "total MACs (G)", "FLOPs (G)", "activations (M)"]
-    header += [f"{s} MACs (G)" for s in stage_names]
-    rows = [
-        [
-            c.model, "x".join(map(str, c.input_size[1:])), f"{c.params / 1e6:.3f}", f"{c.conv_linear_macs / 1e9:.3f}",
-            f"{c.macs / 1e9:.3f}", f"{c.flops / 1e9:.3f}", f"{c.activations / 1e6:.2f}",
-            *(f"{c.stages.get(s, 0) / 1e9:.3f}" for s in stage_names),
-        ]
-        for c in costs
-    ]  # fmt: skip
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(header)
-        writer.writerows(rows)
-        return out.getvalue()
-    from .cli import format_table
-
-    note = f"{CONVENTION}\n\n" if fmt == "table" else f"_{CONVENTION}_\n\n"
-    return note + format_table(header, rows, markdown=fmt == "markdown")
-
-
-def count_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:  # `zoo count`
-    parser.add_argument("models", nargs="+", help="names or fnmatch patterns, e.g. 'resnet*'")
-    parser.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
-    parser.add_argument("--stages", action="store_true", help="MACs per stem, stage and head")
-    parser.add_argument("--format", choices=FORMATS, default="table")
-
-    def run(args: argparse.Namespace) -> int:
-        if args.input_size is not None and args.input_size < 1:
-            raise ConfigError("--input-size", f"expected a positive side in pixels, got {args.input_size}")
-        try:
-            costs = count_models(args.models, args.input_size, stages=args.stages)
-        except RuntimeError as e:  # a side the model cannot run on (smaller than its stem's stride)
-            raise ConfigError("--input-size", f"{args.input_size} is too small: {str(e).splitlines()[0]}") from e
-        print(render(costs, args.format))
-        return 0
-
-    return run

@@ -9,10 +9,9 @@ the YAML path of the field, the bad value and what is allowed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -394,17 +393,3 @@ def save_config(model_or_name: str | nn.Module, path: str | os.PathLike[str]) ->
     with atomic_write(path, "w") as f:
         f.write(text)
     return Path(path)
-
-
-def config_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:  # `zoo config`
-    parser.add_argument("model", help="a registered model name")
-    parser.add_argument("-o", "--output", default=None, help="file to write (default: print)")
-
-    def run(args: argparse.Namespace) -> int:
-        if args.output:
-            print(save_config(args.model, args.output))
-        else:
-            print(dump(model_config(args.model)), end="")
-        return 0
-
-    return run

@@ -44,7 +44,7 @@ from torch import nn
 import zoo
 from zoo.cli import format_table
 from zoo.errors import ZooError
-from zoo.optimize import DTYPES, compile_problem, optimize_for_inference, quantize_int8
+from zoo.optimize import DTYPES, autocast, compile_problem, optimize_for_inference, quantize_int8
 
 MODES = ("infer", "train", "latency")
 BASELINES = ("none", "torchvision", "eager")
@@ -207,12 +207,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[dtype])
-
-
 def build_step(setting: Setting, device: torch.device, compile_mode: str | None) -> Callable[[], None]:
     """The closure one iteration runs, with its model and data ready on the device."""
     if setting.label == "torchvision":
@@ -236,7 +230,7 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
         scaler = torch.amp.GradScaler(device.type) if setting.dtype == "fp16" else None  # as the trainer does
 
         def train_step() -> None:
-            with _autocast(device, setting.dtype):
+            with autocast(device, setting.dtype):
                 loss = nn.functional.cross_entropy(run(x), y)
             opt.zero_grad(set_to_none=True)
             if scaler is None:
@@ -274,7 +268,7 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
     run = torch.compile(model, mode=compile_mode, dynamic=False) if setting.compile else model
 
     def infer_step() -> None:
-        with torch.inference_mode(), _autocast(device, setting.dtype):
+        with torch.inference_mode(), autocast(device, setting.dtype):
             run(x)
 
     return infer_step

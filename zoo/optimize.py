@@ -7,6 +7,7 @@ that runs in inference mode. Each step is also usable alone (``fold_batch_norms`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -26,7 +27,16 @@ from .layers import FrozenBatchNorm2d
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the precisions, everywhere
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision for ``precision`` ("fp32": none) on ``device``: the trainer's and the benchmark's."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 _INFO = ("pretrained_cfg", "feature_info", "num_classes", "num_features")  # what callers read off a model
 

@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ConfigError, not_one_of
+from ..optimize import DTYPES
 from .data import DATASETS
 from .recipe import OPTIMIZERS, SCHEDULES
 from .views import TTA_MODES
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = tuple(DTYPES)  # fp32, bf16, fp16
 NORMS = ("model", "dataset", "half")
 DEVICES = ("auto", "cpu", "cuda")
 # Which schedules read which schedule flags: a flag the chosen schedule ignores is an error, not a no-op.

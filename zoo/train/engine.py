@@ -30,7 +30,7 @@ from ..errors import ConfigError, ZooError
 from ..features import stem_and_stages
 from ..io import atomic_write, folder_config, save_json, save_model_folder, save_torch
 from ..layers import SyncBatchNorm2d
-from ..optimize import compile_problem
+from ..optimize import autocast, compile_problem
 from ..registry import is_model, split_name
 from ..weights import DATA_CONFIG_KEYS
 from .config import TrainConfig
@@ -243,12 +243,6 @@ class Metrics:
 # --- one epoch ------------------------------------------------------------------------------------
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", tta: str | None = None
@@ -259,7 +253,7 @@ def evaluate(
     sums = torch.zeros(4, dtype=torch.float64, device=procs.device)  # loss, top-1 hits, top-5 hits, count
     for x, y in batches:
         x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
-        with _autocast(procs.device, precision):
+        with autocast(procs.device, precision):
             views = tta_views(x, tta)
             logits = sum(model(v).float() for v in views) / len(views)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -338,7 +332,7 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
     )  # fmt: skip
     for i, (x, y) in enumerate(batches):
         x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
-        with _autocast(procs.device, step.precision):
+        with autocast(procs.device, step.precision):
             logits = step.model(x)
             loss = step.criterion(logits.float(), y)
             if step.distill is not None:

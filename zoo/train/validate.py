@@ -19,7 +19,7 @@ from ..data import create_transform, resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..factory import names_weights, weights_file
 from ..io import save_json, sha256_of
-from ..optimize import _import_pt2e, quantize_int8
+from ..optimize import DTYPES, _import_pt2e, quantize_int8
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .engine import Processes, evaluate
 from .ensemble import Ensemble
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32")
     p.add_argument(
         "--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
         help="test-time augmentation, mean logits of: flip (image and mirror, the default), "

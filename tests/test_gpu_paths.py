@@ -13,7 +13,8 @@ from torch import nn
 
 import zoo
 from zoo.optimize import InferenceModel
-from zoo.train.engine import Processes, _batches, backend
+from zoo.train.engine import _batches
+from zoo.train.processes import Processes, backend
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))

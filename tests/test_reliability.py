@@ -20,9 +20,10 @@ from zoo import hub
 from zoo.cli import COMMANDS
 from zoo.cli import main as zoo_main
 from zoo.io import folder_config, save_safetensors, verify
+from zoo.train.checkpoints import Checkpoints
 from zoo.train.cli import main as train_main
 from zoo.train.cli import parse
-from zoo.train.engine import Checkpoints, train
+from zoo.train.engine import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

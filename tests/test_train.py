@@ -124,7 +124,8 @@ def test_resume_from_last_after_a_kill(shapes: Path, tmp_path: Path) -> None:
 
 
 def test_time_budget_compresses_the_schedule_to_the_clock() -> None:
-    from zoo.train.engine import Budget, Processes
+    from zoo.train.engine import Budget
+    from zoo.train.processes import Processes
 
     def schedule() -> torch.optim.lr_scheduler.LRScheduler:
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -283,7 +284,8 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> Non
 
 def test_tta_scores_the_mean_logits_of_the_mirrored_and_shifted_views() -> None:
     from zoo.errors import ConfigError
-    from zoo.train.engine import Processes, evaluate
+    from zoo.train.evaluation import evaluate
+    from zoo.train.processes import Processes
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))

@@ -1,16 +1,13 @@
-"""The training loop: one process or many under torchrun, checkpoints, metrics, exact resume."""
+"""The training loop: a run set up from its TrainConfig, epochs, the time budget, and the summary.
+
+Where a process sits is ``processes.py``; checkpoints and resume ``checkpoints.py``; metrics and curves
+``metrics.py``; evaluation ``evaluation.py``.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import itertools
-import json
 import logging
 import math
-import os
-import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -28,16 +23,19 @@ from .. import create_model
 from ..data import resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..features import stem_and_stages
-from ..io import atomic_write, folder_config, save_json, save_model_folder, save_torch
+from ..io import folder_config, save_json
 from ..layers import SyncBatchNorm2d
 from ..optimize import autocast, compile_problem
 from ..registry import is_model, split_name
 from ..weights import DATA_CONFIG_KEYS
+from .checkpoints import Checkpoints, check_output, replace_run, resume, training_state
 from .config import TrainConfig
 from .data import Augment, Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
 from .distill import Distillation, load_teacher
+from .evaluation import evaluate
+from .metrics import Metrics
+from .processes import Processes, launch_command
 from .recipe import ModelEma, make_optimizer, make_schedule
-from .views import tta_views
 
 log = logging.getLogger("zoo.train")
 
@@ -46,224 +44,7 @@ class TrainingDiverged(ZooError, FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-# --- processes ------------------------------------------------------------------------------------
-
-
-def launch_command() -> str:
-    """The command line that reproduces this run, with the launcher and process layout it ran under."""
-    script, *rest = sys.argv
-    program = ["python", script] if script.endswith(".py") else [Path(script).name]  # tools/train.py or `zoo`
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return shlex.join([*program, *rest])
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    nodes = [f"--nnodes={world // per_node}"] if world > per_node else []
-    no_python = [] if script.endswith(".py") else ["--no-python"]
-    return shlex.join(["torchrun", *nodes, f"--nproc_per_node={per_node}", *no_python, program[-1], *rest])
-
-
-def backend(cuda: bool) -> str:
-    """The process group's backend: on GPUs nccl for CUDA tensors and gloo for the CPU ones (the time
-    budget's tick, a checkpoint's small sums), since nccl alone cannot reduce a CPU tensor."""
-    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
-
-
-@dataclass
-class Processes:
-    """Where this process sits: rank, world size and device (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK)."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def start(cls, device: str) -> Processes:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device", "'cuda' was asked for but no CUDA device is available")
-        dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(dev)
-        # Under torchrun (which sets RANK) the group exists even for one process: --sync-bn and the
-        # collectives then run exactly as they would on many.
-        if world > 1 or "RANK" in os.environ:
-            dist.init_process_group(backend(cuda))
-        return cls(dist.get_rank() if dist.is_initialized() else 0, world, dev)
-
-    @property
-    def grouped(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
-
-    def barrier(self) -> None:
-        if self.grouped:
-            dist.barrier()
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.grouped:
-            dist.all_reduce(t)
-        return t
-
-    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` as rank 0 has it, on every rank."""
-        if self.grouped:
-            dist.broadcast(t, src=0)
-        return t
-
-    def stop(self) -> None:
-        if self.grouped:
-            dist.destroy_process_group()
-
-
-# --- checkpoints ----------------------------------------------------------------------------------
-
-
-def _point(link: Path, target: Path) -> None:
-    """Make ``link`` a symlink to ``target`` atomically (a crash leaves the old or the new one)."""
-    tmp = link.with_name(f".{link.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    tmp.symlink_to(os.path.relpath(target, link.parent))
-    os.replace(tmp, link)
-
-
-def _resolve(link: Path) -> Path | None:
-    return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
-
-
-class Checkpoints:
-    """``output/checkpoints/epoch-NNNN/`` folders, ``last`` and ``best`` symlinks, older ones pruned.
-
-    A folder is written under a temporary name and renamed when complete; the
-    symlinks flip only then. Each folder is a Hub model folder (model.safetensors,
-    config.json) plus ``state.pt`` (optimizer, schedule, EMA, epoch, RNG) to resume.
-    """
-
-    def __init__(self, output: Path, keep: int = 1) -> None:
-        self.output = output
-        self.root = output / "checkpoints"
-        self.keep = keep  # most recent epochs kept, besides best
-
-    @property
-    def last(self) -> Path | None:
-        return _resolve(self.output / "last")
-
-    @property
-    def best(self) -> Path | None:
-        return _resolve(self.output / "best")
-
-    def save(
-        self, epoch: int, weights: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any], best: bool
-    ) -> Path:
-        final = self.root / f"epoch-{epoch:04d}"
-        for n in itertools.count(1):  # one left by a run resumed from an earlier epoch stays until pruned
-            if not final.exists():
-                break
-            final = self.root / f"epoch-{epoch:04d}.{n}"
-        tmp = self.root / f".{final.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            save_model_folder(tmp, weights, config, {"epoch": str(epoch)})
-            save_torch(tmp / "state.pt", state)
-            os.replace(tmp, final)
-        except BaseException:  # a full disk, a kill: the earlier checkpoints and links stay as they were
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _point(self.output / "last", final)
-        if best:
-            _point(self.output / "best", final)
-        epochs = sorted(self.root.glob("epoch-*"))
-        keep = {self.best, *(p.resolve() for p in epochs[-self.keep :])}
-        for old in epochs:
-            if old.resolve() not in keep:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
-
-
-# --- metrics --------------------------------------------------------------------------------------
-
-
-class Metrics:
-    """Per-epoch rows in metrics.jsonl and metrics.csv, and the curves as a PNG."""
-
-    def __init__(self, output: Path, start_epoch: int) -> None:
-        self.output = output
-        self.rows: list[dict[str, Any]] = []
-        jsonl = output / "metrics.jsonl"
-        if start_epoch and jsonl.exists():  # resumed: keep the epochs before the resume point
-            rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in rows if r["epoch"] <= start_epoch]
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        with atomic_write(self.output / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.rows)
-        with atomic_write(self.output / "metrics.csv", "w") as f:
-            fields = list(dict.fromkeys(k for r in self.rows for k in r))  # epochs without validation lack some
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        self.plot()
-
-    def plot(self) -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:  # plots are optional: pip install 'resnet-zoo[plot]'
-            return
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-
-        def curve(ax: Any, key: str, label: str) -> None:
-            points = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="." if len(points) < 30 else None, label=label)
-
-        for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-            curve(ax_loss, key, label)
-        for key, label in (("train_acc", "train"), ("val_acc1", "validation"), ("ema_val_acc1", "validation (EMA)")):
-            curve(ax_acc, key, label)
-        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-        ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
-        for ax in (ax_loss, ax_acc):
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        with atomic_write(self.output / "curves.png") as f:
-            fig.savefig(f, format="png", dpi=100)
-        plt.close(fig)
-
-
 # --- one epoch ------------------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", tta: str | None = None
-) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (%) over ``batches`` (already in the model's memory format), summed
-    over all ranks. ``tta`` (see ``tta_views``) scores the mean logits of several views of each image."""
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=procs.device)  # loss, top-1 hits, top-5 hits, count
-    for x, y in batches:
-        x, y = x.to(procs.device, non_blocking=True), y.to(procs.device, non_blocking=True)
-        with autocast(procs.device, precision):
-            views = tta_views(x, tta)
-            logits = sum(model(v).float() for v in views) / len(views)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top5 == y[:, None]
-        # summed where they are: no host sync per batch
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
-                             torch.tensor(len(y), device=procs.device)]).double()  # fmt: skip
-    loss, top1, top5_hits, n = procs.sum(sums).tolist()
-    n = max(n, 1)
-    return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5_hits / n}
 
 
 @dataclass
@@ -459,35 +240,6 @@ def _distillation(args: TrainConfig, num_classes: int, mean, std, procs: Process
     )  # fmt: skip
 
 
-def _state(step: Step, epoch: int, best: dict | None, args: TrainConfig) -> dict[str, Any]:
-    return {
-        "epoch": epoch,
-        "best": best,
-        "model": step.raw.state_dict() if step.ema is not None else None,  # EMA runs save the EMA as the model
-        "optimizer": step.optimizer.state_dict(),
-        "schedule": step.schedule.state_dict(),
-        "scaler": step.scaler.state_dict() if step.scaler is not None else None,
-        "rng": torch.get_rng_state(),
-        "args": {k: v for k, v in args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None), list))},
-    }
-
-
-def _resume(ckpt: Path, step: Step) -> tuple[int, dict | None]:
-    state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
-    weights = load_file(ckpt / "model.safetensors")
-    if step.ema is not None:
-        step.ema.module.load_state_dict(weights)
-        step.raw.load_state_dict(state["model"])
-    else:
-        step.raw.load_state_dict(weights)
-    step.optimizer.load_state_dict(state["optimizer"])
-    step.schedule.load_state_dict(state["schedule"])
-    if step.scaler is not None and state["scaler"] is not None:
-        step.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"])
-    return int(state["epoch"]), state["best"]
-
-
 def train(args: TrainConfig) -> dict[str, Any]:
     """Run training as ``args`` says; returns the summary (also written to ``output/summary.json``)."""
     procs = Processes.start(args.device)
@@ -498,63 +250,32 @@ def train(args: TrainConfig) -> dict[str, Any]:
 
 
 # What a run leaves in its --output folder: a folder holding any of these holds a run.
-RUN_FILES = ("args.json", "command.txt", "metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "last", "best",
-             "checkpoints")  # fmt: skip
-
-
-def _check_output(args: TrainConfig, output: Path) -> Path | None:
-    """Refuse to lose a run: a folder that holds one is continued (--resume, with the same arguments) or
-    replaced (--overwrite), never silently written over. Returns the checkpoint to resume from."""
-    if args.resume:
-        ckpt = Path(args.resume) if isinstance(args.resume, str) else Checkpoints(output).last
-        if ckpt is None or not (ckpt / "state.pt").is_file():
-            raise ConfigError("--resume", f"no checkpoint to resume from in {str(ckpt or output)!r}")
-        changed = args.resume_differences(torch.load(ckpt / "state.pt", weights_only=True, mmap=True)["args"])
-        if changed:  # the schedule and the model were laid out from these
-            raise ConfigError(
-                "--resume", f"{str(ckpt)!r} belongs to a run with other arguments: {'; '.join(changed)}. "
-                "Resume with the run's own arguments, or start a new run in another --output"
-            )  # fmt: skip
-        return ckpt
-    found = [name for name in RUN_FILES if (output / name).exists() or (output / name).is_symlink()]
-    if found and not args.overwrite:
-        raise ConfigError(
-            "--output", f"{str(output)!r} already holds a run ({', '.join(found)}): continue it with --resume, "
-            "replace it with --overwrite, or choose another --output"
-        )  # fmt: skip
-    return None
-
-
-def _replace_run(output: Path) -> None:
-    log.warning("--overwrite: replacing the run in %s", output)
-    for name in RUN_FILES:
-        path = output / name
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.is_dir():
-            shutil.rmtree(path)
-
-
-def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
-    output = Path(args.output)
+def _check_before_work(args: TrainConfig, procs: Processes) -> None:
+    """What the machine and the model must allow, checked before any data is read."""
     if args.precision == "fp16" and procs.device.type != "cuda":
         raise ConfigError("--precision", "'fp16' needs a CUDA device; on a CPU use 'bf16' (or 'fp32')")
     problem = compile_problem(procs.device) if args.compile else None
     if problem:
         raise ConfigError("--compile", f"torch.compile is unavailable here: {problem}; train without it")
-    with torch.device("meta"):  # the architecture's stage count, before any data is read
+    with torch.device("meta"):  # the architecture's stage count
         stem_and_stages(create_model(args.model, **args.model_kwargs), args.freeze_stages)
-    resume_from = _check_output(args, output)  # every rank checks before any rank writes
+
+
+def _start_output(args: TrainConfig, procs: Processes, output: Path) -> Path | None:
+    """Claim the output folder (every rank checks before any rank writes); the checkpoint to resume, if any."""
+    resume_from = check_output(args, output)
     procs.barrier()
     if procs.main:
         if args.overwrite:
-            _replace_run(output)
+            replace_run(output)
         output.mkdir(parents=True, exist_ok=True)
         (output / "command.txt").write_text(launch_command() + "\n")
         save_json(output / "args.json", args.to_dict())
-    torch.manual_seed(args.seed)
+    return resume_from
 
-    # Data: the main process unpacks and decodes into the cache first, the others then read it.
+
+def _load_data(args: TrainConfig, procs: Processes) -> Dataset:
+    """The main process unpacks and decodes into the cache first, the others then read it."""
     load = partial(
         load_dataset, args.dataset, args.root, val_split=args.val_split, split_seed=args.split_seed,
         download=args.download, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
@@ -562,8 +283,13 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     )  # fmt: skip
     data = load() if procs.main else None
     procs.barrier()
-    data = data or load()
+    return data or load()
 
+
+def _build_model(
+    args: TrainConfig, procs: Processes, data: Dataset
+) -> tuple[nn.Module, list[str], Any, Any, str | None]:
+    """The model on its device with frozen stages and sync BN as asked; its normalization; what it started from."""
     model = create_model(args.model, pretrained=args.pretrained, **_model_options(args, data.num_classes))
     frozen = stem_and_stages(model, args.freeze_stages)
     for name in frozen:
@@ -580,18 +306,22 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     fine_tuned_from = model.pretrained_cfg.get("tag") if args.pretrained else None
     data_config = {k: v for k, v in model.pretrained_cfg.items() if k in DATA_CONFIG_KEYS}
     model.pretrained_cfg = {**data_config, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
+    return model, frozen, mean, std, fine_tuned_from
 
-    # A training set smaller than one batch (per process) trains on one smaller batch per epoch.
-    batch_size = min(args.batch_size, len(data.train) // procs.world)
+
+def _train_batch_size(args: TrainConfig, procs: Processes, images: int) -> int:
+    """--batch-size, or all the images of a process when they are fewer: one smaller batch per epoch."""
+    batch_size = min(args.batch_size, images // procs.world)
     if batch_size < 1:
-        raise ConfigError("--batch-size", f"{procs.world} processes share {len(data.train)} training images")
+        raise ConfigError("--batch-size", f"{procs.world} processes share {images} training images")
     if batch_size < args.batch_size and procs.main:
         log.warning("--batch-size %d is more than the %d training images per process: batches of %d",
-                    args.batch_size, len(data.train) // procs.world, batch_size)  # fmt: skip
-    train_batches = _batches(args, data.train, True, model, mean, std, procs, batch_size)
-    val_batches = _batches(args, data.val, False, model, mean, std, procs)
-    steps_per_epoch = len(train_batches)
-    total_steps = args.epochs * steps_per_epoch
+                    args.batch_size, images // procs.world, batch_size)  # fmt: skip
+    return batch_size
+
+
+def _build_step(args: TrainConfig, procs: Processes, model: nn.Module, frozen: list[str], total_steps: int,
+                steps_per_epoch: int, distill: Distillation | None) -> Step:  # fmt: skip
     optimizer = make_optimizer(
         args.optimizer, model, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
         nesterov=args.nesterov, decay_norm_and_bias=args.decay_norm_and_bias,
@@ -601,14 +331,14 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
         momentum=args.momentum, milestones=[round(m * steps_per_epoch) for m in args.milestones], gamma=args.gamma,
         min_factor=args.min_lr_factor or 0.0, cosine_steps=args.t_max * steps_per_epoch if args.t_max else None,
     )  # fmt: skip
-    step = Step(
+    return Step(
         model=model,
         raw=model,
         optimizer=optimizer,
         schedule=schedule,
         budget=Budget(total_steps, seconds=60 * args.time_budget if args.time_budget else math.inf),
         criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
-        distill=_distillation(args, data.num_classes, mean, std, procs) if args.teacher else None,
+        distill=distill,
         ema=ModelEma(model, args.ema_decay) if args.ema_decay else None,
         scaler=torch.amp.GradScaler("cuda") if args.precision == "fp16" else None,
         clip_grad=args.clip_grad,
@@ -616,19 +346,40 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
         frozen=frozen,
     )
 
-    checkpoints = Checkpoints(output, keep=args.keep_checkpoints)
-    start_epoch, best = 0, None
-    if resume_from is not None:
-        start_epoch, best = _resume(resume_from, step)
-        if procs.main:
-            log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
 
+def _validate(step: Step, model: nn.Module, batches: Any, procs: Processes, precision: str) -> dict[str, float]:
+    """The epoch's validation columns: the model's and, with an EMA, the EMA's."""
+    val = evaluate(model, batches, procs, precision)
+    row = {"val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"]}
+    if step.ema is not None:
+        ema = evaluate(step.ema.module, batches, procs, precision)
+        row.update(ema_val_loss=ema["loss"], ema_val_acc1=ema["acc1"], ema_val_acc5=ema["acc5"])
+    return row
+
+
+def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
+    output = Path(args.output)
+    _check_before_work(args, procs)
+    resume_from = _start_output(args, procs, output)
+    torch.manual_seed(args.seed)
+    data = _load_data(args, procs)
+    model, frozen, mean, std, fine_tuned_from = _build_model(args, procs, data)
+    batch_size = _train_batch_size(args, procs, len(data.train))
+    train_batches = _batches(args, data.train, True, model, mean, std, procs, batch_size)
+    val_batches = _batches(args, data.val, False, model, mean, std, procs)
+    steps_per_epoch = len(train_batches)
+    distill = _distillation(args, data.num_classes, mean, std, procs) if args.teacher else None
+    step = _build_step(args, procs, model, frozen, args.epochs * steps_per_epoch, steps_per_epoch, distill)
+    checkpoints = Checkpoints(output, keep=args.keep_checkpoints)
+    start_epoch, best = resume(resume_from, step) if resume_from is not None else (0, None)
+    if resume_from is not None and procs.main:
+        log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
     if procs.grouped:
         step.model = nn.parallel.DistributedDataParallel(model)
     if args.compile:
         step.model = torch.compile(step.model, mode=args.compile_mode)
     eval_model = step.ema.module if step.ema is not None else model
-    arch = _architecture(args.model)
+    extra = {"fine_tuned_from": fine_tuned_from} if fine_tuned_from else {}
     metrics = Metrics(output, start_epoch) if procs.main else None
     run_start = time.perf_counter() - (metrics.rows[-1]["elapsed_s"] if metrics and metrics.rows else 0.0)
     step.budget.start = run_start
@@ -644,43 +395,32 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
 
     epochs_run = start_epoch
     for epoch in range(start_epoch + 1, args.epochs + 1):
-        if step.budget.done(schedule):  # a resumed run whose time budget was already spent
+        if step.budget.done(step.schedule):  # a resumed run whose time budget was already spent
             break
         # Everything random in an epoch derives from (seed, epoch): resuming is exact.
         torch.manual_seed(_seed(args.seed, epoch, procs.rank))
         train_batches.set_epoch(epoch)
         stats = train_one_epoch(step, train_batches, procs, epoch, args.epochs)
         finished, epochs_run = time.perf_counter(), epoch
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "steps": schedule.last_epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": stats["loss"],
-            "train_acc": stats["acc"],
-        }
+        row: dict[str, Any] = {"epoch": epoch, "steps": step.schedule.last_epoch,
+                               "lr": step.optimizer.param_groups[0]["lr"], "train_loss": stats["loss"],
+                               "train_acc": stats["acc"]}  # fmt: skip
         is_best = False
         evaluated = epoch % args.eval_every == 0 or epoch == args.epochs or stats["done"]
         if evaluated:
-            val = evaluate(model, val_batches, procs, args.precision)
-            row.update(val_loss=val["loss"], val_acc1=val["acc1"], val_acc5=val["acc5"])
-            if step.ema is not None:
-                ema_val = evaluate(step.ema.module, val_batches, procs, args.precision)
-                row.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
+            row.update(_validate(step, model, val_batches, procs, args.precision))
             chosen = row["ema_val_acc1"] if step.ema is not None else row["val_acc1"]
             is_best = best is None or chosen > best["val_acc1"]
             if is_best:
                 best = {"epoch": epoch, "val_acc1": chosen, "val_acc5": row.get("ema_val_acc5", row["val_acc5"])}
-        row.update(img_per_s=stats["img_per_s"], epoch_s=stats["seconds"])
-        row["elapsed_s"] = time.perf_counter() - run_start
-        if procs.main:
-            assert metrics is not None
+        row.update(img_per_s=stats["img_per_s"], epoch_s=stats["seconds"], elapsed_s=time.perf_counter() - run_start)
+        if metrics is not None:  # the main process writes
             metrics.add(row)
             config = folder_config(
-                arch, getattr(eval_model, "cfg", None) and eval_model.cfg.to_dict(), eval_model.pretrained_cfg,
-                num_features=getattr(eval_model, "num_features", None),
-                **({"fine_tuned_from": fine_tuned_from} if fine_tuned_from else {}),
+                _architecture(args.model), getattr(eval_model, "cfg", None) and eval_model.cfg.to_dict(),
+                eval_model.pretrained_cfg, num_features=getattr(eval_model, "num_features", None), **extra,
             )  # fmt: skip
-            checkpoints.save(epoch, eval_model.state_dict(), config, _state(step, epoch, best, args), is_best)
+            checkpoints.save(epoch, eval_model.state_dict(), config, training_state(step, epoch, best, args), is_best)
             log.info(
                 "epoch %d/%d: train loss %.4f acc %.2f%% | %s | %.0f img/s | best %s",
                 epoch, args.epochs, row["train_loss"], row["train_acc"],
@@ -694,20 +434,25 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
             if procs.main and epoch < args.epochs:
                 log.info("the time budget is spent: stopped after %d epochs", epoch)
             break
+    return _summary(args, procs, output, data, (train_batches, val_batches), epochs_run, best, metrics, checkpoints,
+                    eval_model, (mean, std))  # fmt: skip
 
-    summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": epochs_run, "best": best}
+
+def _summary(args: TrainConfig, procs: Processes, output: Path, data: Dataset, batches: tuple[Any, Any],
+             epochs_run: int, best: dict | None, metrics: Metrics | None, checkpoints: Checkpoints,
+             eval_model: nn.Module, mean_std: tuple[Any, Any]) -> dict[str, Any]:  # fmt: skip
+    """summary.json: epochs, best, last row, wall time, skipped images; the test split scored once, if any."""
+    skipped = data.train.skipped + data.val.skipped + sum(getattr(b, "skipped", 0) for b in batches)
+    summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": epochs_run, "best": best,
+                               "skipped_images": skipped}  # fmt: skip
     if args.time_budget:
         summary["time_budget_min"] = args.time_budget
     if metrics is not None and metrics.rows:
         summary.update(final=metrics.rows[-1], wall_time_s=metrics.rows[-1]["elapsed_s"])
-    skipped = (
-        data.train.skipped + data.val.skipped + sum(getattr(b, "skipped", 0) for b in (train_batches, val_batches))
-    )
-    summary["skipped_images"] = skipped
     if data.test is not None and checkpoints.best is not None and best is not None:
         # The test split is looked at once, with the weights the validation split chose.
         eval_model.load_state_dict(load_file(checkpoints.best / "model.safetensors"))
-        test_batches = _batches(args, data.test, False, eval_model, mean, std, procs)
+        test_batches = _batches(args, data.test, False, eval_model, *mean_std, procs)
         summary["test"] = evaluate(eval_model, test_batches, procs, args.precision)
     if procs.main:
         save_json(output / "summary.json", summary)

@@ -21,8 +21,9 @@ from ..factory import names_weights, weights_file
 from ..io import save_json, sha256_of
 from ..optimize import DTYPES, _import_pt2e, quantize_int8
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
-from .engine import Processes, evaluate
 from .ensemble import Ensemble
+from .evaluation import evaluate
+from .processes import Processes
 from .views import TTA_MODES
 
 SPLITS = ("val", "test", "train")

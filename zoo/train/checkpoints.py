@@ -1,0 +1,152 @@
+"""A run's checkpoints: epoch folders and their last/best links, what a run leaves in its output folder,
+and the training state saved and resumed."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file
+
+from ..errors import ConfigError
+from ..io import save_model_folder, save_torch
+from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from .engine import Step
+
+log = logging.getLogger("zoo.train")
+
+
+def _point(link: Path, target: Path) -> None:
+    """Make ``link`` a symlink to ``target`` atomically (a crash leaves the old or the new one)."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(tmp, link)
+
+
+def _resolve(link: Path) -> Path | None:
+    return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
+
+class Checkpoints:
+    """``output/checkpoints/epoch-NNNN/`` folders, ``last`` and ``best`` symlinks, older ones pruned.
+
+    A folder is written under a temporary name and renamed when complete; the
+    symlinks flip only then. Each folder is a Hub model folder (model.safetensors,
+    config.json) plus ``state.pt`` (optimizer, schedule, EMA, epoch, RNG) to resume.
+    """
+
+    def __init__(self, output: Path, keep: int = 1) -> None:
+        self.output = output
+        self.root = output / "checkpoints"
+        self.keep = keep  # most recent epochs kept, besides best
+
+    @property
+    def last(self) -> Path | None:
+        return _resolve(self.output / "last")
+
+    @property
+    def best(self) -> Path | None:
+        return _resolve(self.output / "best")
+
+    def save(
+        self, epoch: int, weights: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any], best: bool
+    ) -> Path:
+        final = self.root / f"epoch-{epoch:04d}"
+        for n in itertools.count(1):  # one left by a run resumed from an earlier epoch stays until pruned
+            if not final.exists():
+                break
+            final = self.root / f"epoch-{epoch:04d}.{n}"
+        tmp = self.root / f".{final.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            save_model_folder(tmp, weights, config, {"epoch": str(epoch)})
+            save_torch(tmp / "state.pt", state)
+            os.replace(tmp, final)
+        except BaseException:  # a full disk, a kill: the earlier checkpoints and links stay as they were
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _point(self.output / "last", final)
+        if best:
+            _point(self.output / "best", final)
+        epochs = sorted(self.root.glob("epoch-*"))
+        keep = {self.best, *(p.resolve() for p in epochs[-self.keep :])}
+        for old in epochs:
+            if old.resolve() not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+RUN_FILES = ("args.json", "command.txt", "metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "last", "best",
+             "checkpoints")  # fmt: skip
+
+
+def check_output(args: TrainConfig, output: Path) -> Path | None:
+    """Refuse to lose a run: a folder that holds one is continued (--resume, with the same arguments) or
+    replaced (--overwrite), never silently written over. Returns the checkpoint to resume from."""
+    if args.resume:
+        ckpt = Path(args.resume) if isinstance(args.resume, str) else Checkpoints(output).last
+        if ckpt is None or not (ckpt / "state.pt").is_file():
+            raise ConfigError("--resume", f"no checkpoint to resume from in {str(ckpt or output)!r}")
+        changed = args.resume_differences(torch.load(ckpt / "state.pt", weights_only=True, mmap=True)["args"])
+        if changed:  # the schedule and the model were laid out from these
+            raise ConfigError(
+                "--resume", f"{str(ckpt)!r} belongs to a run with other arguments: {'; '.join(changed)}. "
+                "Resume with the run's own arguments, or start a new run in another --output"
+            )  # fmt: skip
+        return ckpt
+    found = [name for name in RUN_FILES if (output / name).exists() or (output / name).is_symlink()]
+    if found and not args.overwrite:
+        raise ConfigError(
+            "--output", f"{str(output)!r} already holds a run ({', '.join(found)}): continue it with --resume, "
+            "replace it with --overwrite, or choose another --output"
+        )  # fmt: skip
+    return None
+
+
+def replace_run(output: Path) -> None:
+    log.warning("--overwrite: replacing the run in %s", output)
+    for name in RUN_FILES:
+        path = output / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+
+
+def training_state(step: Step, epoch: int, best: dict | None, args: TrainConfig) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "best": best,
+        "model": step.raw.state_dict() if step.ema is not None else None,  # EMA runs save the EMA as the model
+        "optimizer": step.optimizer.state_dict(),
+        "schedule": step.schedule.state_dict(),
+        "scaler": step.scaler.state_dict() if step.scaler is not None else None,
+        "rng": torch.get_rng_state(),
+        "args": {k: v for k, v in args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None), list))},
+    }
+
+
+def resume(ckpt: Path, step: Step) -> tuple[int, dict | None]:
+    state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+    weights = load_file(ckpt / "model.safetensors")
+    if step.ema is not None:
+        step.ema.module.load_state_dict(weights)
+        step.raw.load_state_dict(state["model"])
+    else:
+        step.raw.load_state_dict(weights)
+    step.optimizer.load_state_dict(state["optimizer"])
+    step.schedule.load_state_dict(state["schedule"])
+    if step.scaler is not None and state["scaler"] is not None:
+        step.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    return int(state["epoch"]), state["best"]

@@ -111,7 +111,7 @@ def test_fp16_training_rows_use_a_grad_scaler(monkeypatch) -> None:
 def test_int8_validation_is_refused_before_any_work_where_it_cannot_run(tmp_path: Path, capsys, monkeypatch) -> None:
     import platform
 
-    from zoo.train.validate import main as validate_main
+    from zoo.train.cli import validate_main
 
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     assert validate_main(["--model", "resnet20", "--dataset", "imagefolder", "--root", str(tmp_path / "never-read"),

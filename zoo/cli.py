@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("zoo.cli:download_command", "prefetch weights into the Hub cache, for offline use later"),
     "count": ("zoo.cli:count_command", "parameters, MACs and FLOPs of models"),
     "train": ("zoo.train.cli:train_command", "train on CIFAR or an image folder (torchrun for many processes)"),
-    "validate": ("zoo.train.validate:validate_command", "top-1/top-5 of a model on CIFAR or an image folder"),
+    "validate": ("zoo.train.cli:validate_command", "top-1/top-5 of a model on CIFAR or an image folder"),
     "config": ("zoo.cli:config_command", "write a model's YAML backbone config"),
     "export": ("zoo.cli:export_command", "export to ONNX or an AOTInductor package (.pt2), checked against eager"),
     "predict": ("zoo.cli:predict_command", "classify image files or folders, with the weights' label names"),

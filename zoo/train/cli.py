@@ -1,4 +1,4 @@
-"""``zoo train`` (and ``tools/train.py``): the command line of the trainer.
+"""``zoo train`` and ``zoo validate`` (and ``tools/train.py``, ``tools/validate.py``): the trainer's command lines.
 
 The flags of the common minimal CIFAR trainer (``--batch_size``, ``--num_epochs``,
 ``--lr_scheduler CosineAnnealingLR``, ``--model_name ResNet18``, ...) are accepted
@@ -8,18 +8,22 @@ as aliases, so its documented command runs unchanged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 import yaml
 
 from ..errors import ConfigError, ZooError
+from ..io import save_json
 from .config import DEVICES, NORMS, PRECISIONS, TrainConfig
 from .data import DATASETS
 from .recipe import OPTIMIZERS, SCHEDULES
+from .validate import SPLITS
 from .views import TTA_MODES
 
 # The minimal trainer's names for our choices.
@@ -187,3 +191,76 @@ def main(argv: list[str] | None = None) -> int:
 def train_command(parser: argparse.ArgumentParser):  # `zoo train`
     add_arguments(parser)
     return run
+
+
+# --- zoo validate ------------------------------------------------------------------------------------
+
+
+def add_validate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", required=True, nargs="+",
+        help="registered name (with tag), hf-hub:..., local-dir:... or YAML; several: their ensemble (mean logits)",
+    )  # fmt: skip
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--pretrained", action="store_true", help="the model's published weights")
+    source.add_argument("--checkpoint", default=None, help="a weights file or a training checkpoint folder")
+    p.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    p.add_argument("--root", default="data", help="dataset folder, or a .tar.gz of an image folder")
+    p.add_argument("--split", choices=SPLITS, default="val", help="val: val/ or the seeded split the trainer carves")
+    p.add_argument("--val-split", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument(
+        "--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
+        help="test-time augmentation, mean logits of: flip (image and mirror, the default), "
+        "flip-shift (also both shifted one pixel up-left and down-right)",
+    )  # fmt: skip
+    p.add_argument("--int8", action="store_true", help="also score the int8 model (x86 CPUs) and the change")
+    p.add_argument(
+        "--calibration-images", type=int, default=512, help="--int8: a seeded sample of the train split (val if scored)"
+    )
+    p.add_argument("--output", default=None, help="JSON file for the result (default: runs/validate/<model>.json)")
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from .validate import ValidateConfig, validate
+
+    try:
+        names = {f.name for f in dataclasses.fields(ValidateConfig)}
+        config = ValidateConfig(**{k: v for k, v in vars(args).items() if k in names})
+        result = validate(config)
+    except ZooError as e:
+        print(f"zoo validate: error: {e}", file=sys.stderr)
+        return 2
+    r = result
+    weights = "" if r["weights"] == r["model"] else f" ({r['weights']})"  # an ensemble of tags names them once
+    print(
+        f"{r['model']}{weights} on {r['dataset']} {r['split']} ({r['images']} images): "
+        f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
+        + (f"  ({r['tta']} TTA)" if r["tta"] else "")
+    )
+    if "int8" in r:
+        q = r["int8"]
+        print(
+            f"int8 (calibrated on {q['calibration_images']} {q['calibration_split']} images): top-1 {q['top1']:.2f}% "
+            f"({q['top1'] - r['top1']:+.2f})  top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
+        )
+    output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', '+'.join(args.model))}.json"
+    save_json(output, result)
+    return 0
+
+
+def validate_command(parser: argparse.ArgumentParser):  # `zoo validate`
+    add_validate_arguments(parser)
+    return run_validate
+
+
+def validate_main(argv: list[str] | None = None) -> int:  # tools/validate.py
+    parser = argparse.ArgumentParser(prog="validate.py", description="Top-1/top-5 of a zoo model")
+    add_validate_arguments(parser)
+    return run_validate(parser.parse_args(argv))

@@ -1,14 +1,11 @@
-"""``zoo validate`` (and ``tools/validate.py``): top-1/top-5 and loss with the model's own eval transform."""
+"""Top-1/top-5 and loss of a model, checkpoint or ensemble with the model's own eval transform (``zoo validate``,
+whose command line is in ``zoo/train/cli.py``)."""
 
 from __future__ import annotations
 
-import argparse
 import copy
-import logging
-import re
-import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +13,11 @@ import torch
 
 from .. import create_model
 from ..data import create_transform, resolve_data_config
-from ..errors import ConfigError, ZooError
+from ..errors import ConfigError, not_one_of
 from ..factory import names_weights, weights_file
-from ..io import save_json, sha256_of
+from ..io import sha256_of
 from ..optimize import DTYPES, _import_pt2e, quantize_int8
+from .config import flag
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .ensemble import Ensemble
 from .evaluation import evaluate
@@ -29,50 +27,56 @@ from .views import TTA_MODES
 SPLITS = ("val", "test", "train")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", required=True, nargs="+",
-        help="registered name (with tag), hf-hub:..., local-dir:... or YAML; several: their ensemble (mean logits)",
-    )  # fmt: skip
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--pretrained", action="store_true", help="the model's published weights")
-    source.add_argument("--checkpoint", default=None, help="a weights file or a training checkpoint folder")
-    p.add_argument("--dataset", choices=DATASETS, default="cifar10")
-    p.add_argument("--root", default="data", help="dataset folder, or a .tar.gz of an image folder")
-    p.add_argument("--split", choices=SPLITS, default="val", help="val: val/ or the seeded split the trainer carves")
-    p.add_argument("--val-split", type=float, default=0.1)
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--precision", choices=tuple(DTYPES), default="fp32")
-    p.add_argument(
-        "--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
-        help="test-time augmentation, mean logits of: flip (image and mirror, the default), "
-        "flip-shift (also both shifted one pixel up-left and down-right)",
-    )  # fmt: skip
-    p.add_argument("--int8", action="store_true", help="also score the int8 model (x86 CPUs) and the change")
-    p.add_argument(
-        "--calibration-images", type=int, default=512, help="--int8: a seeded sample of the train split (val if scored)"
-    )
-    p.add_argument("--output", default=None, help="JSON file for the result (default: runs/validate/<model>.json)")
+@dataclass(frozen=True)
+class ValidateConfig:
+    """What ``zoo validate`` is told, checked once before any work (each field is named after its flag)."""
+
+    model: tuple[str, ...]  # one name, or several: their ensemble
+    pretrained: bool = False
+    checkpoint: str | None = None  # a weights file or a model folder
+    dataset: str = "cifar10"
+    root: str = "data"
+    split: str = "val"
+    val_split: float = 0.1
+    split_seed: int = 0
+    download: bool = False
+    cache_dir: str | None = None
+    batch_size: int = 256
+    workers: int = 2
+    precision: str = "fp32"
+    tta: str | None = None
+    int8: bool = False
+    calibration_images: int = 512
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", tuple(self.model))
+        for name, allowed in (("dataset", DATASETS), ("split", SPLITS), ("precision", tuple(DTYPES))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(flag(name), not_one_of(getattr(self, name), allowed))
+        if self.tta is not None and self.tta not in TTA_MODES:
+            raise ConfigError("--tta", not_one_of(self.tta, TTA_MODES))
+        if not self.model:
+            raise ConfigError("--model", "name at least one model")
+        if self.int8 and self.calibration_images < 1:  # before any work, not after the float model is scored
+            raise ConfigError("--calibration-images", f"expected a positive integer, got {self.calibration_images}")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size", f"expected a positive integer, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError("--workers", f"expected an integer >= 0, got {self.workers}")
+        if not 0 <= self.val_split < 1:
+            raise ConfigError("--val-split", f"expected a fraction in [0, 1), got {self.val_split}")
+        if self.checkpoint is not None and len(self.model) > 1:
+            raise ConfigError(
+                "--checkpoint", f"scores one model; got {len(self.model)} (--model {' '.join(self.model)})"
+            )
 
 
-def validate(args: argparse.Namespace) -> dict[str, Any]:
-    if args.int8 and args.calibration_images < 1:  # before any work, not after the float model is scored
-        raise ConfigError("--calibration-images", f"expected a positive integer, got {args.calibration_images}")
+def validate(args: ValidateConfig) -> dict[str, Any]:
+    """Score ``args.model`` on ``args.split``; returns the result ``zoo validate`` prints and saves."""
     if args.int8:
         int8_problem()
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size", f"expected a positive integer, got {args.batch_size}")
-    if args.workers < 0:
-        raise ConfigError("--workers", f"expected an integer >= 0, got {args.workers}")
-    if not 0 <= args.val_split < 1:
-        raise ConfigError("--val-split", f"expected a fraction in [0, 1), got {args.val_split}")
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    if checkpoint is not None and len(args.model) > 1:
-        raise ConfigError("--checkpoint", f"scores one model; got {len(args.model)} (--model {' '.join(args.model)})")
     # A name that names weights (a tag, hf-hub:, local-dir:) is scored with them, never as a random init.
     pretrained = checkpoint is None and (args.pretrained or all(names_weights(n) for n in args.model))
     if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
@@ -158,7 +162,7 @@ def _scored_weights(
     return {"weights": tags, "weights_sha256": sha256_of(weights_file(names[0]))}
 
 
-def _eval_batches(split: Split, config: dict[str, Any], args: argparse.Namespace) -> Any:
+def _eval_batches(split: Split, config: dict[str, Any], args: ValidateConfig) -> Any:
     side = config["input_size"][-1]
     if split.images is not None and split.images.shape[-1] == side and config["crop_pct"] == 1.0:
         # Images already at the model's size, full crop: the transform is only the normalization.
@@ -185,7 +189,7 @@ def int8_problem() -> None:
 
 
 def _score_int8(
-    model: torch.nn.Module, source: Split, batches: Any, config: dict[str, Any], args: argparse.Namespace
+    model: torch.nn.Module, source: Split, batches: Any, config: dict[str, Any], args: ValidateConfig
 ) -> dict[str, Any]:
     """Quantize with a seeded sample of ``source`` images for calibration and score ``batches`` again."""
     g = torch.Generator().manual_seed(args.split_seed)
@@ -202,39 +206,3 @@ def _score_int8(
         "loss": round(metrics["loss"], 4),
         "seconds": round(time.perf_counter() - start, 1),
     }
-
-
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        result = validate(args)
-    except ZooError as e:
-        print(f"zoo validate: error: {e}", file=sys.stderr)
-        return 2
-    r = result
-    weights = "" if r["weights"] == r["model"] else f" ({r['weights']})"  # an ensemble of tags names them once
-    print(
-        f"{r['model']}{weights} on {r['dataset']} {r['split']} ({r['images']} images): "
-        f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
-        + (f"  ({r['tta']} TTA)" if r["tta"] else "")
-    )
-    if "int8" in r:
-        q = r["int8"]
-        print(
-            f"int8 (calibrated on {q['calibration_images']} {q['calibration_split']} images): top-1 {q['top1']:.2f}% "
-            f"({q['top1'] - r['top1']:+.2f})  top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
-        )
-    output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', '+'.join(args.model))}.json"
-    save_json(output, result)
-    return 0
-
-
-def validate_command(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:  # `zoo validate`
-    add_arguments(parser)
-    return run
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="validate.py", description="Top-1/top-5 of a zoo model")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))

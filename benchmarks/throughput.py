@@ -289,7 +289,7 @@ def exported(model: nn.Module, setting: Setting, x: torch.Tensor) -> Callable[[t
         path = zoo.export(model, folder / "model.pt2", format="pt2", example_input=example, dtype=setting.dtype)
         return torch._inductor.aoti_load_package(str(path))
     path = zoo.export(model, folder / "model.onnx", example_input=example)
-    return (deploy.onnx_runner if setting.runtime == "onnxruntime" else deploy.openvino_runner)(path)
+    return deploy.runtime_runner(path, setting.runtime)
 
 
 def measure_group(

@@ -152,6 +152,14 @@ def onnx_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[t
     return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.numpy()})]
 
 
+def runtime_runner(path: str | os.PathLike[str], runtime: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """An ONNX file run by ``runtime`` ("onnxruntime" or "openvino"), called like the model."""
+    runners = {"onnxruntime": onnx_runner, "openvino": openvino_runner}
+    if runtime not in runners:
+        raise ConfigError("runtime", not_one_of(runtime, runners))
+    return runners[runtime](path)
+
+
 def openvino_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """An OpenVINO model compiled for the CPU (its default precision: bf16 where the CPU has it)."""
     openvino = require("openvino", "openvino")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .data import create_transform, resolve_data_config
 from .errors import ConfigError, not_one_of, require
+from .train.views import tta_views
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,12 @@ def make_runner(model: nn.Module, runtime: str, example: torch.Tensor) -> Runner
         from .optimize import cpu_supports_bf16, optimize_for_inference
 
         return optimize_for_inference(model, "bf16" if cpu_supports_bf16() else "fp32", example_input=example)
-    from .deploy import export, onnx_runner, openvino_runner
+    from .deploy import export, runtime_runner
 
     require(runtime, "onnx" if runtime == "onnxruntime" else "openvino")
     with tempfile.TemporaryDirectory(prefix="zoo-predict-") as folder:  # the runtime keeps the graph in memory
         path = export(model, Path(folder) / "model.onnx", example_input=example)
-        run = (onnx_runner if runtime == "onnxruntime" else openvino_runner)(path)
+        run = runtime_runner(path, runtime)
     return lambda x: run(x)[0]
 
 
@@ -79,8 +80,6 @@ class Classifier:
     def __init__(
         self, model: nn.Module, *, runtime: str = "torch", batch_size: int = 32, tta: str | None = None
     ) -> None:
-        from .train.views import tta_views
-
         if batch_size < 1:
             raise ConfigError("--batch-size", f"expected a positive integer, got {batch_size}")
         tta_views(torch.zeros(1, 3, 2, 2), tta)  # an unknown mode is refused before any work
@@ -96,8 +95,6 @@ class Classifier:
         self.skipped: list[tuple[Path, str]] = []
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        from .train.views import tta_views
-
         views = tta_views(images, self.tta)
         return sum(self.run(v).float() for v in views) / len(views)  # type: ignore[return-value]
 

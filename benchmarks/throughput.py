@@ -463,18 +463,10 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BadInput("--device cuda: no CUDA device is available")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
-    models = []
-    for pattern in args.models:
-        found = (
-            zoo.list_models(pattern)
-            if any(c in pattern for c in "*?[")
-            else ([pattern] if zoo.is_model(pattern) else [])
-        )
-        if not found:
-            from zoo.errors import suggest
-
-            raise BadInput(f"--models: {pattern!r} matches no registered model{suggest(pattern, zoo.list_models())}")
-        models += found
+    try:
+        models = zoo.registry.expand_models(args.models, "--models")
+    except zoo.ConfigError as e:
+        raise BadInput(str(e)) from e
     for b in args.batch_sizes:
         if b < 1:
             raise BadInput(f"--batch-sizes: {b} is not a positive batch size")

@@ -45,6 +45,34 @@ def test_frozen_batch_norm_loads_batch_norm_weights_and_matches_eval() -> None:
     assert isinstance(frozen.bn1, FrozenBatchNorm2d)
 
 
+def test_frozen_batch_norm_equals_torchvisions_and_keeps_the_input_dtype() -> None:
+    from torchvision.ops import FrozenBatchNorm2d as TorchvisionFrozen
+
+    ours, theirs = FrozenBatchNorm2d(8), TorchvisionFrozen(8)
+    torch.manual_seed(0)
+    stats = {"weight": torch.rand(8) + 0.5, "bias": torch.randn(8), "running_mean": torch.randn(8),
+             "running_var": torch.rand(8) + 0.5, "num_batches_tracked": torch.tensor(7)}  # fmt: skip
+    ours.load_state_dict(stats)
+    theirs.load_state_dict(stats)
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(ours(x), theirs(x))  # the same arithmetic in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # why ours stays: theirs promotes bf16 to fp32
+        assert ours(x.bfloat16()).dtype == torch.bfloat16 and theirs(x.bfloat16()).dtype == torch.float32
+
+
+def test_stochastic_depth_drops_whole_samples_and_rescales_the_kept() -> None:
+    from torchvision.ops import StochasticDepth
+
+    drop = zoo.create_model("resnet20", drop_path_rate=0.5).stages()[-1][-1].drop_path
+    assert isinstance(drop, StochasticDepth) and (drop.p, drop.mode) == (0.5, "row")
+    x = torch.randn(64, 4, 3, 3)
+    out = drop.train()(x)
+    kept = (out != 0).flatten(1).all(1)
+    assert torch.equal(out[kept], x[kept] / 0.5) and not out[~kept].any() and 16 < kept.sum() < 48
+    assert torch.equal(drop.eval()(x), x)
+    assert isinstance(zoo.create_model("resnet20").stages()[0][0].drop_path, nn.Identity)
+
+
 @pytest.mark.parametrize("act", ACTS)
 def test_every_activation(act: str) -> None:
     model = zoo.create_model("resnet20", act_layer=act)

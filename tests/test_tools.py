@@ -113,6 +113,20 @@ def test_folded_batch_norms_match_eval_model(name: str) -> None:
     assert (ours - reference).abs().max().item() <= 1e-5 * scale
 
 
+def test_frozen_batch_norms_fold_too() -> None:
+    model = zoo.create_model("resnet18", norm_layer="frozen_batch_norm").eval()
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, zoo.layers.FrozenBatchNorm2d):
+            m.running_var.uniform_(0.5, 2)
+            m.bias.uniform_(-0.2, 0.2)
+    fused = fold_batch_norms(model)
+    assert not any(isinstance(m, zoo.layers.FrozenBatchNorm2d) for m in fused.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 def test_optimize_for_inference_features_and_bf16() -> None:
     backbone = zoo.create_model("resnet18", features_only=True, out_indices=(2, 4)).eval()
     x = torch.randn(2, 3, 64, 64)

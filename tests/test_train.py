@@ -434,6 +434,32 @@ def test_ema_averages_weights_and_running_statistics_and_copies_counts() -> None
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
+def test_ema_equals_torch_averaged_model_but_for_the_batch_counts() -> None:
+    # Why ModelEma stays ours: AveragedModel(use_buffers=True) averages the integer batch counts too
+    # (decay * count + (1 - decay) * count', truncated), so its counts drift from the model's.
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from zoo.train.recipe import ModelEma
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ours = ModelEma(model, decay=0.9)
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    theirs.update_parameters(model)  # its first update copies; ours starts as that copy
+    for _ in range(3):
+        model.train()(torch.randn(8, 3, 8, 8) * 3 + 1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update(model)
+        theirs.update_parameters(model)
+    for (key, a), b in zip(ours.module.state_dict().items(), theirs.module.state_dict().values(), strict=True):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=key)
+        else:
+            assert a.item() == model.state_dict()[key].item() == 3 and b.item() < 3, key
+
+
 def test_distillation_blends_the_teachers_softened_targets() -> None:
     from zoo.errors import ConfigError
     from zoo.train.distill import Distillation

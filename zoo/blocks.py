@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Shortcut
-from .layers import ActFactory, DropPath, NormFactory
+from .layers import ActFactory, NormFactory
 
 
 def conv3x3(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -21,6 +21,15 @@ def conv3x3(in_chs: int, out_chs: int, stride: int = 1, dilation: int = 1, group
 
 def conv1x1(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
+
+
+def _drop_path(p: float) -> nn.Module:
+    """Stochastic depth (Huang et al. 2016) on the residual branch: whole samples dropped, the kept rescaled."""
+    if p == 0:
+        return nn.Identity()
+    from torchvision.ops import StochasticDepth  # here: importing torchvision doubles the time of `import zoo`
+
+    return StochasticDepth(p, "row")
 
 
 class PadShortcut(nn.Module):
@@ -81,7 +90,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
         self.bn2 = norm(planes)
         self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = _drop_path(drop_path)
         self.act2 = act()
 
     def last_norm(self) -> nn.Module:
@@ -126,7 +135,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(width, out_chs)
         self.bn3 = norm(out_chs)
         self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = _drop_path(drop_path)
         self.act3 = act()
 
     def last_norm(self) -> nn.Module:

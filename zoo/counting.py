@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import ConfigError
-
 CONVENTION = (
     "MACs = fused multiply-adds (fvcore's 'flops'); FLOPs = 2 x MACs. conv+linear MACs = torchvision's "
     "'GFLOPS'; total MACs add the norms. Adds, activations and pooling are not counted."
@@ -85,16 +83,11 @@ def count_models(
     from tqdm import tqdm
 
     from .factory import create_model
-    from .registry import get_entry, list_models
+    from .registry import expand_models
 
-    resolved = [
-        n for pattern in names for n in (list_models(pattern) if any(c in pattern for c in "*?[") else [pattern])
-    ]
-    if not resolved:
-        raise ConfigError("models", f"no registered model matches {' '.join(names)}; see `zoo list`")
+    resolved = expand_models(names)
     costs = []
     for name in tqdm(resolved, desc="count", disable=not progress, leave=False):
-        get_entry(name)
         model = create_model(name)
         size = model.pretrained_cfg["input_size"]
         costs.append(count(model, (size[0], input_size, input_size) if input_size else size, name=name, stages=stages))

@@ -1,4 +1,4 @@
-"""Building bricks: norms, activations, stochastic depth, pooling.
+"""Building bricks: norms, activations, pooling.
 
 Names from the config's closed sets map to constructors here, in one table each.
 """
@@ -27,6 +27,9 @@ class FrozenBatchNorm2d(nn.Module):
 
     The usual choice for detection backbones fine-tuned at small batch sizes.
     Its state-dict keys are BatchNorm2d's, so BN checkpoints load into it.
+    Ours, not torchvision.ops.FrozenBatchNorm2d: that one computes the same in fp32 (a test
+    checks) but turns a bf16 activation into fp32 under autocast (its buffers promote it), and
+    importing torchvision here would double the time of ``import zoo``.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
@@ -129,24 +132,6 @@ ACT_LAYERS: dict[Act, ActFactory] = {
 
 # The norms whose statistics come from the batch in training mode.
 BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al. 2016): drop a sample's residual branch, rescale the kept."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class GlobalPool(nn.Module):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from .errors import ConfigError
@@ -47,17 +48,6 @@ def _copy_info(source: nn.Module, target: nn.Module) -> None:
             setattr(target, attr, getattr(source, attr))
 
 
-def _fold(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
-    """A conv computing conv followed by the (eval-mode) norm: w' = w * s, b' = (b - mean) * s + beta."""
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    fused = copy.deepcopy(conv)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-        fused.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias)
-    return fused
-
-
 def fold_batch_norms(model: nn.Module) -> torch.fx.GraphModule:
     """A copy of ``model`` (eval mode) in which every batch norm that follows a conv is folded into it.
 
@@ -79,7 +69,8 @@ def fold_batch_norms(model: nn.Module) -> torch.fx.GraphModule:
         if not isinstance(conv, nn.Conv2d):
             continue
         parent, _, name = source.target.rpartition(".")
-        setattr(graph_module.get_submodule(parent) if parent else graph_module, name, _fold(conv, modules[node.target]))
+        owner = graph_module.get_submodule(parent) if parent else graph_module
+        setattr(owner, name, fuse_conv_bn_eval(conv, modules[node.target]))
         node.replace_all_uses_with(source)
         graph_module.graph.erase_node(node)
         folded += 1

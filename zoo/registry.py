@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from .errors import RegistryError, UnknownModelError, suggest
+from .errors import ConfigError, RegistryError, UnknownModelError, suggest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -130,6 +130,19 @@ def list_models(
         n for n in _models if (not pretrained or _weights.get(n)) and _matches(n, include) and not _matches(n, excluded)
     )
     return sorted(names, key=_natural_key)
+
+
+def expand_models(patterns: Iterable[str], flag: str = "models") -> list[str]:
+    """The registered names that ``patterns`` (names or fnmatch patterns) stand for, in the order given.
+
+    One that matches nothing is a ConfigError naming ``flag`` and the closest names."""
+    found = []
+    for pattern in patterns:
+        names = list_models(pattern) if any(c in pattern for c in "*?[") else [n for n in (pattern,) if n in _models]
+        if not names:
+            raise ConfigError(flag, f"{pattern!r} matches no registered model{suggest(pattern, _models)}")
+        found += names
+    return found
 
 
 def list_pretrained(pattern: str | Iterable[str] = "*", *, exclude: str | Iterable[str] = ()) -> list[str]:

@@ -111,7 +111,8 @@ def make_schedule(
 class ModelEma:
     """Exponential moving average of a model's weights and of its float buffers (the norms' running
     statistics, so they match the averaged weights, as timm's ModelEmaV3); integer buffers (batch counts)
-    are copied."""
+    are copied. Ours, not torch's AveragedModel(use_buffers=True): that one averages the integer counts
+    too, so they drift from the model's (a test shows both)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay

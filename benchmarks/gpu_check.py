@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 import zoo
+from zoo import benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"step": name, "ok": ok, "seconds": seconds, "details": details, "error": error})
         print(f"{'PASS' if ok else 'FAIL'} {name} ({seconds} s)" + (f": {error.splitlines()[0]}" if error else ""),
               flush=True)  # fmt: skip
-    environment = throughput.environment(device)
+    environment = benchmark.environment(device)
     from zoo.io import atomic_write, save_json
 
     save_json(out / "results.json", {"device": device.type, "environment": environment, "steps": results})

@@ -24,31 +24,22 @@ and CSV files and a PNG plot of img/s against batch size in ``--out``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import platform
-import resource
 import signal
-import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import zoo
+from zoo.benchmark import INT8, PeakMemory, Setting, environment, measure_ceiling, measure_group
 from zoo.cli import format_table
 from zoo.errors import ZooError
-from zoo.optimize import DTYPES, autocast, compile_problem, optimize_for_inference, quantize_int8
+from zoo.optimize import DTYPES, compile_problem
 
 MODES = ("infer", "train", "latency")
 BASELINES = ("none", "torchvision", "eager")
-INT8 = "int8"  # --optimize only: zoo.quantize_int8, calibrated on random batches (speed does not depend on them)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 RUNTIMES = ("torch", "onnxruntime", "openvino", "pt2", INT8)
 TORCHVISION_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -57,355 +48,6 @@ TORCHVISION_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152
 
 class BadInput(Exception):
     """A user error: printed as one line, exit code 2."""
-
-
-# --- environment --------------------------------------------------------------------------------------
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
-
-
-def git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    env = {
-        "device": device.type,
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "commit": git_commit(),
-    }
-    if device.type == "cuda":  # what decides which kernels an fp32 row ran: TF32 and cuDNN's autotuner
-        env.update(
-            cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-            cudnn_benchmark=torch.backends.cudnn.benchmark, tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-            tf32_conv=torch.backends.cudnn.allow_tf32,
-        )  # fmt: skip
-    return env
-
-
-class PeakMemory:
-    """Peak memory of a measured block: CUDA's max allocated, or the process's peak RSS on CPU.
-
-    On Linux the RSS high-water mark is reset for each block (``/proc/self/clear_refs``);
-    elsewhere it is the process peak so far.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.before = 0.0
-
-    def reset(self) -> None:
-        """Start a measured block: the peak so far is forgotten and what is held now is the zero."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device) / 2**20
-        else:
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")
-            self.before = self._rss("VmRSS:")
-
-    def peak_mb(self) -> float:
-        """The block's peak above what was held at ``reset``: its own activations and workspace."""
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.before
-        return max(0.0, self._rss("VmHWM:") - self.before)
-
-    @staticmethod
-    def _rss(field: str) -> float:
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(field):
-                    return int(line.split()[1]) / 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# --- what is timed ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Setting:
-    model: str
-    mode: str
-    batch_size: int
-    img_size: int
-    dtype: str
-    channels_last: bool
-    compile: bool
-    optimize: bool
-    label: str = ""  # "zoo", a runtime's name, or the baseline's name
-    runtime: str = "torch"  # what executes the model: torch, onnxruntime, openvino, pt2 (an exported file)
-
-    def describe(self) -> str:
-        if self.runtime == "openvino":  # it picks its own inference precision (bf16 on CPUs that have it)
-            return "openvino:default-precision"
-        if self.runtime in EXPORTED:
-            return f"{self.runtime}:{self.dtype}"
-        parts = [self.dtype, "NHWC" if self.channels_last else "NCHW"]
-        parts += ["optimize"] if self.optimize else []
-        parts += ["compile"] if self.compile else ([] if self.optimize else ["eager"])
-        return f"{self.label}:{'/'.join(parts)}"
-
-
-@dataclass
-class Result:
-    setting: Setting
-    img_per_s: list[float] = field(default_factory=list)  # one per repeat
-    latencies_ms: list[float] = field(default_factory=list)  # one per iteration
-    peak_mb: float = 0.0  # above what was allocated before, over one timed round
-    compiled_graphs: int = 0  # dynamo graphs compiled while building and warming up this setting
-    status: str = "ok"  # or "oom": it did not fit the device; its row has no speed
-
-    def row(self, env: dict[str, Any], macs: float, ceiling: dict[str, float]) -> dict[str, Any]:
-        s, ips = self.setting, sorted(self.img_per_s)
-        if self.status != "ok":
-            return {**asdict(s), "config": s.describe(), "status": self.status, "img_per_s": None, **env}
-        lat = sorted(self.latencies_ms)
-        q = lambda xs, p: xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
-        median = statistics.median(ips)
-        achieved = 2 * macs * median / 1e9 * (3 if s.mode == "train" else 1)  # backward ~ 2x forward
-        row = {
-            **asdict(s),
-            "config": s.describe(),
-            "img_per_s": round(median, 2),
-            "img_per_s_p10": round(q(ips, 0.1), 2),
-            "img_per_s_p90": round(q(ips, 0.9), 2),
-            "latency_ms_p50": round(q(lat, 0.5), 3),
-            "latency_ms_p90": round(q(lat, 0.9), 3),
-            "latency_ms_p99": round(q(lat, 0.99), 3),
-            "peak_mem_mb": round(self.peak_mb, 1),
-            "compiled_graphs": self.compiled_graphs,
-            "status": self.status,
-            "gflops_achieved": round(achieved, 1),
-            **env,
-        }
-        for kind, value in ceiling.items():
-            row[f"pct_of_{kind}_ceiling"] = round(100 * achieved / value, 1) if value else None
-        return row
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def build_step(setting: Setting, device: torch.device, compile_mode: str | None) -> Callable[[], None]:
-    """The closure one iteration runs, with its model and data ready on the device."""
-    if setting.label == "torchvision":
-        import torchvision
-
-        model: nn.Module = getattr(torchvision.models, setting.model)()
-    else:
-        model = zoo.create_model(setting.model)
-    model.to(device)
-    in_chans = model.pretrained_cfg["input_size"][0] if hasattr(model, "pretrained_cfg") else 3
-    x = torch.randn(setting.batch_size, in_chans, setting.img_size, setting.img_size, device=device)
-    if setting.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-
-    if setting.mode == "train":
-        model.train()
-        y = torch.randint(0, getattr(model, "num_classes", 1000) or 1000, (setting.batch_size,), device=device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        run = torch.compile(model, mode=compile_mode, dynamic=False) if setting.compile else model
-        scaler = torch.amp.GradScaler(device.type) if setting.dtype == "fp16" else None  # as the trainer does
-
-        def train_step() -> None:
-            with autocast(device, setting.dtype):
-                loss = nn.functional.cross_entropy(run(x), y)
-            opt.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-
-        return train_step
-
-    model.eval()
-    if setting.runtime in EXPORTED:
-        run = exported(model, setting, x)
-
-        def exported_step() -> None:
-            run(x)
-
-        return exported_step
-    if setting.dtype == INT8:
-        fast = quantize_int8(model, [torch.randn_like(x) for _ in range(2)], compile=setting.compile)
-
-        def int8_step() -> None:
-            fast(x)
-
-        return int8_step
-    if setting.optimize:
-        fast = optimize_for_inference(model, setting.dtype, compile=setting.compile, compile_mode=compile_mode)
-
-        def optimized_step() -> None:
-            fast(x)
-
-        return optimized_step
-    run = torch.compile(model, mode=compile_mode, dynamic=False) if setting.compile else model
-
-    def infer_step() -> None:
-        with torch.inference_mode(), autocast(device, setting.dtype):
-            run(x)
-
-    return infer_step
-
-
-EXPORTED = ("onnxruntime", "openvino", "pt2")
-
-
-def exported(model: nn.Module, setting: Setting, x: torch.Tensor) -> Callable[[torch.Tensor], Any]:
-    """``model`` exported by ``zoo.export`` (dynamic batch, checked against eager) and loaded in its runtime."""
-    import tempfile
-
-    from zoo import deploy
-
-    folder = Path(tempfile.mkdtemp(prefix="zoo-bench-"))
-    example = x if len(x) >= 2 else torch.cat([x, x])  # a dynamic batch axis is traced from 2 or more
-    if setting.runtime == "pt2":
-        path = zoo.export(model, folder / "model.pt2", format="pt2", example_input=example, dtype=setting.dtype)
-        return torch._inductor.aoti_load_package(str(path))
-    path = zoo.export(model, folder / "model.onnx", example_input=example)
-    return deploy.runtime_runner(path, setting.runtime)
-
-
-def measure_group(
-    settings: list[Setting], args: argparse.Namespace, device: torch.device, memory: PeakMemory
-) -> list[Result]:
-    """Build, warm up and time ``settings`` round by round, interleaved. A setting that runs out of device
-    memory gets an OOM row (the cache is freed) and the others go on."""
-    import torch._dynamo
-    from torch._dynamo.utils import counters
-
-    torch._dynamo.reset()  # this group compiles its own graphs: no shapes or recompile budget left by another
-    results = [Result(s) for s in settings]
-    steps: dict[int, Callable[[], None]] = {}
-    for i, result in enumerate(results):
-        graphs = counters["stats"]["unique_graphs"]
-        try:
-            step = build_step(result.setting, device, args.compile_mode)
-            for _ in range(args.warmup):
-                step()
-            _sync(device)
-        except torch.cuda.OutOfMemoryError:
-            _out_of_memory(result, device)
-            continue
-        result.compiled_graphs = counters["stats"]["unique_graphs"] - graphs
-        steps[i] = step
-    for repeat in range(args.repeats):  # interleaved: ours, baseline, ours, baseline, ...
-        for i, step in list(steps.items()):
-            result = results[i]
-            if repeat == 0:
-                memory.reset()  # the peak of one timed round, above what the group holds already
-            try:
-                ips, lat = time_round(
-                    step, args.iters, device, result.setting.batch_size, result.setting.mode == "latency"
-                )
-            except torch.cuda.OutOfMemoryError:
-                _out_of_memory(result, device)
-                del steps[i]
-                continue
-            if repeat == 0:
-                result.peak_mb = memory.peak_mb()
-            result.img_per_s.append(ips)
-            result.latencies_ms += lat
-    return results
-
-
-def _out_of_memory(result: Result, device: torch.device) -> None:
-    result.status, result.img_per_s, result.latencies_ms = "oom", [], []
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def time_round(
-    step: Callable[[], None], iters: int, device: torch.device, batch: int, latency: bool = False
-) -> tuple[float, list[float]]:
-    """img/s over ``iters`` iterations and each iteration's latency (ms); CUDA events on GPU. ``latency``
-    waits for each step to finish before the next starts, as a request at a time would."""
-    latencies = []
-    if device.type == "cuda":
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
-        starts[0].record()
-        for i in range(iters):
-            step()
-            starts[i + 1].record()
-            if latency:
-                starts[i + 1].synchronize()
-        torch.cuda.synchronize(device)
-        latencies = [starts[i].elapsed_time(starts[i + 1]) for i in range(iters)]
-        total = sum(latencies) / 1000
-    else:
-        begin = time.perf_counter()
-        for _ in range(iters):
-            t = time.perf_counter()
-            step()
-            latencies.append((time.perf_counter() - t) * 1000)
-        total = time.perf_counter() - begin
-    return batch * iters / total, latencies
-
-
-# --- the ceiling ------------------------------------------------------------------------------------------
-
-
-def measure_ceiling(device: torch.device, dtype: str, seconds: float = 2.0) -> dict[str, float]:
-    """The device's GFLOP/s for ``dtype`` on a large 3x3 conv (channels_last) and a large matmul."""
-
-    def rate(fn: Callable[[], Any], flops: float) -> float:
-        fn()
-        _sync(device)
-        n, begin = 0, time.perf_counter()
-        while time.perf_counter() - begin < seconds:
-            fn()
-            n += 1
-        _sync(device)
-        return flops * n / (time.perf_counter() - begin) / 1e9
-
-    conv, x, a, b = ceiling_operands(device, dtype)
-    n = a.shape[0]
-    conv_flops = 2 * x.shape[0] * 28 * 28 * 256 * 256 * 9
-    with torch.inference_mode():  # no autocast: the operands are in the dtype already, no casts are timed
-        return {
-            "conv": round(rate(lambda: conv(x), conv_flops), 1),
-            "matmul": round(rate(lambda: a @ b, 2 * n**3), 1),
-        }
-
-
-def ceiling_operands(device: torch.device, dtype: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A 3x3 conv with its input (channels_last) and two square matrices, all in ``dtype``; large enough to
-    saturate a big GPU (8192^2 matmul, batch 256 conv), smaller on a CPU. fp32 on CUDA runs as TF32 when
-    ``torch.backends`` allows it, for conv and matmul alike (recorded in every row)."""
-    dt = DTYPES[dtype]
-    big = device.type == "cuda"
-    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dt).to(memory_format=torch.channels_last).eval()
-    x = torch.randn(256 if big else 32, 256, 28, 28, device=device, dtype=dt).contiguous(
-        memory_format=torch.channels_last
-    )
-    n = 8192 if big else 2048
-    return conv, x, torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -599,7 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         for ours, base in groups:
             first = ours[0]
             macs = zoo.count(zoo.create_model(first.model), (3, first.img_size, first.img_size)).conv_linear_macs
-            results = measure_group([*ours, *([base] if base else [])], args, device, memory)
+            results = measure_group(
+                [*ours, *([base] if base else [])],
+                device,
+                memory,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                iters=args.iters,
+                compile_mode=args.compile_mode,
+            )
             new = [r.row(env, macs, ceiling) for r in results]
             rows += new
             for r in new:

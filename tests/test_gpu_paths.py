@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import zoo
+from zoo import benchmark
 from zoo.optimize import InferenceModel
 from zoo.train.engine import _batches
 from zoo.train.processes import Processes, backend
@@ -29,14 +30,14 @@ def test_the_process_group_reduces_cpu_tensors_next_to_nccl() -> None:
 
 
 def test_an_out_of_memory_setting_gets_its_row_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
-    real = throughput.build_step
+    real = benchmark.build_step
 
     def tight(setting, device, compile_mode):
         if setting.label == "zoo" and setting.batch_size == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(setting, device, compile_mode)
 
-    monkeypatch.setattr(throughput, "build_step", tight)
+    monkeypatch.setattr(benchmark, "build_step", tight)
     args = ["--models", "resnet20", "--img-size", "32", "--batch-sizes", "1", "2", "--iters", "1", "--repeats", "1",
             "--warmup", "1", "--no-ceiling", "--baseline", "eager", "--out", str(tmp_path)]  # fmt: skip
     assert throughput.main(args) == 0
@@ -50,11 +51,11 @@ def test_an_out_of_memory_setting_gets_its_row_and_the_sweep_goes_on(tmp_path: P
 def test_a_failing_sweep_still_writes_what_it_measured(tmp_path: Path, monkeypatch) -> None:
     real, calls = throughput.measure_group, []
 
-    def second_fails(settings, args, device, memory):
+    def second_fails(settings, device, memory, **timing):
         calls.append(settings)
         if len(calls) == 2:
             raise RuntimeError("the device fell off the bus")
-        return real(settings, args, device, memory)
+        return real(settings, device, memory, **timing)
 
     monkeypatch.setattr(throughput, "measure_group", second_fails)
     args = ["--models", "resnet20", "--img-size", "32", "--batch-sizes", "1", "2", "--iters", "1", "--repeats", "1",
@@ -80,16 +81,16 @@ def test_each_group_compiles_its_own_graphs(tmp_path: Path, monkeypatch) -> None
 
 
 def test_every_row_records_the_kernel_settings_on_cuda(monkeypatch) -> None:
-    monkeypatch.setattr(throughput, "device_name", lambda device: "a GPU")
-    env = throughput.environment(torch.device("cuda"))
+    monkeypatch.setattr(benchmark, "device_name", lambda device: "a GPU")
+    env = benchmark.environment(torch.device("cuda"))
     assert {"cuda", "cudnn", "cudnn_benchmark", "tf32_matmul", "tf32_conv"} <= set(env)
-    assert "tf32_matmul" not in throughput.environment(torch.device("cpu"))
+    assert "tf32_matmul" not in benchmark.environment(torch.device("cpu"))
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_the_ceiling_is_measured_in_the_target_dtype(dtype: str) -> None:
-    conv, x, a, b = throughput.ceiling_operands(torch.device("cpu"), dtype)
-    want = throughput.DTYPES[dtype]
+    conv, x, a, b = benchmark.ceiling_operands(torch.device("cpu"), dtype)
+    want = benchmark.DTYPES[dtype]
     assert conv.weight.dtype == x.dtype == a.dtype == b.dtype == want  # no casts inside the timed call
     assert x.is_contiguous(memory_format=torch.channels_last) and a.shape == (2048, 2048)
 
@@ -103,8 +104,8 @@ def test_fp16_training_rows_use_a_grad_scaler(monkeypatch) -> None:
     made = []
     real = torch.amp.GradScaler
     monkeypatch.setattr(torch.amp, "GradScaler", lambda *a, **k: made.append(a) or real(*a, **k))
-    setting = throughput.Setting("resnet20", "train", 2, 32, "fp16", False, False, False, label="zoo")
-    throughput.build_step(setting, torch.device("cpu"), None)()
+    setting = benchmark.Setting("resnet20", "train", 2, 32, "fp16", False, False, False, label="zoo")
+    benchmark.build_step(setting, torch.device("cpu"), None)()
     assert made == [("cpu",)]
 
 

@@ -171,7 +171,31 @@ def parse(document: Any) -> tuple[ResNetConfig, tuple[int, ...] | None]:
         if p["expansion"] != want:
             raise ConfigError(at(".expansion"), f"a {p['block_type']} block expands by {want}, got {p['expansion']!r}")
 
-    stages = backbone.get("stage_params")
+    layers, channels, dilate, pool = _stages(backbone.get("stage_params"))
+    fields.update(layers=tuple(layers), channels=tuple(channels))
+    fields["output_stride"] = _output_stride(dilate, stem, p.get("output_stride"))
+    fields["shortcut"] = _shortcut(pool, p.get("shortcut"))
+
+    head_params = _head(head)
+    for key in ("num_classes",):
+        if key in p and key in head_params and p[key] != head_params[key]:
+            raise ConfigError(at(f".{key}"), f"{p[key]!r} contradicts head.params.{key}: {head_params[key]!r}")
+    if "num_classes" in p:
+        fields["num_classes"] = _int(at(".num_classes"), p["num_classes"], 0)
+    fields.update(head_params)
+
+    out_indices = _out_indices(at(".return_stage_idx"), p.get("return_stage_idx"), len(layers))
+    try:
+        return ResNetConfig(**fields), out_indices
+    except ConfigError as e:  # a cross-field rule: say it in the document's terms
+        where = FIELD_PATHS.get(e.field.split("[")[0], f"params.{e.field}")
+        raise ConfigError(
+            f"{ROOT}.{where}" if not where.startswith("head") else f"model.architecture.{where}", e.problem
+        ) from e
+
+
+def _stages(stages: Any) -> tuple[list[int], list[int], list[bool], list[bool]]:
+    """``stage_params`` as blocks, channels, and whether each stage dilates or pools instead of striding."""
     if not isinstance(stages, list) or not stages:
         raise ConfigError(f"{ROOT}.stage_params", f"expected a non-empty list of stages, got {stages!r}")
     layers, channels, dilate, pool = [], [], [], []
@@ -185,37 +209,20 @@ def parse(document: Any) -> tuple[ResNetConfig, tuple[int, ...] | None]:
         layers.append(_int(f"{sp}.num_blocks", s["num_blocks"]))
         dilate.append(_bool(f"{sp}.replace_stride_with_dilation", s.get("replace_stride_with_dilation")))
         pool.append(_bool(f"{sp}.replace_stride_with_pooling", s.get("replace_stride_with_pooling")))
-    fields.update(layers=tuple(layers), channels=tuple(channels))
-    fields["output_stride"] = _output_stride(dilate, stem, p.get("output_stride"))
-    fields["shortcut"] = _shortcut(pool, p.get("shortcut"))
+    return layers, channels, dilate, pool
 
-    head_params = _head(head)
-    for key in ("num_classes",):
-        if key in p and key in head_params and p[key] != head_params[key]:
-            raise ConfigError(at(f".{key}"), f"{p[key]!r} contradicts head.params.{key}: {head_params[key]!r}")
-    if "num_classes" in p:
-        fields["num_classes"] = _int(at(".num_classes"), p["num_classes"], 0)
-    fields.update(head_params)
 
-    out_indices = None
-    if p.get("return_stage_idx") is not None:
-        idx = p["return_stage_idx"]
-        if (
-            not isinstance(idx, list)
-            or not idx
-            or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(layers) for i in idx)
-        ):
-            raise ConfigError(
-                at(".return_stage_idx"), f"expected a list of stage indices in 0..{len(layers) - 1}, got {idx!r}"
-            )
-        out_indices = tuple(i + 1 for i in idx)  # feature map 0 is the stem
-    try:
-        return ResNetConfig(**fields), out_indices
-    except ConfigError as e:  # a cross-field rule: say it in the document's terms
-        where = FIELD_PATHS.get(e.field.split("[")[0], f"params.{e.field}")
-        raise ConfigError(
-            f"{ROOT}.{where}" if not where.startswith("head") else f"model.architecture.{where}", e.problem
-        ) from e
+def _out_indices(field: str, idx: Any, stages: int) -> tuple[int, ...] | None:
+    """``return_stage_idx`` (0-based stages) as feature-map indices (map 0 is the stem)."""
+    if idx is None:
+        return None
+    if (
+        not isinstance(idx, list)
+        or not idx
+        or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < stages for i in idx)
+    ):
+        raise ConfigError(field, f"expected a list of stage indices in 0..{stages - 1}, got {idx!r}")
+    return tuple(i + 1 for i in idx)
 
 
 def _output_stride(dilate: list[bool], stem: str, given: Any) -> int:

@@ -42,6 +42,13 @@ def _lower_choice(choices: tuple[str, ...], aliases: dict[str, str] | None = Non
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Every flag of `zoo train` (and tools/train.py), in the groups --help shows."""
+    _data_and_model_arguments(p)
+    _recipe_arguments(p)
+    _speed_and_run_arguments(p)
+
+
+def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--dataset", type=_lower_choice(DATASETS), default="cifar10", help=" | ".join(DATASETS))
     data.add_argument("--root", default="data", help="dataset folder, or a .tar.gz of an image folder")
@@ -68,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="more architecture options, values in YAML: zero_init_last=false norm_layer=group_norm",
     )  # fmt: skip
 
+
+def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     recipe = p.add_argument_group("recipe")
     recipe.add_argument("--epochs", "--num_epochs", type=int, default=30, help="with --time-budget: at most")
     recipe.add_argument(
@@ -121,6 +130,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--transform", dest="norm", action="store_const", const="half", help="alias: --norm half (mean=std=0.5)"
     )
 
+
+def _speed_and_run_arguments(p: argparse.ArgumentParser) -> None:
     speed = p.add_argument_group("speed")
     speed.add_argument("--precision", type=_lower_choice(PRECISIONS), default="fp32", help=" | ".join(PRECISIONS))
     speed.add_argument("--channels-last", action="store_true")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .factory import create_model
 from .optimize import DTYPES, autocast, optimize_for_inference, quantize_int8
 
 INT8 = "int8"  # --optimize only: zoo.quantize_int8, calibrated on random batches (speed does not depend on them)
@@ -182,8 +183,6 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
 
         model: nn.Module = getattr(torchvision.models, setting.model)()
     else:
-        from .factory import create_model
-
         model = create_model(setting.model)
     model.to(device)
     in_chans = model.pretrained_cfg["input_size"][0] if hasattr(model, "pretrained_cfg") else 3

@@ -86,6 +86,7 @@ class Checkpoints:
         return final
 
 
+# What a run leaves in its --output folder: a folder holding any of these holds a run.
 RUN_FILES = ("args.json", "command.txt", "metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "last", "best",
              "checkpoints")  # fmt: skip
 

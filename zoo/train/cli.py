@@ -244,15 +244,14 @@ def run_validate(args: argparse.Namespace) -> int:
     try:
         names = {f.name for f in dataclasses.fields(ValidateConfig)}
         config = ValidateConfig(**{k: v for k, v in vars(args).items() if k in names})
-        result = validate(config)
+        r = validate(config)
     except ZooError as e:
         print(f"zoo validate: error: {e}", file=sys.stderr)
         return 2
-    r = result
     weights = "" if r["weights"] == r["model"] else f" ({r['weights']})"  # an ensemble of tags names them once
     print(
         f"{r['model']}{weights} on {r['dataset']} {r['split']} ({r['images']} images): "
-        f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
+        f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}"
         + (f"  ({r['tta']} TTA)" if r["tta"] else "")
     )
     if "int8" in r:
@@ -262,7 +261,7 @@ def run_validate(args: argparse.Namespace) -> int:
             f"({q['top1'] - r['top1']:+.2f})  top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
         )
     output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', '+'.join(args.model))}.json"
-    save_json(output, result)
+    save_json(output, r)
     return 0
 
 

@@ -249,7 +249,6 @@ def train(args: TrainConfig) -> dict[str, Any]:
         procs.stop()
 
 
-# What a run leaves in its --output folder: a folder holding any of these holds a run.
 def _check_before_work(args: TrainConfig, procs: Processes) -> None:
     """What the machine and the model must allow, checked before any data is read."""
     if args.precision == "fp16" and procs.device.type != "cuda":

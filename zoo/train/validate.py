@@ -16,8 +16,8 @@ from ..data import create_transform, resolve_data_config
 from ..errors import ConfigError, not_one_of
 from ..factory import names_weights, weights_file
 from ..io import sha256_of
-from ..optimize import DTYPES, _import_pt2e, quantize_int8
-from .config import flag
+from ..optimize import _import_pt2e, quantize_int8
+from .config import PRECISIONS, flag
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .ensemble import Ensemble
 from .evaluation import evaluate
@@ -51,7 +51,7 @@ class ValidateConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", tuple(self.model))
-        for name, allowed in (("dataset", DATASETS), ("split", SPLITS), ("precision", tuple(DTYPES))):
+        for name, allowed in (("dataset", DATASETS), ("split", SPLITS), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(flag(name), not_one_of(getattr(self, name), allowed))
         if self.tta is not None and self.tta not in TTA_MODES:

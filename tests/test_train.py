@@ -550,6 +550,10 @@ def test_fine_tuning_replaces_the_head_and_keeps_frozen_stages(shapes: Path, tmp
     published = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
     summary = json.loads((run / "summary.json").read_text())
     assert published["tag"] == "resnet20.shapes" and published["top1"] == summary["best"]["val_acc1"]  # its own score
+    again = tmp_path / "again"  # a second cycle from the run's own checkpoint folder names the bare architecture
+    train(parse(args_for(shapes, again, "--model", f"local-dir:{run / 'best'}", "--pretrained", "--epochs", "1")))
+    config = json.loads((again / "best" / "config.json").read_text())
+    assert config["architecture"] == "resnet20" and config["fine_tuned_from"] == f"local-dir:{run / 'best'}"
 
 
 CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"

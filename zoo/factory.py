@@ -35,6 +35,7 @@ class Source:
     tag: str | None = None  # "arch.tag" of the weights
     folder: Path | None = None  # a local Hub-layout folder holding the weights
     out_indices: tuple[int, ...] | None = None  # default feature maps (a YAML config's return_stage_idx)
+    architecture: str = "resnet"  # what a checkpoint of this model names: registered arch, else "resnet" + zoo_config
 
 
 def _config_source(name: str, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Source:
@@ -83,7 +84,10 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
         if not config_path.is_file():
             raise WeightsNotFoundError(f"{name}: no config.json in {str(folder)!r}")
         config = _folder_config(read_json(config_path, name), config_path)
-        return Source(name, _from_folder_config(config, name), _folder_weights(config, str(folder)), name, folder)
+        return Source(
+            name, _from_folder_config(config, name), _folder_weights(config, str(folder)), name, folder,
+            architecture=config.get("architecture") or "resnet",
+        )  # fmt: skip
     if name.startswith("hf-hub:"):
         repo_id, _, revision = name[len("hf-hub:") :].partition("@")
         if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (revision == "" and "@" in name):
@@ -91,7 +95,8 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
         path = hub.hub_file(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir)
         config = _folder_config(read_json(path, name), path)
         weights = _folder_weights(config, repo_id, revision or None)
-        return Source(name, _from_folder_config(config, name), weights, name)
+        architecture = config.get("architecture") or "resnet"
+        return Source(name, _from_folder_config(config, name), weights, name, architecture=architecture)
     if name.endswith((".yaml", ".yml")):
         return _config_source(name, name)
     entry = get_entry(name)
@@ -101,9 +106,9 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
     except UnknownModelError:
         if tag is not None:  # an explicit tag that does not exist is an error; no tag means no weights
             raise
-        return Source(name, entry.builder)
+        return Source(name, entry.builder, architecture=entry.name)
     folder = hub.bundled_dir() / full if weights.bundled else None
-    return Source(name, entry.builder, weights, full, folder)
+    return Source(name, entry.builder, weights, full, folder, architecture=entry.name)
 
 
 def _weights_file(

@@ -22,11 +22,11 @@ from torch import nn
 from .. import create_model
 from ..data import resolve_data_config
 from ..errors import ConfigError, ZooError
+from ..factory import resolve
 from ..features import stem_and_stages
 from ..io import folder_config, save_json
 from ..layers import SyncBatchNorm2d
 from ..optimize import autocast, compile_problem
-from ..registry import is_model, split_name
 from ..weights import DATA_CONFIG_KEYS
 from .checkpoints import Checkpoints, check_output, replace_run, resume, training_state
 from .config import TrainConfig
@@ -216,10 +216,9 @@ def _batches(
 
 def _architecture(model: str) -> str:
     """What a checkpoint's config.json names: the bare architecture, so fine-tuning ``resnet56.c10_kd``
-    writes ``resnet56`` (the Hub folder's name adds the new tag); a YAML config is rebuilt from zoo_config."""
-    if str(model).endswith((".yaml", ".yml")):
-        return "resnet"
-    return split_name(model)[0] if is_model(model) else model
+    writes ``resnet56`` (the Hub folder's name adds the new tag), and fine-tuning ``local-dir:RUN/best``
+    the architecture that folder names; a YAML config is ``resnet``, rebuilt from zoo_config."""
+    return resolve(model).architecture
 
 
 def _model_options(args: TrainConfig, num_classes: int) -> dict[str, Any]:
@@ -379,6 +378,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
         step.model = torch.compile(step.model, mode=args.compile_mode)
     eval_model = step.ema.module if step.ema is not None else model
     extra = {"fine_tuned_from": fine_tuned_from} if fine_tuned_from else {}
+    architecture = _architecture(args.model)
     metrics = Metrics(output, start_epoch) if procs.main else None
     run_start = time.perf_counter() - (metrics.rows[-1]["elapsed_s"] if metrics and metrics.rows else 0.0)
     step.budget.start = run_start
@@ -416,7 +416,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
         if metrics is not None:  # the main process writes
             metrics.add(row)
             config = folder_config(
-                _architecture(args.model), getattr(eval_model, "cfg", None) and eval_model.cfg.to_dict(),
+                architecture, getattr(eval_model, "cfg", None) and eval_model.cfg.to_dict(),
                 eval_model.pretrained_cfg, num_features=getattr(eval_model, "num_features", None), **extra,
             )  # fmt: skip
             checkpoints.save(epoch, eval_model.state_dict(), config, training_state(step, epoch, best, args), is_best)

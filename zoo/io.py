@@ -283,7 +283,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 f"{path} is a pickle that needs code execution to load ({str(e).splitlines()[0][:200]}). "
                 "The zoo only loads plain tensors; re-save it as safetensors (tools/convert.py) where you trust it"
             ) from e
-        except (RuntimeError, EOFError, ValueError, OSError) as e:  # a broken zip, a truncated file
+        # a broken zip, a truncated file; garbage also trips the weights-only unpickler's own lookups
+        except (RuntimeError, EOFError, ValueError, OSError, LookupError) as e:
             raise WeightsIntegrityError(f"{path} is not a readable checkpoint: {first_line(e)}") from e
         if not isinstance(state, dict):
             raise StateDictError(f"{path} holds a {type(state).__name__}, not a state dict")

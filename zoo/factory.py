@@ -56,6 +56,12 @@ def _from_folder_config(config: dict[str, Any], name: str) -> Callable[..., nn.M
     return lambda **options: entry.builder(**{**model_args, **options})
 
 
+def _folder_source(name: str, config: dict[str, Any], weights: Weights, folder: Path | None = None) -> Source:
+    """A Hub folder's Source: built as its config.json says, named by the architecture it names."""
+    architecture = config.get("architecture") or "resnet"  # a zoo_config alone is rebuilt by "resnet"
+    return Source(name, _from_folder_config(config, name), weights, name, folder, architecture=architecture)
+
+
 def _folder_weights(config: dict[str, Any], repo_id: str, revision: str | None = None) -> Weights:
     cfg = config.get("pretrained_cfg", {})
     known = {f for f in Weights.__dataclass_fields__}
@@ -84,10 +90,7 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
         if not config_path.is_file():
             raise WeightsNotFoundError(f"{name}: no config.json in {str(folder)!r}")
         config = _folder_config(read_json(config_path, name), config_path)
-        return Source(
-            name, _from_folder_config(config, name), _folder_weights(config, str(folder)), name, folder,
-            architecture=config.get("architecture") or "resnet",
-        )  # fmt: skip
+        return _folder_source(name, config, _folder_weights(config, str(folder)), folder)
     if name.startswith("hf-hub:"):
         repo_id, _, revision = name[len("hf-hub:") :].partition("@")
         if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (revision == "" and "@" in name):
@@ -95,8 +98,7 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
         path = hub.hub_file(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir)
         config = _folder_config(read_json(path, name), path)
         weights = _folder_weights(config, repo_id, revision or None)
-        architecture = config.get("architecture") or "resnet"
-        return Source(name, _from_folder_config(config, name), weights, name, architecture=architecture)
+        return _folder_source(name, config, weights)
     if name.endswith((".yaml", ".yml")):
         return _config_source(name, name)
     entry = get_entry(name)

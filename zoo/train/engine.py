@@ -22,7 +22,7 @@ from torch import nn
 from .. import create_model
 from ..data import resolve_data_config
 from ..errors import ConfigError, ZooError
-from ..factory import resolve
+from ..factory import build, resolve
 from ..features import stem_and_stages
 from ..io import folder_config, save_json
 from ..layers import SyncBatchNorm2d
@@ -214,13 +214,6 @@ def _batches(
     )  # fmt: skip
 
 
-def _architecture(model: str) -> str:
-    """What a checkpoint's config.json names: the bare architecture, so fine-tuning ``resnet56.c10_kd``
-    writes ``resnet56`` (the Hub folder's name adds the new tag), and fine-tuning ``local-dir:RUN/best``
-    the architecture that folder names; a YAML config is ``resnet``, rebuilt from zoo_config."""
-    return resolve(model).architecture
-
-
 def _model_options(args: TrainConfig, num_classes: int) -> dict[str, Any]:
     options: dict[str, Any] = {**args.model_kwargs, "num_classes": num_classes}
     for name in ("drop_rate", "drop_path_rate", "in_chans"):
@@ -286,9 +279,11 @@ def _load_data(args: TrainConfig, procs: Processes) -> Dataset:
 
 def _build_model(
     args: TrainConfig, procs: Processes, data: Dataset
-) -> tuple[nn.Module, list[str], Any, Any, str | None]:
-    """The model on its device with frozen stages and sync BN as asked; its normalization; what it started from."""
-    model = create_model(args.model, pretrained=args.pretrained, **_model_options(args, data.num_classes))
+) -> tuple[nn.Module, list[str], Any, Any, dict[str, str]]:
+    """The model on its device with frozen stages and sync BN as asked; its normalization; what its checkpoints
+    name as their origin (architecture, and the weights it was fine-tuned from)."""
+    source = resolve(args.model)
+    model = build(source, args.pretrained, **_model_options(args, data.num_classes))
     frozen = stem_and_stages(model, args.freeze_stages)
     for name in frozen:
         getattr(model, name).requires_grad_(False)
@@ -301,10 +296,14 @@ def _build_model(
         model.to(memory_format=torch.channels_last)
     mean, std = _normalization(args, model, data)
     # The run's checkpoints describe their inputs, never the scores or tag of the weights it started from.
-    fine_tuned_from = model.pretrained_cfg.get("tag") if args.pretrained else None
+    # They name the bare architecture: fine-tuning resnet56.c10_kd or local-dir:RUN/best writes resnet56
+    # (a Hub folder's name adds the new tag); a YAML config writes "resnet", rebuilt from zoo_config.
+    origin = {"architecture": source.architecture}
+    if args.pretrained and model.pretrained_cfg.get("tag"):
+        origin["fine_tuned_from"] = model.pretrained_cfg["tag"]
     data_config = {k: v for k, v in model.pretrained_cfg.items() if k in DATA_CONFIG_KEYS}
     model.pretrained_cfg = {**data_config, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
-    return model, frozen, mean, std, fine_tuned_from
+    return model, frozen, mean, std, origin
 
 
 def _train_batch_size(args: TrainConfig, procs: Processes, images: int) -> int:
@@ -361,7 +360,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     resume_from = _start_output(args, procs, output)
     torch.manual_seed(args.seed)
     data = _load_data(args, procs)
-    model, frozen, mean, std, fine_tuned_from = _build_model(args, procs, data)
+    model, frozen, mean, std, origin = _build_model(args, procs, data)
     batch_size = _train_batch_size(args, procs, len(data.train))
     train_batches = _batches(args, data.train, True, model, mean, std, procs, batch_size)
     val_batches = _batches(args, data.val, False, model, mean, std, procs)
@@ -377,8 +376,6 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     if args.compile:
         step.model = torch.compile(step.model, mode=args.compile_mode)
     eval_model = step.ema.module if step.ema is not None else model
-    extra = {"fine_tuned_from": fine_tuned_from} if fine_tuned_from else {}
-    architecture = _architecture(args.model)
     metrics = Metrics(output, start_epoch) if procs.main else None
     run_start = time.perf_counter() - (metrics.rows[-1]["elapsed_s"] if metrics and metrics.rows else 0.0)
     step.budget.start = run_start
@@ -416,8 +413,9 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
         if metrics is not None:  # the main process writes
             metrics.add(row)
             config = folder_config(
-                architecture, getattr(eval_model, "cfg", None) and eval_model.cfg.to_dict(),
-                eval_model.pretrained_cfg, num_features=getattr(eval_model, "num_features", None), **extra,
+                model_config=getattr(eval_model, "cfg", None) and eval_model.cfg.to_dict(),
+                pretrained_cfg=eval_model.pretrained_cfg, num_features=getattr(eval_model, "num_features", None),
+                **origin,
             )  # fmt: skip
             checkpoints.save(epoch, eval_model.state_dict(), config, training_state(step, epoch, best, args), is_best)
             log.info(

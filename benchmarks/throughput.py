@@ -18,7 +18,8 @@ the other flags set it. Warm-up iterations are excluded; each configuration is
 timed in ``--repeats`` rounds of ``--iters`` iterations, interleaved with its
 baseline when one is asked for, so the speed-up ratio is measured under the same
 machine conditions. Every row carries its environment. Outputs: a table, JSON
-and CSV files and a PNG plot of img/s against batch size in ``--out``.
+and CSV files and a PNG plot of img/s against batch size in ``--out``; with ``--profile N``, each row's
+top ops by self time (torch.profiler, after the timed rounds) in ``profile.json``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the roofline measurement")
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="ITERS",
+        help="after timing, profile each row over ITERS iterations: its top ops by self time to profile.json",
+    )  # fmt: skip
     p.add_argument("--out", default="runs/bench", help="folder for results.json, results.csv, throughput.png")
     p.add_argument("--smoke", action="store_true", help="a seconds-long check: resnet20, batch 2, 2 iterations")
     args = p.parse_args(argv)
@@ -115,8 +120,8 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     for flag, value in (("--img-size", args.img_size), ("--threads", args.threads)):
         if value is not None and value < 1:
             raise BadInput(f"{flag}: expected a positive integer, got {value}")
-    if args.iters < 1 or args.repeats < 1 or args.warmup < 0:
-        raise BadInput("--iters and --repeats must be >= 1, --warmup >= 0")
+    if args.iters < 1 or args.repeats < 1 or args.warmup < 0 or args.profile < 0:
+        raise BadInput("--iters and --repeats must be >= 1, --warmup and --profile >= 0")
     if args.dtype == "fp16" and device.type == "cpu":
         raise BadInput("--dtype fp16 needs a CUDA device; on a CPU use bf16 (fast with AVX-512 BF16 or AMX)")
     exported = [r for r in args.runtimes if r != "torch"]
@@ -168,11 +173,19 @@ def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list
     return groups
 
 
-def write(out: Path, rows: list[dict[str, Any]], ceiling: dict[str, float], ratios: list[dict[str, Any]]) -> None:
+def write(
+    out: Path,
+    rows: list[dict[str, Any]],
+    ceiling: dict[str, float],
+    ratios: list[dict[str, Any]],
+    profiles: list[dict[str, Any]],
+) -> None:
     from zoo.io import atomic_write, save_json
 
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "results.json", {"ceiling_gflops": ceiling, "speedups": ratios, "rows": rows})
+    if profiles:
+        save_json(out / "profile.json", profiles)
     if rows:
         with atomic_write(out / "results.csv", "w") as f:
             fields = list(dict.fromkeys(k for r in rows for k in r))  # OOM rows have fewer fields
@@ -229,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
     ceiling: dict[str, float] = {}
+    profiles: list[dict[str, Any]] = []
     memory = PeakMemory(device)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill also writes what is done
     try:
@@ -249,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 repeats=args.repeats,
                 iters=args.iters,
                 compile_mode=args.compile_mode,
+                profile=args.profile,
             )
             new = [r.row(env, macs, ceiling) for r in results]
             rows += new
@@ -260,6 +275,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['model']} {r['mode']} b{r['batch_size']} {r['config']}: {r['img_per_s']} img/s "
                       f"(p10 {r['img_per_s_p10']}, p90 {r['img_per_s_p90']}), p50 {r['latency_ms_p50']} ms, "
                       f"{r['gflops_achieved']} GFLOP/s{pct}", flush=True)  # fmt: skip
+            for r in (r for r in results if r.ops):
+                s = r.setting
+                profiles.append({"model": s.model, "mode": s.mode, "batch_size": s.batch_size, "config": s.describe(),
+                                 "iters": args.profile, "ops": r.ops})  # fmt: skip
+                print(f"{s.model} {s.mode} b{s.batch_size} {s.describe()}: top ops by self time", flush=True)
+                for op in r.ops[:8]:
+                    print(f"  {100 * op['share']:5.1f}%  {op['self_ms_per_iter']:9.3f} ms/iter  {op['op']}  "
+                          f"{op['input_shapes'][:70]}", flush=True)  # fmt: skip
             if base is None or new[-1]["status"] != "ok":
                 continue
             for setting, row in zip(ours, new, strict=False):
@@ -276,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: writing the rows finished so far", file=sys.stderr)
         return 130
     finally:  # an interrupt, or any failure: what was measured is kept
-        write(out, rows, ceiling, ratios)
+        write(out, rows, ceiling, ratios, profiles)
     header = [
         "model",
         "mode",

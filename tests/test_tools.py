@@ -187,17 +187,33 @@ def test_int8_features_only_and_bad_input() -> None:
 
 def test_benchmark_smoke_runs_quickly(tmp_path: Path) -> None:
     started = time.perf_counter()
-    result = run_script("benchmarks/throughput.py", "--smoke", "--out", str(tmp_path))
+    result = run_script("benchmarks/throughput.py", "--smoke", "--profile", "1", "--out", str(tmp_path))
     elapsed = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "results.json").read_text())
     assert {r["mode"] for r in data["rows"]} == {"infer", "train"}
+    profiles = json.loads((tmp_path / "profile.json").read_text())
+    assert [(p["mode"], p["config"]) for p in profiles] == [(r["mode"], r["config"]) for r in data["rows"]]
+    assert "top ops by self time" in result.stdout
     row = data["rows"][0]
     for key in ("device_name", "torch", "threads", "dtype", "channels_last", "compile", "commit", "img_per_s",
                 "img_per_s_p10", "img_per_s_p90", "latency_ms_p99", "peak_mem_mb"):  # fmt: skip
         assert key in row
     assert (tmp_path / "results.csv").is_file() and (tmp_path / "throughput.png").stat().st_size > 1000
     assert elapsed < 60  # the budget is 30 s on an idle machine; CI machines are shared
+
+
+def test_the_profile_says_where_each_op_is_called_from() -> None:
+    from zoo.benchmark import profile_ops
+
+    layer, x = torch.nn.Linear(64, 64), torch.randn(8, 64)
+    with torch.no_grad():
+        ops = profile_ops(lambda: layer(x).relu(), 4, torch.device("cpu"))
+    addmm = [o for o in ops if o["op"].startswith("aten::addmm < aten::linear")]
+    assert len(addmm) == 1 and addmm[0]["calls_per_iter"] == 1
+    assert addmm[0]["input_shapes"].startswith("[[64], [8, 64], [64, 64]")
+    shares = [o["share"] for o in ops]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-4 * len(shares)  # each rounded
 
 
 def test_benchmark_compares_deployment_runtimes_in_one_table(tmp_path: Path) -> None:

@@ -142,6 +142,7 @@ class Result:
     peak_mb: float = 0.0  # above what was allocated before, over one timed round
     compiled_graphs: int = 0  # dynamo graphs compiled while building and warming up this setting
     status: str = "ok"  # or "oom": it did not fit the device; its row has no speed
+    ops: list[dict[str, Any]] = field(default_factory=list)  # where one iteration's time goes, when profiled
 
     def row(self, env: dict[str, Any], macs: float, ceiling: dict[str, float]) -> dict[str, Any]:
         s, ips = self.setting, sorted(self.img_per_s)
@@ -267,9 +268,11 @@ def measure_group(
     repeats: int,
     iters: int,
     compile_mode: str | None = None,
+    profile: int = 0,
 ) -> list[Result]:
     """Build, warm up and time ``settings`` round by round, interleaved. A setting that runs out of device
-    memory gets an OOM row (the cache is freed) and the others go on."""
+    memory gets an OOM row (the cache is freed) and the others go on. ``profile`` > 0: afterwards, each
+    setting's ops over that many untimed iterations (:func:`profile_ops`)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -303,7 +306,47 @@ def measure_group(
                 result.peak_mb = memory.peak_mb()
             result.img_per_s.append(ips)
             result.latencies_ms += lat
+    if profile:  # after the timed rounds: the profiler's overhead never reaches a speed
+        for i, step in steps.items():
+            results[i].ops = profile_ops(step, profile, device)
     return results
+
+
+def profile_ops(step: Callable[[], None], iters: int, device: torch.device, top: int = 25) -> list[dict[str, Any]]:
+    """The ``top`` ops by self time per iteration, over ``iters`` iterations of ``step`` under torch.profiler.
+
+    Each op is keyed by its call path (``aten::copy_ < aten::clone < onednn::qconv2d_pointwise``: work an
+    op does inside another shows up where it happens), input shapes and dtypes; ``share`` is its fraction
+    of all self time (device time on CUDA, where the GPU's time is the one that counts).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(iters):
+            step()
+        _sync(device)
+    ops: dict[tuple[str, str, str], dict[str, Any]] = {}
+    total = 0.0
+    for event in prof.events():
+        us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        total += us
+        path, parent = [event.name], event.cpu_parent
+        while parent is not None and len(path) < 3:
+            path.append(parent.name)
+            parent = parent.cpu_parent
+        key = (" < ".join(path), str(event.input_shapes), str(getattr(event, "input_dtypes", "")))
+        op = ops.setdefault(key, {"op": key[0], "shapes": key[1], "dtypes": key[2], "calls": 0, "us": 0.0})
+        op["calls"] += 1
+        op["us"] += us
+    ranked = sorted(ops.values(), key=lambda o: o["us"], reverse=True)[:top]
+    return [
+        {"op": o["op"], "calls_per_iter": round(o["calls"] / iters, 2),
+         "self_ms_per_iter": round(o["us"] / iters / 1e3, 3), "share": round(o["us"] / total, 4) if total else 0.0,
+         "input_shapes": o["shapes"], "input_dtypes": o["dtypes"]}
+        for o in ranked
+    ]  # fmt: skip
 
 
 def _out_of_memory(result: Result, device: torch.device) -> None:

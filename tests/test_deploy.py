@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import zoo
+import zoo.predict
 from zoo import deploy
 from zoo.cli import main as zoo_main
 
@@ -37,7 +38,9 @@ def test_onnx_matches_eager_for_any_batch_and_carries_its_preprocessing(tmp_path
         with torch.no_grad():
             assert relative_error(run(x)[0], model(x)) <= 1e-4
     meta = metadata(path)
-    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and json.loads(meta["input_size"]) == [3, 224, 224]
+    assert meta["model_name"] == "resnet18" and meta["weights"] == ""  # random init
+    # the graph's input size (only the batch varies), not the weights' 224: what a deploying user must feed it
+    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and json.loads(meta["input_size"]) == [3, 64, 64]
     assert meta["interpolation"] == "bilinear" and json.loads(meta["crop_pct"]) == 0.875
     assert json.loads(meta["output_names"]) == ["logits"]
     assert onnx.load(str(path)).opset_import[0].version == deploy.ONNX_OPSET
@@ -84,19 +87,58 @@ def test_a_mismatch_leaves_no_file_and_says_by_how_much(tmp_path: Path, monkeypa
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
 
 
-def test_export_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_export_refuses_bad_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = zoo.create_model("resnet20")
     with pytest.raises(zoo.ConfigError, match=r"format: 'tflite' is not one of 'onnx', 'pt2'"):
         zoo.export(model, tmp_path / "x", format="tflite")
     with pytest.raises(zoo.ConfigError, match=r"path: an AOTInductor package's name ends in .pt2"):
         zoo.export(model, tmp_path / "x.zip", format="pt2")
-    with pytest.raises(zoo.ConfigError, match=r"dtype: an ONNX file is fp32"):
+    with pytest.raises(zoo.ConfigError, match=r"dtype: 'bf16' needs format pt2: an ONNX file is fp32"):
         zoo.export(model, tmp_path / "x.onnx", dtype="bf16")
-    with pytest.raises(zoo.ConfigError, match=r"example_input: a dynamic batch axis needs an example batch of 2"):
+    with pytest.raises(zoo.ConfigError, match=r"example_input: a dynamic batch axis is traced from 2 or more images "
+                       r"\(torch.export specializes 1\), got 1; or dynamic_batch=False"):  # fmt: skip
         zoo.export(model, tmp_path / "x.onnx", example_input=torch.randn(1, 3, 32, 32))
-    assert zoo_main(["export", "resnet20", "--output", str(tmp_path / "x.onnx"), "--batch-size", "0"]) == 2
-    assert "--batch-size: expected a positive integer, got 0" in capsys.readouterr().err
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was built before the flags were checked")
+
+    monkeypatch.setattr(zoo.factory, "create_model", never)
+    out = str(tmp_path / "x.onnx")
+    for args, message in (
+        (["--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+        (["--batch-size", "1"], "--batch-size: a dynamic batch axis is traced from 2 or more images"),
+        (["--batch-size", "1"], "got 1; or --static-batch"),
+        (["--batch-size", "5000"], "--batch-size: expected a batch of 1 to 4096 images, got 5000"),
+        (["--dtype", "bf16"], "--dtype: 'bf16' needs --format pt2: an ONNX file is fp32"),
+        (["--format", "pt2"], f"--output: an AOTInductor package's name ends in .pt2, got {out!r}"),
+    ):
+        assert zoo_main(["export", "resnet20", "--output", out, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    monkeypatch.setattr(deploy, "compile_problem", lambda device: "'g++' is not on PATH")
+    assert zoo_main(["export", "resnet20", "--format", "pt2", "--output", str(tmp_path / "x.pt2")]) == 2
+    assert "--format: pt2 is compiled by AOTInductor, which cannot work here: 'g++' is not on PATH" in (
+        capsys.readouterr().err
+    )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_exporter_failure_is_an_export_error_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def half_written_then_broken(model, x, out: Path, *args) -> None:
+        out.write_bytes(b"half an onnx file")
+        raise RuntimeError("the exporter broke on some op\n<a page of exporter traceback>")
+
+    monkeypatch.setattr(deploy, "_export_onnx", half_written_then_broken)
+    with pytest.raises(zoo.ExportError) as caught:
+        zoo.export(zoo.create_model("resnet20"), tmp_path / "x.onnx")
+    assert str(caught.value) == (
+        "torch.onnx.export failed: RuntimeError: the exporter broke on some op; no file was written"
+    )
+    assert isinstance(caught.value.__cause__, RuntimeError) and list(tmp_path.iterdir()) == []
 
 
 def test_a_missing_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,6 +172,8 @@ def test_a_pt2_package_runs_in_a_process_without_zoo(tmp_path: Path) -> None:
         f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
         "y = package(io['x'])\n"
         "assert 'zoo' not in sys.modules\n"
+        "meta = package.get_metadata()\n"
+        "assert meta['model_name'] == 'resnet20' and meta['label_names'].startswith('[\"airplane\"'), meta\n"
         "print(((y - io['y']).abs().max() / io['y'].abs().max()).item())\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -201,3 +245,59 @@ def test_predict_reads_folders_skips_unreadable_files_and_refuses_bad_input(
         assert zoo_main(["predict", *args, "--model", "resnet20"]) == 2, args
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+def test_predict_skips_what_pillow_cannot_read_and_checks_its_flags_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made-up images, so this runs without the CIFAR tarball: Pillow's other ways of failing, empty input."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.effect_noise((32, 32), 40 + i).convert("RGB").save(folder / f"noise{i}.png")
+    png = (folder / "noise0.png").read_bytes()
+    start = png.index(b"IDAT") - 4
+    length = int.from_bytes(png[start : start + 4], "big")
+    data, end = png[start + 8 : start + 8 + length], start + 12 + length
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    half = len(data) // 2  # IDAT split in two around a chunk whose type is not ASCII: Pillow's SyntaxError
+    broken = png[:start] + chunk(b"IDAT", data[:half]) + b"\0\0\0\4\xff\xfe\xfd\xfc" + bytes(8)
+    (folder / "broken-chunk.png").write_bytes(broken + chunk(b"IDAT", data[half:]) + png[end:])
+    jpeg = io.BytesIO()
+    Image.effect_noise((32, 32), 40).convert("RGB").save(jpeg, "JPEG")
+    (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[:300])  # OSError
+    assert zoo_main(["predict", str(folder), "--model", "resnet20", "--topk", "1"]) == 0
+    captured = capsys.readouterr()
+    header, _, *rows = captured.out.splitlines()
+    assert header.split() == ["path", "top-1", "score"] and len(rows) == 2  # no empty "next 0" column
+    assert "skipped 2 unreadable file(s), e.g." in captured.err and "Traceback" not in captured.err
+
+    def never(*args, **kwargs):
+        raise AssertionError("work began before the input was checked")
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(zoo.predict, "make_runner", never)  # --topk is checked before any export or compile
+    assert zoo_main(["predict", str(folder), "--model", "resnet20", "--topk", "11", "--runtime", "onnxruntime"]) == 2
+    assert "--topk: expected 1 to 10 (the model's classes), got 11" in capsys.readouterr().err
+    monkeypatch.setattr(zoo.factory, "create_model", never)
+    assert zoo_main(["predict", str(tmp_path / "empty"), "--model", "resnet20", "--format", "csv"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"PATH: no image files under {tmp_path / 'empty'} (suffixes: .bmp" in captured.err
+
+
+def test_predict_refuses_the_fast_runtime_without_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoo.optimize
+
+    monkeypatch.setattr(zoo.optimize, "compile_problem", lambda device: "'g++' is not on PATH")
+    with pytest.raises(zoo.ConfigError, match="--runtime: fast compiles with inductor, which cannot work here: "
+                       "'g\\+\\+' is not on PATH; use --runtime torch"):  # fmt: skip
+        zoo.predict.make_runner(zoo.create_model("resnet20"), "fast", torch.randn(2, 3, 32, 32))

@@ -37,6 +37,14 @@ print(json.dumps({"file": zoo.__file__, "version": zoo.__version__, "loaded": lo
 """
 
 
+def test_the_openvino_extra_brings_what_its_export_check_runs() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    # predict --runtime openvino exports ONNX and checks the file in ONNX Runtime before OpenVINO runs it
+    assert "resnet-zoo[onnx]" in extras["openvino"] and any(r.startswith("onnxruntime") for r in extras["onnx"])
+
+
 @pytest.mark.slow
 def test_the_wheel_carries_every_bundled_tag_and_loads_it_offline_anywhere(tmp_path: Path) -> None:
     dist, site, elsewhere = tmp_path / "dist", tmp_path / "site", tmp_path / "elsewhere"

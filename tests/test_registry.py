@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import zoo
 from zoo.registry import _models, get_entry
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_list_models_patterns_and_natural_order() -> None:
@@ -68,3 +72,8 @@ def test_pretrained_cfg() -> None:
     assert cfg["pool_size"] == (7, 7) and cfg["interpolation"] == "bilinear" and cfg["crop_pct"] == 0.875
     cifar = zoo.create_model("resnet20")
     assert cifar.pretrained_cfg["input_size"] == (3, 32, 32) and cifar.default_cfg is cifar.pretrained_cfg
+    # as in timm's records: the architecture, whatever name built it (a tag, a backbone, a YAML config)
+    assert cfg["architecture"] == "resnet50" and cifar.pretrained_cfg["architecture"] == "resnet20"
+    assert zoo.create_model("resnet20.c10_kd", pretrained=True).pretrained_cfg["architecture"] == "resnet20"
+    assert zoo.create_model("resnet18", features_only=True).pretrained_cfg["architecture"] == "resnet18"
+    assert zoo.create_model(str(ROOT / "configs" / "resnet18.yaml")).pretrained_cfg["architecture"] == "resnet"

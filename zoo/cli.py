@@ -119,16 +119,20 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
 
     def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
         import torch
 
         from .data import resolve_data_config
-        from .deploy import export
+        from .deploy import check_options, export
         from .factory import create_model, names_weights
 
         _positive("--batch-size", args.batch_size)
         _positive("--image-size", args.image_size)
-        if args.batch_size < 2 and not args.static_batch:
-            raise ConfigError("--batch-size", "a dynamic batch axis is traced from 2 or more images; or --static-batch")
+        flags = {"format": "--format", "dtype": "--dtype", "path": "--output", "batch": "--batch-size",
+                 "static": "--static-batch"}  # fmt: skip
+        check_options(args.format, args.dtype, Path(args.output), args.batch_size, not args.static_batch,
+                      torch.device("cpu"), names=flags)  # fmt: skip
         pretrained = args.pretrained or names_weights(args.name)
         model = create_model(args.name, pretrained=pretrained, features_only=args.features_only)
         size = resolve_data_config(model, use_test_size=True)["input_size"]
@@ -138,7 +142,7 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         path = export(
             model, args.output, format=args.format, example_input=torch.randn(args.batch_size, *size),
             dynamic_batch=not args.static_batch, check=not args.no_check, dtype=args.dtype,
-            metadata={"model_name": args.name, "weights": tag or "random init"},
+            metadata={"weights": tag or "random init"},
         )  # fmt: skip
         batch = "any batch" if not args.static_batch else f"batch {args.batch_size}"
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, {args.dtype}, {batch}, {size})")
@@ -152,7 +156,10 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
 
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (read recursively)")
     parser.add_argument("--model", required=True, help="model name; its default weights unless --checkpoint")
-    parser.add_argument("--checkpoint", default=None, help="a weights file or a model folder (e.g. runs/x/best)")
+    parser.add_argument(
+        "--checkpoint", default=None,
+        help="a weights file for --model, or a model folder (e.g. runs/x/best), which names its own architecture",
+    )  # fmt: skip
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -164,11 +171,14 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         from pathlib import Path
 
         from .factory import create_model
-        from .predict import Classifier, find_images
+        from .predict import IMAGE_SUFFIXES, Classifier, find_images
 
         _positive("--topk", args.topk)
         _positive("--batch-size", args.batch_size)
         files = find_images(args.paths)
+        if not files:
+            raise ConfigError("PATH", f"no image files under {' '.join(args.paths)} (suffixes: "
+                              f"{' '.join(sorted(IMAGE_SUFFIXES))})")  # fmt: skip
         checkpoint = Path(args.checkpoint) if args.checkpoint else None
         if checkpoint is not None and not checkpoint.exists():
             raise ConfigError("--checkpoint", f"{args.checkpoint!r} does not exist")
@@ -176,30 +186,29 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
             model = create_model(f"local-dir:{checkpoint}", pretrained=True)
         else:
             model = create_model(args.model, pretrained=checkpoint is None, checkpoint_path=checkpoint)
-        classifier = Classifier(model, runtime=args.runtime, batch_size=args.batch_size, tta=args.tta)
+        classifier = Classifier(model, runtime=args.runtime, batch_size=args.batch_size, tta=args.tta, topk=args.topk)
         rows = []
-        for prediction in classifier(files, topk=args.topk):
+        for prediction in classifier(files):
             if args.format == "json":
                 print(json.dumps({"path": prediction.path, "topk": prediction.topk}), flush=True)
             elif args.format == "csv":
                 rows += [[prediction.path, rank, *p.values()] for rank, p in enumerate(prediction.topk, 1)]
             else:
                 top = prediction.topk
-                rows.append([prediction.path, top[0]["label"], f"{top[0]['score']:.3f}",
-                             ", ".join(f"{p['label']} {p['score']:.2f}" for p in top[1:])])  # fmt: skip
+                rows.append([prediction.path, top[0]["label"], f"{top[0]['score']:.3f}"])
+                rows[-1] += [", ".join(f"{p['label']} {p['score']:.2f}" for p in top[1:])] if args.topk > 1 else []
+        if classifier.skipped:
+            print(f"skipped {len(classifier.skipped)} unreadable file(s), e.g. {classifier.skipped[0][0]}: "
+                  f"{classifier.skipped[0][1]}", file=sys.stderr)  # fmt: skip
+        if len(classifier.skipped) == len(files):
+            raise ZooError(f"no readable image among {len(files)} file(s) under {' '.join(args.paths)}")
         if args.format == "csv":
             import csv
 
             writer = csv.writer(sys.stdout)
             writer.writerows([["path", "rank", "index", "label", "score"], *rows])
-        elif args.format == "table" and rows:
-            print(format_table(["path", "top-1", "score", f"next {args.topk - 1}"], rows))
-        predicted = len(files) - len(classifier.skipped)
-        if classifier.skipped:
-            print(f"skipped {len(classifier.skipped)} unreadable file(s), e.g. {classifier.skipped[0][0]}: "
-                  f"{classifier.skipped[0][1]}", file=sys.stderr)  # fmt: skip
-        if not predicted:
-            raise ZooError(f"no readable image among {len(files)} file(s) under {' '.join(args.paths)}")
+        elif args.format == "table":
+            print(format_table(["path", "top-1", "score", *([f"next {args.topk - 1}"] if args.topk > 1 else [])], rows))
         return 0
 
     return run

@@ -6,10 +6,11 @@ the check passed, so a failed export never leaves a file under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ from torch import nn
 
 from . import __version__
 from .data import resolve_data_config
-from .errors import ConfigError, ExportError, not_one_of, require
+from .errors import ConfigError, ExportError, ZooError, not_one_of, require
 from .io import atomic_path
-from .optimize import fold_batch_norms
+from .optimize import compile_problem, fold_batch_norms
 
 log = logging.getLogger(__name__)
 
@@ -57,44 +58,85 @@ def export(
             with eager: a relative max difference over 1e-4 (fp32) is an ExportError and no file is left.
         dtype: ``"bf16"`` (pt2 only): batch norms folded, channels_last, bf16 weights, fp32 in and out,
             as ``optimize_for_inference``.
-        metadata: more ``metadata_props`` for an ONNX file (``model_name``, ``weights``, ...).
+        metadata: more metadata (``model_name``, ``weights``, ...): ``metadata_props`` of an ONNX file,
+            the package metadata of a ``.pt2`` (``aoti_load_package(path).get_metadata()``).
     """
-    if format not in FORMATS:
-        raise ConfigError("format", not_one_of(format, FORMATS))
-    if dtype not in DTYPES:
-        raise ConfigError("dtype", not_one_of(dtype, DTYPES))
-    if format == "onnx" and dtype != "fp32":
-        raise ConfigError("dtype", "an ONNX file is fp32; ONNX Runtime and OpenVINO pick their own precision")
-    path = Path(path)
-    if format == "pt2" and path.suffix != ".pt2":
-        raise ConfigError("path", f"an AOTInductor package's name ends in .pt2, got {str(path)!r}")
     model = model.eval()
     data_config = resolve_data_config(model, use_test_size=True)
     device = next(model.parameters()).device
-    x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"], device=device)
-    if dynamic_batch and x.shape[0] < 2:
-        raise ConfigError(
-            "example_input", "a dynamic batch axis needs an example batch of 2 or more (torch.export specializes 1)"
-        )
+    x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"])
+    x = x.to(device)
+    path = Path(path)
+    check_options(format, dtype, path, len(x), dynamic_batch, device, names={"batch": "example_input"})
     names = output_names(model)
     with torch.no_grad():
         expected = _as_list(model(x))
+    props = {**_metadata(model, x, data_config, names), **(metadata or {})}
     if format == "onnx":
         require("onnxscript", "onnx")
-        props = {**_metadata(model, data_config, names), **(metadata or {})}
         with atomic_path(path) as tmp:
-            _export_onnx(model, x, tmp, dynamic_batch, names, props)
+            with _failures("torch.onnx.export"):
+                _export_onnx(model, x, tmp, dynamic_batch, names, props)
             if check:
                 check_outputs(expected, onnx_runner(tmp)(x), TOLERANCE[dtype], names, what="ONNX Runtime")
     else:
         runnable = _CastIO(model, DTYPES[dtype]) if dtype != "fp32" else model
         with atomic_path(path, suffix=".tmp.pt2") as tmp:
-            _export_pt2(runnable, x, tmp, dynamic_batch)
+            with _failures("torch.export and AOTInductor"):
+                _export_pt2(runnable, x, tmp, dynamic_batch, props)
             if check:
                 package = torch._inductor.aoti_load_package(str(tmp))
                 check_outputs(expected, _as_list(package(x)), TOLERANCE[dtype], names, what="the AOTInductor package")
     log.info("exported %s to %s", format, path)
     return path
+
+
+def check_options(
+    format: str,
+    dtype: str,
+    path: Path,
+    batch: int,
+    dynamic_batch: bool,
+    device: torch.device,
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse an export that cannot work, before any work. ``names``: the caller's name of each argument
+    (``{"format": "--format", ...}`` for the command line), so the error names what the user typed."""
+    name = {"format": "format", "dtype": "dtype", "path": "path", "batch": "batch", "static": "dynamic_batch=False",
+            **(names or {})}  # fmt: skip
+    if format not in FORMATS:
+        raise ConfigError(name["format"], not_one_of(format, FORMATS))
+    if dtype not in DTYPES:
+        raise ConfigError(name["dtype"], not_one_of(dtype, DTYPES))
+    if format == "onnx" and dtype != "fp32":
+        raise ConfigError(
+            name["dtype"], f"{dtype!r} needs {name['format']} pt2: an ONNX file is fp32 (ONNX Runtime and "
+            "OpenVINO pick their own precision)"
+        )  # fmt: skip
+    if format == "pt2" and path.suffix != ".pt2":
+        raise ConfigError(name["path"], f"an AOTInductor package's name ends in .pt2, got {str(path)!r}")
+    if not 1 <= batch <= MAX_BATCH:
+        raise ConfigError(name["batch"], f"expected a batch of 1 to {MAX_BATCH} images, got {batch}")
+    if dynamic_batch and batch < 2:
+        raise ConfigError(
+            name["batch"], f"a dynamic batch axis is traced from 2 or more images (torch.export specializes 1), "
+            f"got {batch}; or {name['static']}"
+        )  # fmt: skip
+    problem = compile_problem(device) if format == "pt2" else None
+    if problem:
+        raise ConfigError(name["format"], f"pt2 is compiled by AOTInductor, which cannot work here: {problem}")
+
+
+@contextlib.contextmanager
+def _failures(exporter: str) -> Iterator[None]:
+    """An exporter's own failure as an ExportError (one line, the cause chained), not a page of traceback."""
+    try:
+        yield
+    except ZooError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"{exporter} failed: {type(e).__name__}: {first}; no file was written") from e
 
 
 def output_names(model: nn.Module) -> list[str]:
@@ -110,13 +152,14 @@ def _as_list(out: Any) -> list[torch.Tensor]:
     return [o.float() for o in out] if isinstance(out, (list, tuple)) else [out.float()]
 
 
-def _metadata(model: nn.Module, data_config: dict[str, Any], names: list[str]) -> dict[str, str]:
-    """What a deploying user needs besides the graph: preprocessing, labels, provenance (JSON values)."""
+def _metadata(model: nn.Module, x: torch.Tensor, data_config: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """What a deploying user needs besides the graph: preprocessing, labels, provenance (JSON values).
+    ``input_size`` is the graph's: only its batch axis may vary."""
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     return {
-        "model_name": str(cfg.get("tag", "")).partition(".")[0] or type(model).__name__,
+        "model_name": str(cfg.get("architecture") or type(model).__name__),
         "weights": str(cfg.get("tag", "")),
-        "input_size": json.dumps(list(data_config["input_size"])),
+        "input_size": json.dumps(list(x.shape[1:])),
         "mean": json.dumps(list(data_config["mean"])),
         "std": json.dumps(list(data_config["std"])),
         "interpolation": data_config["interpolation"],
@@ -149,7 +192,7 @@ def onnx_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[t
     """An ONNX Runtime session (CPU) of an ONNX file, called like the model; the file is read once."""
     ort = require("onnxruntime", "onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.numpy()})]
+    return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.detach().cpu().numpy()})]
 
 
 def runtime_runner(path: str | os.PathLike[str], runtime: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
@@ -164,13 +207,15 @@ def openvino_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], li
     """An OpenVINO model compiled for the CPU (its default precision: bf16 where the CPU has it)."""
     openvino = require("openvino", "openvino")
     compiled = openvino.Core().compile_model(str(path), "CPU")
-    return lambda x: [torch.from_numpy(o) for o in compiled(x.numpy()).values()]
+    return lambda x: [torch.from_numpy(o) for o in compiled(x.detach().cpu().numpy()).values()]
 
 
-def _export_pt2(model: nn.Module, x: torch.Tensor, out: Path, dynamic_batch: bool) -> None:
+def _export_pt2(model: nn.Module, x: torch.Tensor, out: Path, dynamic_batch: bool, props: dict[str, str]) -> None:
     with torch.no_grad():
         program = torch.export.export(model, (x,), dynamic_shapes=_batch_axis(dynamic_batch))
-        torch._inductor.aoti_compile_and_package(program, package_path=str(out))
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(out), inductor_configs={"aot_inductor.metadata": props}
+        )
 
 
 class _CastIO(nn.Module):
@@ -196,7 +241,8 @@ def check_outputs(
     for name, a, b in zip(names, got, expected, strict=True):
         if a.shape != b.shape:
             raise ExportError(f"{what}: output {name!r} has shape {tuple(a.shape)}, eager {tuple(b.shape)}")
-        diff = ((a.float() - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+        a, b = a.float().cpu(), b.float().cpu()  # an ONNX runtime answers on the CPU, a CUDA model on its GPU
+        diff = ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
         if not diff <= tolerance:  # also catches NaN
             raise ExportError(
                 f"{what} does not match the eager model: output {name!r} differs by {diff:.2e} of its largest "

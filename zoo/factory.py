@@ -235,6 +235,7 @@ def build(
         log.info("loaded %s from %s", source.tag or source.name, path)
     if source.weights is not None and (pretrained or source.tag == source.name):
         _describe_weights(model, source, kwargs.get("in_chans", 3))
+    model.pretrained_cfg = {**model.pretrained_cfg, "architecture": source.architecture}  # as timm's records
     if features_only:
         out_indices = source.out_indices if out_indices is None else out_indices
         model = FeatureExtractor(model, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)

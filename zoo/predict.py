@@ -1,7 +1,7 @@
 """Classify image files: the weights' own preprocessing and label names, on a chosen runtime.
 
 ``Classifier(model, runtime="onnxruntime")(files)`` yields one :class:`Prediction` per
-readable image; unreadable files are skipped and kept in ``classifier.skipped``.
+readable image; unreadable files are skipped and kept in ``classifier.skipped`` (of the last call).
 """
 
 from __future__ import annotations
@@ -59,12 +59,20 @@ def make_runner(model: nn.Module, runtime: str, example: torch.Tensor) -> Runner
     if runtime not in RUNTIMES:
         raise ConfigError("--runtime", not_one_of(runtime, RUNTIMES))
     model = model.eval()
+    device = next(model.parameters()).device  # images are decoded on the CPU; torch runs them where the model is
     if runtime == "torch":
-        return torch.inference_mode()(model)
+        run = torch.inference_mode()(model)
+        return lambda x: run(x.to(device))
     if runtime == "fast":
-        from .optimize import cpu_supports_bf16, optimize_for_inference
+        from .optimize import compile_problem, cpu_supports_bf16, optimize_for_inference
 
-        return optimize_for_inference(model, "bf16" if cpu_supports_bf16() else "fp32", example_input=example)
+        problem = compile_problem(device)
+        if problem:
+            raise ConfigError("--runtime", f"fast compiles with inductor, which cannot work here: {problem}; "
+                              "use --runtime torch")  # fmt: skip
+        dtype = "bf16" if device.type == "cuda" or cpu_supports_bf16() else "fp32"
+        fast = optimize_for_inference(model, dtype, example_input=example.to(device))
+        return lambda x: fast(x.to(device))
     from .deploy import export, runtime_runner
 
     require(runtime, "onnx" if runtime == "onnxruntime" else "openvino")
@@ -78,7 +86,7 @@ class Classifier:
     """A model with its preprocessing, label names and runtime: files in, top-k predictions out."""
 
     def __init__(
-        self, model: nn.Module, *, runtime: str = "torch", batch_size: int = 32, tta: str | None = None
+        self, model: nn.Module, *, runtime: str = "torch", batch_size: int = 32, tta: str | None = None, topk: int = 5
     ) -> None:
         if batch_size < 1:
             raise ConfigError("--batch-size", f"expected a positive integer, got {batch_size}")
@@ -86,21 +94,29 @@ class Classifier:
         config = resolve_data_config(model, use_test_size=True)
         self.transform = create_transform(config)
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
         if not self.num_classes:
-            raise ConfigError("--model", "has no classifier head (num_classes=0); nothing to predict")
-        names = tuple((getattr(model, "pretrained_cfg", None) or {}).get("label_names") or ())
+            name = cfg.get("tag") or cfg.get("architecture") or type(model).__name__
+            raise ConfigError("--model", f"{name} has no classifier head (num_classes=0); nothing to predict")
+        self.topk = self._checked_topk(topk)  # before the runner: an export can take a while
+        names = tuple(cfg.get("label_names") or ())
         self.labels = names if len(names) == self.num_classes else tuple(str(i) for i in range(self.num_classes))
         self.batch_size, self.tta = batch_size, tta
         self.run = make_runner(model, runtime, torch.randn(2, *config["input_size"]))
         self.skipped: list[tuple[Path, str]] = []
 
+    def _checked_topk(self, topk: int) -> int:
+        if not 1 <= topk <= self.num_classes:
+            raise ConfigError("--topk", f"expected 1 to {self.num_classes} (the model's classes), got {topk}")
+        return topk
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         views = tta_views(images, self.tta)
         return sum(self.run(v).float() for v in views) / len(views)  # type: ignore[return-value]
 
-    def __call__(self, files: Sequence[Path], topk: int = 5, progress: bool = True) -> Iterator[Prediction]:
-        if not 1 <= topk <= self.num_classes:
-            raise ConfigError("--topk", f"expected 1 to {self.num_classes} (the model's classes), got {topk}")
+    def __call__(self, files: Sequence[Path], topk: int | None = None, progress: bool = True) -> Iterator[Prediction]:
+        topk = self.topk if topk is None else self._checked_topk(topk)
+        self.skipped = []
         batch: list[tuple[Path, torch.Tensor]] = []
         for path in tqdm(files, desc="predict", unit="img", disable=not progress):
             image = self._load(path)
@@ -113,12 +129,14 @@ class Classifier:
             yield from self._classify(batch, topk)
 
     def _load(self, path: Path) -> torch.Tensor | None:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         try:
             with Image.open(path) as image:
                 return self.transform(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError, ValueError) as e:  # truncated, not an image, unreadable
+        # Pillow's ways of saying a file is no image it can read: not an image or truncated (OSError), a broken
+        # PNG chunk (SyntaxError), a short multi-frame file (EOFError), a decompression bomb, a bad mode
+        except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as e:
             self.skipped.append((path, f"{type(e).__name__}: {e}"))
             log.info("skipped %s: %s", path, e)
             return None

@@ -14,6 +14,12 @@ _SESSION_CACHE = tempfile.mkdtemp(prefix="zoo-tests-")
 os.environ["HF_HOME"] = os.path.join(_SESSION_CACHE, "hf")
 os.environ["ZOO_CACHE"] = os.path.join(_SESSION_CACHE, "zoo")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# Subprocesses (the Hub server, tools, pip) and native clients are outside the audit hook below: no Xet
+# transfers, no proxy between us and 127.0.0.1, no package index.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "*"
+os.environ["PIP_NO_INDEX"] = "1"
+os.environ["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
 for _var in ("HF_ENDPOINT", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN"):
     os.environ.pop(_var, None)
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # a dead local port: a stray download fails fast, here

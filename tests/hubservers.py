@@ -142,7 +142,8 @@ class FakeHub:
 
     def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
         self.repos = repos
-        self.commit = hashlib.sha1(repr(sorted(repos)).encode()).hexdigest()
+        self.history: dict[str, dict[str, dict[str, bytes]]] = {}  # every commit's files, servable by its hash
+        self.commit = self._record()
         self.faults: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
         self._server: _Server | None = None
@@ -183,6 +184,19 @@ class FakeHub:
                     conn.shutdown(socket.SHUT_RDWR)
             self._server = None
 
+    def publish(self, repo_id: str, files: dict[str, bytes]) -> str:
+        """A new commit on ``main`` changing ``files`` of ``repo_id``; the earlier commits stay servable."""
+        self.repos.setdefault(repo_id, {}).update(files)
+        self.commit = self._record()
+        return self.commit
+
+    def _record(self) -> str:
+        content = sorted((repo, sorted((n, hashlib.sha256(d).hexdigest()) for n, d in files.items()))
+                         for repo, files in self.repos.items())  # fmt: skip
+        commit = hashlib.sha1(repr(content).encode()).hexdigest()
+        self.history[commit] = {repo: dict(files) for repo, files in self.repos.items()}
+        return commit
+
     def __enter__(self) -> FakeHub:
         return self.start()
 
@@ -211,7 +225,7 @@ class FakeHub:
                 item = json.loads(line)
                 if item["key"] == "file":
                     repo[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-            self.commit = hashlib.sha1(repr(sorted((k, sorted(v)) for k, v in self.repos.items())).encode()).hexdigest()
+            self.commit = self._record()
             reply = {"commitUrl": f"{self.url}/{m['repo']}/commit/{self.commit}", "commitOid": self.commit}
         data = json.dumps(reply).encode()
         h.send_response(200)
@@ -247,14 +261,16 @@ class FakeHub:
         m = _RESOLVE.match(path)
         if not m or m["repo"] not in self.repos:
             return error(401, "RepoNotFound", "Repository not found")
-        if unquote(m["rev"]) not in ("main", self.commit):
-            return error(404, "RevisionNotFound", f"Invalid rev id: {unquote(m['rev'])}")
-        files, name = self.repos[m["repo"]], unquote(m["file"])
+        rev = unquote(m["rev"])
+        commit = self.commit if rev == "main" else rev
+        if commit not in self.history:
+            return error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        files, name = self.history[commit].get(m["repo"], {}), unquote(m["file"])
         if name not in files:
-            return error(404, "EntryNotFound", f"{name} does not exist", **{"X-Repo-Commit": self.commit})
+            return error(404, "EntryNotFound", f"{name} does not exist", **{"X-Repo-Commit": commit})
         data, fault = files[name], self.faults.get(name)
         sha = hashlib.sha256(data).hexdigest()  # the Hub's ETag of an LFS file is its sha256
-        meta = {"X-Repo-Commit": self.commit, "ETag": f'"{sha}"'}
+        meta = {"X-Repo-Commit": commit, "ETag": f'"{sha}"'}
         if fault == "server_error":
             return send(500, {}, b"internal error")
         if fault == "cdn":

@@ -6,20 +6,23 @@ import errno
 import importlib.util
 import json
 import logging
+import os
 import random
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors import SafetensorError
 from test_train import args_for, shapes  # noqa: F401  (the generated image folder fixture)
 
 import zoo
 from zoo import hub
 from zoo.cli import COMMANDS
 from zoo.cli import main as zoo_main
-from zoo.io import folder_config, save_safetensors, verify
+from zoo.io import atomic_path, folder_config, save_safetensors, sha256_of, verify
 from zoo.train.checkpoints import Checkpoints
 from zoo.train.cli import main as train_main
 from zoo.train.cli import parse
@@ -187,19 +190,54 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0001"]  # no partial folder
 
 
-def test_a_full_disk_while_writing_a_file_keeps_the_previous_one(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        # what safetensors' Rust writer raises: the OS error only in its message
+        SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        ),
+    ],
+    ids=["oserror", "safetensors"],
+)
+def test_a_full_disk_while_writing_a_file_keeps_the_previous_one(tmp_path: Path, monkeypatch, error) -> None:
     path = tmp_path / "weights.safetensors"
     save_safetensors(path, {"w": torch.ones(3)})
     before = path.read_bytes()
 
     def disk_full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr("zoo.io.save_file", disk_full)
     with pytest.raises(zoo.DiskFullError, match="no space left"):
         save_safetensors(path, {"w": torch.zeros(3)})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]
+
+
+def test_a_writer_that_made_a_folder_and_failed_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="the writer broke"), atomic_path(tmp_path / "model.pt2") as tmp:
+        tmp.unlink()
+        tmp.mkdir()  # as AOTInductor's packager may
+        (tmp / "part").write_text("half")
+        raise RuntimeError("the writer broke")  # not hidden by an IsADirectoryError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_rewritten_behind_its_stamps_back_is_hashed_again(tmp_path: Path) -> None:
+    path, stamps = tmp_path / "w.safetensors", tmp_path / "stamps"
+    save_safetensors(path, {"w": torch.ones(64)})
+    good = sha256_of(path)
+    verify(path, good, stamps)  # hashed once, remembered
+    before = path.stat()
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # same size, same inode
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # mtime set back; the ctime moves anyway
+    with pytest.raises(zoo.WeightsIntegrityError, match="is corrupted"):
+        verify(path, good, stamps)
 
 
 def test_a_full_disk_while_exporting_leaves_no_file(tmp_path: Path, monkeypatch) -> None:

@@ -18,7 +18,7 @@ from hubservers import FakeHub
 from safetensors.torch import save_file
 
 import zoo
-from zoo import fold_batch_norms, optimize_for_inference, quantize_int8
+from zoo import fold_batch_norms, hub, optimize_for_inference, quantize_int8
 from zoo.cli import main as zoo_main
 from zoo.cli import render
 from zoo.counting import count_models
@@ -309,16 +309,33 @@ def test_push_to_hub_folder_loads_and_uploads(tmp_path: Path, monkeypatch: pytes
     with torch.no_grad():
         torch.testing.assert_close(zoo.create_model(f"local-dir:{folder}", pretrained=True).eval()(x), source(x))
 
+    (folder / ".README.md.abc123.tmp").write_text("left by an interrupted write")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with FakeHub({}) as server:
         result = run_script("tools/push_to_hub.py", "--folder", str(folder), "--repo-id", "me/resnet20.mine",
                             "--token", "hf_test", env={"HF_ENDPOINT": server.url})  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert set(server.repos["me/resnet20.mine"]) >= {"model.safetensors", "config.json", "README.md"}
+        assert set(server.repos["me/resnet20.mine"]) == {"model.safetensors", "config.json", "README.md"}
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         with torch.no_grad():
             pulled = zoo.create_model("hf-hub:me/resnet20.mine", pretrained=True).eval()
             torch.testing.assert_close(pulled(x), source(x))
+
+
+def test_push_to_hub_converts_a_pth_and_checks_its_upload_flags_first(tmp_path: Path) -> None:
+    source = zoo.create_model("resnet20").eval()
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    folder = tmp_path / "resnet20.pth"
+    result = run_script("tools/push_to_hub.py", "--weights", str(tmp_path / "w.pth"), "--arch", "resnet20",
+                        "--tag", "pth", "--out", str(folder), "--dry-run")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    loaded = zoo.create_model(f"local-dir:{folder}", pretrained=True)
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, msg=k)
+    result = run_script("tools/push_to_hub.py", "--weights", str(tmp_path / "w.pth"), "--arch", "resnet20",
+                        "--out", str(tmp_path / "never"), env={"HF_TOKEN": ""})  # fmt: skip
+    assert result.returncode == 2 and "uploading needs --repo-id and a token" in result.stderr
+    assert not (tmp_path / "never").exists()  # refused before the folder was written
 
 
 # --- the zoo command ---------------------------------------------------------------------------------------
@@ -343,13 +360,20 @@ def test_zoo_download_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     data = save({k: v.contiguous() for k, v in source.state_dict().items()})
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "zoo"))
-    with FakeHub({"timm/resnet50.tv_in1k": {"model.safetensors": data}}) as server:
+    config = json.dumps({"architecture": "resnet50", "pretrained_cfg": {}}).encode()
+    repos = {"timm/resnet50.tv_in1k": {"model.safetensors": data}, "me/r50": {"model.safetensors": data,
+                                                                             "config.json": config}}  # fmt: skip
+    with FakeHub(repos) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
-        assert zoo_main(["download", "resnet50.tv_in1k"]) == 0
-    assert "resnet50.tv_in1k:" in capsys.readouterr().out
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # prefetched: now it loads with no network at all
-    model = zoo.create_model("resnet50.tv_in1k", pretrained=True)
-    torch.testing.assert_close(model.fc.weight, source.fc.weight)
+        assert zoo_main(["download", "resnet50.tv_in1k", "hf-hub:me/r50", "resnet56.c10_kd2"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50.tv_in1k:" in out and "hf-hub:me/r50:" in out
+    bundled = hub.bundled_dir() / "resnet56.c10_kd2" / "model.safetensors"
+    assert f"resnet56.c10_kd2: {bundled}" in out  # found in the package: nothing to fetch
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # prefetched: now they load with no network at all
+    for name in ("resnet50.tv_in1k", "hf-hub:me/r50"):
+        model = zoo.create_model(name, pretrained=True)
+        torch.testing.assert_close(model.fc.weight, source.fc.weight)
 
 
 def test_readme_weights_and_training_tables_are_the_generated_ones() -> None:

@@ -218,6 +218,61 @@ def test_damaged_cache_is_fetched_again(fake_hub: FakeHub, hf_home: Path, caplog
     torch.testing.assert_close(model.fc.weight, fake_hub.state["fc.weight"])  # type: ignore[attr-defined]
 
 
+def test_an_unpinned_file_is_checked_against_the_hash_the_cache_names_it_by(
+    fake_hub: FakeHub, hf_home: Path, caplog
+) -> None:
+    import hashlib
+
+    load_from()  # no sha256 pinned, as for every ImageNet tag
+    (blob,) = [p for p in hf_home.rglob("*") if p.parent.name == "blobs"]
+    assert blob.name == hashlib.sha256(fake_hub.data).hexdigest()  # type: ignore[attr-defined]
+    data = bytearray(blob.read_bytes())
+    data[-9] ^= 0xFF  # a flipped bit in a tensor: header and size still fine
+    blob.write_bytes(bytes(data))
+    gets = sum(m == "GET" for m, _ in fake_hub.requests)
+    with caplog.at_level(logging.WARNING):
+        model = load_from()
+    assert f"sha256 {hashlib.sha256(data).hexdigest()}, expected {blob.name}" in caplog.text
+    assert sum(m == "GET" for m, _ in fake_hub.requests) == gets + 1  # evicted, fetched again
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, fake_hub.state[k], msg=k)  # type: ignore[attr-defined]
+
+
+def test_evicting_a_damaged_entry_leaves_a_store_other_repos_share_alone(tmp_path: Path) -> None:
+    import os
+
+    store = tmp_path / "xet" / "chunk"  # huggingface_hub's shared store, which blobs of other repos link to
+    store.parent.mkdir()
+    store.write_bytes(b"shared")
+    blob = tmp_path / "models--org--x" / "blobs" / ("e" * 64)
+    blob.parent.mkdir(parents=True)
+    blob.symlink_to(store)
+    link = tmp_path / "models--org--x" / "snapshots" / ("c" * 40) / "model.safetensors"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(Path("../../blobs") / blob.name)
+    hub._evict(link)
+    assert not os.path.lexists(link) and not os.path.lexists(blob) and store.read_bytes() == b"shared"
+
+
+def test_an_hf_hub_model_takes_its_weights_from_its_configs_commit(hf_home: Path, monkeypatch) -> None:
+    """config.json cached at one commit, then main moved on: the weights must still be that commit's."""
+    old, old_state = tiny_weights(10)
+    new, _ = tiny_weights(7)
+
+    def config(classes: int) -> bytes:
+        return json.dumps({"architecture": "resnet20", "num_classes": classes, "pretrained_cfg": {}}).encode()
+
+    with FakeHub({"testorg/moving": {"config.json": config(10), "model.safetensors": old}}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        first = server.commit
+        zoo.create_model("hf-hub:testorg/moving")  # reads (and caches) config.json only
+        server.publish("testorg/moving", {"config.json": config(7), "model.safetensors": new})
+        model = zoo.create_model("hf-hub:testorg/moving", pretrained=True)
+        assert ("GET", f"/testorg/moving/resolve/{first}/model.safetensors") in server.requests
+    assert model.num_classes == 10  # with main's weights it would be 7, under a 10-class config
+    torch.testing.assert_close(model.fc.weight, old_state["fc.weight"])
+
+
 def test_offline_with_empty_cache_says_where_it_looked(hf_home: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(zoo.WeightsNotFoundError) as info:
@@ -323,3 +378,29 @@ def test_weight_records_refuse_bad_sizes() -> None:
         Weights("org/x", input_size=(3, 160, 4.353))  # type: ignore[arg-type]
     with pytest.raises(zoo.ConfigError, match=r"test_crop_pct: expected a fraction in \(0, 1\], got 95"):
         Weights("org/x", test_crop_pct=95)
+    with pytest.raises(zoo.ConfigError, match=r"crop_pct: expected a fraction in \(0, 1\], got '0.9'"):
+        Weights("org/x", crop_pct="0.9")  # type: ignore[arg-type]
+    with pytest.raises(zoo.ConfigError, match=r"sha256: expected 64 lower-case hex digits, got 'AB12'"):
+        Weights("org/x", sha256="AB12")
+
+
+def test_a_folder_written_from_loaded_weights_does_not_inherit_their_file_facts(tmp_path: Path) -> None:
+    """A fine-tuned copy of pinned weights is another file: the source's sha256 or revision would break it."""
+    model = zoo.create_model("resnet20.c10_kd", pretrained=True)
+    assert model.pretrained_cfg["sha256"]
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)  # fine-tuned: not the pinned file any more
+    cfg = {**model.pretrained_cfg, "revision": "0" * 40}
+    config = folder_config("resnet20", model.cfg.to_dict(), cfg)
+    assert not {"sha256", "revision", "filename", "bundled"} & set(config["pretrained_cfg"])
+    save_model_folder(tmp_path / "tuned", model.state_dict(), config)
+    loaded = zoo.create_model(f"local-dir:{tmp_path / 'tuned'}", pretrained=True)
+    torch.testing.assert_close(loaded.fc.bias, model.fc.bias)
+
+
+def test_a_file_in_the_overlay_and_a_checkpoint_path_together(tmp_path: Path) -> None:
+    source = zoo.create_model("resnet20")
+    save_model_folder(tmp_path, source.state_dict(), {})
+    model = zoo.create_model("resnet20", checkpoint_path=tmp_path / "model.safetensors",
+                             pretrained_cfg_overlay={"file": tmp_path / "other.safetensors"})  # fmt: skip
+    torch.testing.assert_close(model.fc.weight, source.fc.weight)  # checkpoint_path wins, as documented

@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="write the folder only; do not upload")
     args = p.parse_args(argv)
     try:
+        token = args.token or os.environ.get("HF_TOKEN")
+        if not args.dry_run and not (token and args.repo_id):  # before any work
+            raise ZooError("uploading needs --repo-id and a token (--token or HF_TOKEN); or pass --dry-run")
         if args.folder:
             folder = Path(args.folder)
             zoo.create_model(f"local-dir:{folder}", pretrained=True)  # refuse to upload a folder that does not load
@@ -189,9 +192,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {folder}")
         if args.dry_run:
             return 0
-        token = args.token or os.environ.get("HF_TOKEN")
-        if not token or not args.repo_id:
-            raise ZooError("uploading needs --repo-id and a token (--token or HF_TOKEN); or pass --dry-run")
         print(upload_folder(folder, args.repo_id, token=token, private=args.private))
     except ZooError as e:
         print(f"push_to_hub.py: error: {e}", file=sys.stderr)

@@ -84,18 +84,19 @@ def info_command(parser: argparse.ArgumentParser) -> Runner:
 
 
 def download_command(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("names", nargs="+", help="weight tags or patterns: resnet50.tv2_in1k, 'resnet*.tv_in1k'")
+    parser.add_argument(
+        "names", nargs="+", help="weight tags, patterns, Hub repos: resnet50.tv2_in1k 'resnet*.tv_in1k' hf-hub:ORG/NAME"
+    )
     parser.add_argument("--cache-dir", default=None, help="Hub cache (default: HF_HUB_CACHE or HF_HOME/hub)")
 
     def run(args: argparse.Namespace) -> int:
-        from . import hub
+        from .factory import weights_file
         from .registry import get_weights, list_pretrained
 
         names = [n for pattern in args.names for n in (list_pretrained(pattern) or [pattern])]
-        for name in names:
-            full, w = get_weights(name)
-            path = hub.hub_file(w.hf_hub_id, w.filename, revision=w.revision, sha256=w.sha256, cache_dir=args.cache_dir)
-            print(f"{full}: {path}")
+        for name in names:  # bundled tags are found in the package, hf-hub: repos with their config.json
+            path = weights_file(name, cache_dir=args.cache_dir)
+            print(f"{name if name.startswith(('hf-hub:', 'local-dir:')) else get_weights(name)[0]}: {path}")
         return 0
 
     return run

@@ -20,7 +20,7 @@ from torch import nn
 from . import __version__
 from .data import resolve_data_config
 from .errors import ConfigError, ExportError, ZooError, not_one_of, require
-from .io import atomic_path
+from .io import atomic_path, is_disk_full
 from .optimize import compile_problem, fold_batch_norms
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,9 @@ def _failures(exporter: str) -> Iterator[None]:
     """An exporter's own failure as an ExportError (one line, the cause chained), not a page of traceback."""
     try:
         yield
-    except ZooError:
-        raise
     except Exception as e:
+        if isinstance(e, ZooError) or is_disk_full(e):  # named already, or atomic_path's DiskFullError
+            raise
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise ExportError(f"{exporter} failed: {type(e).__name__}: {first}; no file was written") from e
 

@@ -66,7 +66,8 @@ def _folder_weights(config: dict[str, Any], repo_id: str, revision: str | None =
     cfg = config.get("pretrained_cfg", {})
     known = {f for f in Weights.__dataclass_fields__}
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in known}
-    fields.pop("hf_hub_id", None)
+    for key in ("hf_hub_id", "revision"):  # where this folder's file is: the caller knows, not the config
+        fields.pop(key, None)
     return Weights(hf_hub_id=repo_id, revision=revision, **{**fields, "num_classes": config.get("num_classes", 1000)})
 
 
@@ -97,7 +98,8 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
             raise UnknownModelError(f"{name!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
         path = hub.hub_file(repo_id, "config.json", revision=revision or None, cache_dir=cache_dir)
         config = _folder_config(read_json(path, name), path)
-        weights = _folder_weights(config, repo_id, revision or None)
+        # the weights of the commit this config.json came from, even if main has moved on since it was cached
+        weights = _folder_weights(config, repo_id, hub.snapshot_commit(path) or revision or None)
         return _folder_source(name, config, weights)
     if name.endswith((".yaml", ".yml")):
         return _config_source(name, name)
@@ -220,7 +222,8 @@ def build(
     unknown = sorted(set(overlay) - set(allowed))
     if unknown:
         raise ConfigError("pretrained_cfg_overlay", f"unknown keys {unknown}; allowed: {', '.join(allowed)}")
-    checkpoint_path = checkpoint_path or overlay.pop("file", None)
+    file = overlay.pop("file", None)
+    checkpoint_path = checkpoint_path or file
     if overlay and source.weights is not None:
         source = replace(source, weights=replace(source.weights, **overlay))
     if features_only:

@@ -6,10 +6,10 @@ where to look (bundled weights, the Hub cache, the Hub) and talks to the network
 
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +74,22 @@ def _hf() -> Any:
 
 
 def _evict(path: Path) -> None:
-    """Remove a bad cache entry: the snapshot link and the blob it points to."""
-    blob = path.resolve()
-    for p in (path, blob):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+    """Remove a bad cache entry: the snapshot link and this repo's blob it names. One link only: the blob may
+    itself link into a store shared with other repos (Xet), whose file their blobs still need."""
+    entries = [path]
+    if path.is_symlink():
+        entries.append(path.parent / os.readlink(path))
+    for entry in entries:
+        try:
+            entry.unlink(missing_ok=True)
+        except OSError as e:  # a read-only or foreign cache: the damage is reported by the caller anyway
+            log.warning("could not remove the damaged cache entry %s: %s", entry, e)
+
+
+def snapshot_commit(path: Path) -> str | None:
+    """The commit a Hub cache file belongs to (``.../snapshots/<commit>/<file>``), or None."""
+    commit = path.parent.name
+    return commit if path.parent.parent.name == "snapshots" and re.fullmatch("[0-9a-f]{40}", commit) else None
 
 
 def cached_file(
@@ -119,7 +130,7 @@ def hub_file(
     cached = cached_file(repo_id, filename, revision=revision, cache_dir=cache)
     if cached is not None:
         try:
-            io.verify(cached, sha256, stamp_dir())
+            io.verify(cached, sha256 or _blob_sha256(cached), stamp_dir())
             return cached
         except WeightsIntegrityError as e:
             log.warning("cached weights are damaged, fetching them again: %s", e)
@@ -143,11 +154,20 @@ def hub_file(
         tried.append(f"Hub {endpoint}/{repo_id}: download failed ({type(e).__name__}: {io.first_line(e)})")
         raise WeightsIntegrityError(_not_found(where, tried)) from e
     try:
-        io.verify(path, sha256, stamp_dir())
+        io.verify(path, sha256 or _blob_sha256(path), stamp_dir())
     except WeightsIntegrityError as e:
         _evict(path)
         raise WeightsIntegrityError(f"downloaded {where} is damaged and was removed from the cache: {e}") from e
     return path
+
+
+def _blob_sha256(path: Path) -> str | None:
+    """The hash an unpinned file can still be checked against: the cache names the blob of an LFS file
+    (all weights) by its ETag, the sha256 of its content. None for small git files (a sha1) or a copy."""
+    if not path.is_symlink():
+        return None
+    name = Path(os.readlink(path)).name
+    return name if re.fullmatch("[0-9a-f]{64}", name) else None
 
 
 def _not_found(where: str, tried: list[str]) -> str:

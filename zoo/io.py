@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import pickletools
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -57,10 +58,20 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual mode
         os.replace(tmp, path)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if tmp.is_dir() and not tmp.is_symlink():  # what a failing writer made of it
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
             raise DiskFullError(f"no space left on the device to write {str(path)!r}; {_KEPT}") from e
         raise
+
+
+def is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    # safetensors' writer (Rust) reports the OS error in its message: "IoError(Os { code: 28, kind: StorageFull"
+    return isinstance(e, SafetensorError) and any(m in str(e) for m in ("StorageFull", "QuotaExceeded", "code: 28"))
 
 
 @contextlib.contextmanager
@@ -91,19 +102,24 @@ def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
         torch.save(obj, f)
 
 
+_FILE_FACTS = frozenset({"sha256", "revision", "filename", "file", "bundled"})
+
+
 def folder_config(
     architecture: str, model_config: dict[str, Any] | None, pretrained_cfg: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
     """The ``config.json`` of a Hub model folder, in timm's layout plus the zoo's full architecture.
 
     ``architecture`` and ``pretrained_cfg`` are what timm reads; ``zoo_config``
-    (the ResNetConfig as data) rebuilds any zoo model, registered or from YAML.
+    (the ResNetConfig as data) rebuilds any zoo model, registered or from YAML. The facts of the file
+    the model was loaded from (its hash, revision, file name) are left out: this folder has its own.
     """
+    own = {k: v for k, v in pretrained_cfg.items() if k not in _FILE_FACTS}
     cfg = {
         "architecture": architecture,
         "num_classes": pretrained_cfg.get("num_classes"),
         "num_features": extra.pop("num_features", None),
-        "pretrained_cfg": _jsonable(pretrained_cfg),
+        "pretrained_cfg": _jsonable(own),
     }
     if model_config is not None:
         cfg["zoo_config"] = _jsonable(model_config)
@@ -212,7 +228,8 @@ def verify(path: str | os.PathLike[str], sha256: str | None, stamps: Path | None
     """Check a weights file before it is trusted: header and size always, the hash when one is pinned.
 
     With ``stamps`` (a folder), a file whose hash was checked once is remembered there by (size,
-    mtime, inode), so a warm load does not re-hash hundreds of megabytes.
+    mtime, ctime, device, inode), so a warm load does not re-hash hundreds of megabytes; any write
+    to the file, even one that sets its mtime back, changes its ctime.
     """
     if Path(path).name.endswith(".safetensors"):  # judged by the link's name: cache blobs have no suffix
         check_safetensors(path)
@@ -221,7 +238,7 @@ def verify(path: str | os.PathLike[str], sha256: str | None, stamps: Path | None
         return
     st = path.stat()
     stamp = stamps / sha256 if stamps is not None else None
-    seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ino}"
+    seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_dev} {st.st_ino}"
     if stamp is not None and stamp.is_file() and stamp.read_text() == seen:
         return
     actual = sha256_of(path)

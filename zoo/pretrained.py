@@ -107,7 +107,8 @@ def _c10(arch: str, top1: float, top5: float, params: int, gmacs: float, sha256:
 
 
 # (arch, tag) -> weights. top-1/top-5 on the validation split; params at 10 classes; G MACs at 32x32; the sha256
-# of model.safetensors, checked at every load (a re-published file must change its pin here).
+# of model.safetensors, checked before it is trusted (hashed once, then remembered while the file's size, times
+# and inode stay the same; a re-published file must change its pin here).
 # c10: trained from scratch; c10_kd: distilled from the zoo's resnet20 weights (one, or an ensemble) on the same
 # split; c10_kd2: a second distillation run. A tag, once published, keeps its weights; the default of each
 # architecture is its best top-1.

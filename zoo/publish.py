@@ -14,7 +14,15 @@ from typing import Any
 
 from . import hub
 from .errors import ConfigError, WeightsNotFoundError
-from .io import atomic_path, atomic_write, check_safetensors, save_json
+from .io import (
+    LEGACY_SUFFIXES,
+    atomic_path,
+    atomic_write,
+    check_safetensors,
+    load_state_dict,
+    save_json,
+    save_safetensors,
+)
 
 CARD_TEMPLATE = """\
 ---
@@ -111,16 +119,20 @@ def model_card(card: Card, config: dict[str, Any], params: int, macs: float | No
 def write_folder(
     out: str | Path, weights: str | Path, config: dict[str, Any], card: Card, *, extra: dict[str, Path] | None = None
 ) -> Path:
-    """A Hub model folder: model.safetensors (verified), config.json, README.md and ``extra`` files."""
+    """A Hub model folder: model.safetensors (verified; a tensors-only pickle is converted), config.json,
+    README.md and ``extra`` files."""
     from .factory import create_model
 
     out, weights = Path(out), Path(weights)
     if not weights.is_file():
         raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
-    check_safetensors(weights)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.safetensors") as tmp:
-        shutil.copyfile(weights, tmp)
+    if weights.suffix in LEGACY_SUFFIXES:
+        save_safetensors(out / "model.safetensors", load_state_dict(weights))
+    else:
+        check_safetensors(weights)
+        with atomic_path(out / "model.safetensors") as tmp:
+            shutil.copyfile(weights, tmp)
     save_json(out / "config.json", config)
     model = create_model(f"local-dir:{out}", pretrained=True)  # the folder must load: prove it now
     params = sum(p.numel() for p in model.parameters())
@@ -163,7 +175,10 @@ def upload_folder(folder: str | Path, repo_id: str, *, token: str | None, privat
     hf = hub._hf()
     api = hf.HfApi(endpoint=hub.hub_endpoint(), token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload from resnet-zoo")
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), commit_message="Upload from resnet-zoo",
+        ignore_patterns=[".*"],  # hidden files: the temporaries of an interrupted atomic write, never the model's
+    )  # fmt: skip
     return str(getattr(info, "commit_url", info))
 
 

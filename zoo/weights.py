@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,8 +65,11 @@ class Weights:
                 raise ConfigError(name, f"expected (channels, height, width) of positive ints, got {size!r}")
         for name in ("crop_pct", "test_crop_pct"):
             pct = getattr(self, name)
-            if pct is not None and not 0 < pct <= 1:
+            if pct is not None and not (isinstance(pct, (int, float)) and 0 < pct <= 1):
                 raise ConfigError(name, f"expected a fraction in (0, 1], got {pct!r}")
+        if self.sha256 is not None and not re.fullmatch("[0-9a-f]{64}", str(self.sha256)):
+            # a typo'd or upper-case pin would evict a good file at every load
+            raise ConfigError("sha256", f"expected 64 lower-case hex digits, got {self.sha256!r}")
 
     def pretrained_cfg(self, tag: str, arch_cfg: dict[str, Any]) -> dict[str, Any]:
         """The model's ``pretrained_cfg``: the arch's defaults overridden by these weights' facts."""

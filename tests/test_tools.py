@@ -336,6 +336,10 @@ def test_push_to_hub_converts_a_pth_and_checks_its_upload_flags_first(tmp_path: 
                         "--out", str(tmp_path / "never"), env={"HF_TOKEN": ""})  # fmt: skip
     assert result.returncode == 2 and "uploading needs --repo-id and a token" in result.stderr
     assert not (tmp_path / "never").exists()  # refused before the folder was written
+    result = run_script("tools/push_to_hub.py", "--folder", str(folder), "--repo-id", "me/x", "--token", "hf_test",
+                        env={"HF_ENDPOINT": "http://127.0.0.1:9"})  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "push_to_hub.py: error: uploading" in result.stderr and "127.0.0.1:9/me/x failed: " in result.stderr
 
 
 # --- the zoo command ---------------------------------------------------------------------------------------

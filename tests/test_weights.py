@@ -273,6 +273,19 @@ def test_an_hf_hub_model_takes_its_weights_from_its_configs_commit(hf_home: Path
     torch.testing.assert_close(model.fc.weight, old_state["fc.weight"])
 
 
+def test_cache_folders_and_offline_mode_are_read_as_huggingface_hub_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HOME", "~/hf")  # unexpanded, as docker ENV or a .env file leaves it
+    assert hub.hub_cache_dir() == tmp_path / "hf" / "hub"
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", "$HOME/old-name")
+    assert hub.hub_cache_dir() == tmp_path / "old-name"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert hub.hub_offline()
+
+
 def test_offline_with_empty_cache_says_where_it_looked(hf_home: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(zoo.WeightsNotFoundError) as info:

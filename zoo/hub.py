@@ -19,8 +19,13 @@ from .errors import ConfigError, WeightsIntegrityError, WeightsNotFoundError, Zo
 log = logging.getLogger(__name__)
 
 
+def _env_path(value: str) -> Path:
+    """A folder named by an environment variable, as huggingface_hub reads them: ``~`` and ``$VAR`` expanded."""
+    return Path(os.path.expandvars(value)).expanduser()
+
+
 def zoo_cache_dir() -> Path:
-    return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "resnet-zoo"))
+    return _env_path(os.environ.get("ZOO_CACHE") or str(Path.home() / ".cache" / "resnet-zoo"))
 
 
 def stamp_dir() -> Path:
@@ -32,7 +37,7 @@ def bundled_dir() -> Path:
     """The zoo's own weights, one Hub model folder per tag: ``ZOO_WEIGHTS_DIR`` if set, else the package data
     ``zoo._weights`` (the repository's ``weights/``, installed with the package, editable or from a wheel)."""
     if os.environ.get("ZOO_WEIGHTS_DIR"):
-        return Path(os.environ["ZOO_WEIGHTS_DIR"])
+        return _env_path(os.environ["ZOO_WEIGHTS_DIR"])
     return Path(str(importlib.resources.files("zoo._weights")))
 
 
@@ -49,15 +54,18 @@ def hub_endpoint() -> str:
 
 def hub_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     if cache_dir:
-        return Path(cache_dir)
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
-    return Path(home) / "hub"
+        return Path(cache_dir).expanduser()
+    hub_cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")  # the latter: its old name
+    if hub_cache:
+        return _env_path(hub_cache)
+    if os.environ.get("HF_HOME"):
+        return _env_path(os.environ["HF_HOME"]) / "hub"
+    return _env_path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "huggingface" / "hub"
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+    # huggingface_hub honours TRANSFORMERS_OFFLINE too; so does the zoo, so one switch turns both off
+    return (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").lower() in _TRUE
 
 
 def _hf() -> Any:

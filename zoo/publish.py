@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from . import hub
-from .errors import ConfigError, WeightsNotFoundError
+from .errors import ConfigError, WeightsNotFoundError, ZooError
 from .io import (
     LEGACY_SUFFIXES,
     atomic_path,
     atomic_write,
     check_safetensors,
+    first_line,
     load_state_dict,
     save_json,
     save_safetensors,
@@ -174,11 +175,14 @@ def upload_folder(folder: str | Path, repo_id: str, *, token: str | None, privat
         raise ConfigError("--repo-id", f"expected ORG/NAME, got {repo_id!r}")
     hf = hub._hf()
     api = hf.HfApi(endpoint=hub.hub_endpoint(), token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), commit_message="Upload from resnet-zoo",
-        ignore_patterns=[".*"],  # hidden files: the temporaries of an interrupted atomic write, never the model's
-    )  # fmt: skip
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), commit_message="Upload from resnet-zoo",
+            ignore_patterns=[".*"],  # hidden files: the temporaries of an interrupted atomic write, never the model's
+        )  # fmt: skip
+    except Exception as e:  # HTTP errors, a refused connection (httpx's own types), offline mode: one line
+        raise ZooError(f"uploading {folder} to {hub.hub_endpoint()}/{repo_id} failed: {first_line(e)}") from e
     return str(getattr(info, "commit_url", info))
 
 

@@ -7,9 +7,13 @@ On whatever device it finds (CUDA if present, else the CPU at a smaller size, wh
 ``make test`` runs it), in order:
 
 1. ``benchmark``: ``throughput.py`` on resnet50 at two batch sizes in fp32 (TF32 and cuDNN settings
-   recorded in each row), bf16 (and fp16 on CUDA) through ``optimize_for_inference``, and one
-   compiled row;
-2. ``optimize-parity``: ``optimize_for_inference`` against the eager model, per dtype;
+   recorded in each row), bf16 (and fp16 on CUDA) through ``optimize_for_inference``, one compiled
+   row (exactly one graph: no graph breaks) and on CUDA one CUDA-graph row (``reduce-overhead``);
+   every row must have run (none out of memory);
+2. ``optimize-parity``: ``optimize_for_inference`` against the eager model, per dtype (fp32 with TF32
+   off), on a model whose every residual branch counts (random norm statistics, no zero-initialized
+   last norms, so a wrong kernel anywhere shows); on CUDA also the CUDA-graph path, whose outputs must
+   survive the next call;
 3. ``train``: ``torchrun --nproc_per_node 1 tools/train.py`` for 20 steps on a generated image
    folder with the device's process-group backend (nccl on CUDA), ``--sync-bn``, an evaluation and
    a checkpoint;
@@ -36,14 +40,36 @@ import torch
 
 import zoo
 from zoo import benchmark
+from zoo.optimize import fast_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput  # noqa: E402  (the benchmark beside this file)
 
 
+def live_model(name: str, device: torch.device) -> torch.nn.Module:
+    """Random weights under which every block computes: zero_init_last would zero each residual branch (a parity
+    check would then see only the shortcuts), and running statistics of 0 and 1 would make folding a no-op."""
+    model = zoo.create_model(name, zero_init_last=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
+                m.bias.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+    return model.to(device).eval()
+
+
+def relative_diff(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.float() - expected).abs().max() / expected.abs().max()).item()
+
+
 def run_benchmark(device: torch.device, out: Path) -> dict[str, Any]:
     cuda = device.type == "cuda"
+    fast = fast_dtype(device) if cuda else "bf16"
     size = [] if cuda else ["--img-size", "64", "--no-ceiling"]
     timing = ["--iters", "10", "--repeats", "3"] if cuda else ["--iters", "2", "--repeats", "1", "--warmup", "1"]
     runs = {
@@ -54,7 +80,7 @@ def run_benchmark(device: torch.device, out: Path) -> dict[str, Any]:
             "--batch-sizes",
             "32" if cuda else "2",
             "--dtype",
-            "bf16",
+            fast,
             "--optimize",
             *([] if cuda else ["--no-compile"]),
         ],
@@ -64,13 +90,15 @@ def run_benchmark(device: torch.device, out: Path) -> dict[str, Any]:
             "--batch-sizes",
             "32" if cuda else "2",
             "--dtype",
-            "bf16",
+            fast,
             "--compile",
             *([] if cuda else ["--img-size", "32"]),
         ],
     }
     if cuda:
         runs["fp16-optimize"] = ["--models", "resnet50", "--batch-sizes", "32", "--dtype", "fp16", "--optimize"]
+        runs["cuda-graphs"] = ["--models", "resnet50", "--batch-sizes", "8", "--dtype", fast, "--optimize",
+                               "--compile-mode", "reduce-overhead", "--warmup", "3"]  # fmt: skip
     rows = {}
     for name, args in runs.items():
         folder = out / f"bench-{name}"
@@ -79,11 +107,13 @@ def run_benchmark(device: torch.device, out: Path) -> dict[str, Any]:
         if code != 0:
             raise RuntimeError(f"throughput.py {' '.join(args)} exited {code}")
         rows[name] = json.loads((folder / "results.json").read_text())["rows"]
-    fp32 = [r for r in rows["fp32"] if r["label"] == "zoo"]
-    if cuda and not all("tf32_matmul" in r and "cudnn_benchmark" in r for r in fp32):
-        raise RuntimeError("fp32 rows do not record the TF32 and cuDNN settings")
-    if not rows["compiled"][0]["compiled_graphs"]:
-        raise RuntimeError("the compiled row compiled no graph")
+    missing = [f"{name} b{r['batch_size']} {r['config']}" for name, rs in rows.items()
+               for r in rs if r["status"] != "ok"]  # fmt: skip
+    if missing:
+        raise RuntimeError(f"rows that did not run (out of memory): {', '.join(missing)}")
+    graphs = rows["compiled"][0]["compiled_graphs"]
+    if graphs != 1:
+        raise RuntimeError(f"the compiled row compiled {graphs} graphs, expected 1 (0: not compiled; more: breaks)")
     return {
         name: [{k: r.get(k) for k in ("model", "batch_size", "config", "img_per_s", "status", "peak_mem_mb",
                                       "compiled_graphs", "tf32_matmul", "tf32_conv", "cudnn_benchmark")} for r in rs]
@@ -93,19 +123,34 @@ def run_benchmark(device: torch.device, out: Path) -> dict[str, Any]:
 
 def optimize_parity(device: torch.device, out: Path) -> dict[str, Any]:
     cuda = device.type == "cuda"
-    model = zoo.create_model("resnet50").to(device).eval()
+    model = live_model("resnet50", device)
     x = torch.randn(8 if cuda else 2, 3, 224 if cuda else 64, 224 if cuda else 64, device=device)
-    with torch.no_grad():
-        expected = model(x).float()
     tolerances = {"fp32": 1e-3, "bf16": 5e-2, **({"fp16": 1e-2} if cuda else {})}
     found = {}
-    for dtype, tolerance in tolerances.items():
-        fast = zoo.optimize_for_inference(model, dtype, compile=cuda)
-        got = fast(x)
-        diff = ((got - expected).abs().max() / expected.abs().max()).item()
-        found[dtype] = round(diff, 6)
-        if not diff <= tolerance:
-            raise RuntimeError(f"optimize_for_inference({dtype}) differs from eager by {diff:.2e} (> {tolerance})")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:  # fp32 means fp32 here: TF32 (10-bit mantissa) would differ from eager by ~1e-3 by design
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        with torch.no_grad():
+            expected = model(x).float()
+        for dtype, tolerance in tolerances.items():
+            if dtype == "bf16" and cuda and fast_dtype(device) != "bf16":
+                continue  # a GPU without bf16: optimize_for_inference refuses it, as it should
+            found[dtype] = round(relative_diff(zoo.optimize_for_inference(model, dtype, compile=cuda)(x), expected), 6)
+            if not found[dtype] <= tolerance:
+                raise RuntimeError(f"optimize_for_inference({dtype}) differs from eager by {found[dtype]:.2e} "
+                                   f"(> {tolerance})")  # fmt: skip
+        if cuda:  # CUDA graphs reuse their output buffers: a returned output must survive the next call
+            graphs = zoo.optimize_for_inference(model, fast_dtype(device), compile_mode="reduce-overhead")
+            for _ in range(3):  # compile, record, replay
+                graphs(x)
+            first = graphs(x)
+            graphs(torch.randn_like(x))
+            found["cuda-graphs"] = round(relative_diff(first, expected), 6)
+            if not found["cuda-graphs"] <= 5e-2:
+                raise RuntimeError(f"a CUDA-graph output changed after the next call: {found['cuda-graphs']:.2e} "
+                                   "from eager")  # fmt: skip
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return {"relative_max_diff": found}
 
 
@@ -142,7 +187,7 @@ def train_steps(device: torch.device, out: Path) -> dict[str, Any]:
 def pt2_package(device: torch.device, out: Path) -> dict[str, Any]:
     cuda = device.type == "cuda"
     name = "resnet50" if cuda else "resnet20"
-    model = zoo.create_model(name).to(device).eval()
+    model = live_model(name, device)
     size = 224 if cuda else 32
     path = zoo.export(
         model, out / f"{name}.pt2", format="pt2", example_input=torch.randn(2, 3, size, size, device=device)
@@ -151,7 +196,7 @@ def pt2_package(device: torch.device, out: Path) -> dict[str, Any]:
     x = torch.randn(3, 3, size, size, device=device)
     with torch.no_grad():
         expected = model(x)
-    diff = ((package(x) - expected).abs().max() / expected.abs().max()).item()
+    diff = relative_diff(package(x), expected)
     if not diff <= 1e-3:
         raise RuntimeError(f"the loaded package differs from eager by {diff:.2e}")
     return {"file": str(path), "relative_max_diff": round(diff, 8), "mib": round(path.stat().st_size / 2**20, 1)}

@@ -129,12 +129,19 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
         raise BadInput(f"--runtimes {' '.join(exported)}: runtimes are timed for inference; drop --mode train")
     if INT8 in args.runtimes and device.type != "cpu":
         raise BadInput("--runtimes int8: zoo.quantize_int8 is an x86 CPU path; use --device cpu")
+    on_cpu = [r for r in args.runtimes if r in ("onnxruntime", "openvino")]
+    if on_cpu and device.type != "cpu":  # their runners use the CPU: rows beside GPU rows would mislead
+        raise BadInput(f"--runtimes {' '.join(on_cpu)}: these run on the CPU here; use --device cpu")
     if args.dtype == INT8 and not (args.optimize and device.type == "cpu" and "train" not in args.mode):
         raise BadInput("--dtype int8 is an inference fast path for CPUs: use it with --optimize, --device cpu "
                        "and --mode infer or latency")  # fmt: skip
     compiles = args.compile or (args.optimize and not args.no_compile) or INT8 in args.runtimes
     if compiles and args.warmup < 1:
         raise BadInput("--warmup 0: compiled rows compile in their first call; give --warmup 1 or more")
+    if args.compile_mode in ("reduce-overhead", "max-autotune") and args.warmup < 3:
+        # CUDA graphs: call 1 compiles, call 2 records the graph, call 3 is the first replay
+        raise BadInput(f"--warmup {args.warmup}: --compile-mode {args.compile_mode} records CUDA graphs in the "
+                       "first calls; give --warmup 3 or more")  # fmt: skip
     if args.compile or (args.optimize and not args.no_compile):
         problem = compile_problem(device)
         if problem:
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as timm's benchmark: fixed shapes, so let cuDNN pick its fastest
-    env = environment(device)
+    env = {**environment(device), "compile_mode": args.compile_mode or "default"}
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
@@ -254,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"matmul {ceiling['matmul']} GFLOP/s", flush=True)  # fmt: skip
         for ours, base in groups:
             first = ours[0]
-            macs = zoo.count(zoo.create_model(first.model), (3, first.img_size, first.img_size)).conv_linear_macs
+            model = zoo.create_model(first.model)
+            shape = (model.pretrained_cfg["input_size"][0], first.img_size, first.img_size)
+            macs = zoo.count(model, shape).conv_linear_macs
             results = measure_group(
                 [*ours, *([base] if base else [])],
                 device,

@@ -93,15 +93,23 @@ def test_zoo_count_command(capsys: pytest.CaptureFixture[str]) -> None:
 # --- fast inference ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50d", "resnet20"])
+def live(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial norm statistics, so folding changes every conv and every residual branch counts (build the model
+    with zero_init_last=False: its zeroed last norms would hide the branches)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                if m.track_running_stats:
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50d", "resnet20", "resnext50_32x4d"])
 def test_folded_batch_norms_match_eval_model(name: str) -> None:
-    model = zoo.create_model(name).eval()
-    for m in model.modules():  # non-trivial statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+    model = live(zoo.create_model(name, zero_init_last=False))
     fused = fold_batch_norms(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     size = 32 if name == "resnet20" else 64
@@ -111,6 +119,26 @@ def test_folded_batch_norms_match_eval_model(name: str) -> None:
     # within 1e-5 of the output's scale: these random statistics blow resnet50d's logits up to ~100
     scale = max(1.0, reference.abs().max().item())
     assert (ours - reference).abs().max().item() <= 1e-5 * scale
+
+
+def test_folding_leaves_norms_it_cannot_fold() -> None:
+    class Odd(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False)  # called twice: one fold would hit both
+            self.bn1, self.bn2 = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.batch_stats = torch.nn.BatchNorm2d(3, track_running_stats=False)  # no running statistics
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn1(self.shared(x)) + self.bn2(self.shared(x)) + self.batch_stats(self.conv(x))
+
+    model = live(Odd())
+    fused = fold_batch_norms(model)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules()) == 3
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x))
 
 
 def test_frozen_batch_norms_fold_too() -> None:
@@ -135,12 +163,14 @@ def test_optimize_for_inference_features_and_bf16() -> None:
         for a, b in zip(fast(x), backbone(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert fast.feature_info.channels() == [128, 512]
-    model = zoo.create_model("resnet18").eval()
+    model = live(zoo.create_model("resnet18", zero_init_last=False))
     bf16 = optimize_for_inference(model, "bf16", compile=False)
     out = bf16(x)
     assert out.dtype == torch.float32
     with torch.no_grad():
-        torch.testing.assert_close(out, model(x), atol=0.15, rtol=0.05)  # bf16 has 8 bits of mantissa
+        reference = model(x)
+    error = ((out - reference).abs().max() / reference.abs().max()).item()
+    assert error <= 5e-2  # bf16 has 8 bits of mantissa; every block computes here
     with pytest.raises(zoo.ConfigError, match=r"dtype: 'fp16' is for GPUs"):
         optimize_for_inference(model, "fp16")
     with pytest.raises(zoo.ConfigError, match=r"dtype: 'int4' is not one of 'fp32', 'bf16', 'fp16'|int4"):
@@ -180,6 +210,8 @@ def test_int8_features_only_and_bad_input() -> None:
         quantize_int8(backbone, [])
     with pytest.raises(zoo.ConfigError, match=r"max_batches: expected a positive integer or None, got 0"):
         quantize_int8(backbone, [torch.randn(2, 3, 64, 64)], max_batches=0)
+    with pytest.raises(zoo.ConfigError, match=r"calibration: the first batch has 1 image; give batches of 2 or more"):
+        quantize_int8(backbone, [torch.randn(1, 3, 64, 64)])  # would fix the batch axis at 1
 
 
 # --- the benchmark -------------------------------------------------------------------------------------
@@ -241,6 +273,11 @@ def test_benchmark_compares_deployment_runtimes_in_one_table(tmp_path: Path) -> 
         (["--dtype", "fp16", "--device", "cpu"], "--dtype fp16 needs a CUDA device"),
         (["--models", "resnet20", "--baseline", "torchvision"], "torchvision has no resnet20; use --baseline eager"),
         (["--models", "resnet20", "--dtype", "int8"], "--dtype int8 is an inference fast path for CPUs: use it with"),
+        (
+            ["--compile", "--compile-mode", "reduce-overhead", "--warmup", "2"],
+            "--warmup 2: --compile-mode "
+            "reduce-overhead records CUDA graphs in the first calls; give --warmup 3 or more",
+        ),
     ],
 )
 def test_benchmark_bad_input(args: list[str], message: str, tmp_path: Path) -> None:

@@ -319,6 +319,7 @@ def profile_ops(step: Callable[[], None], iters: int, device: torch.device, top:
     op does inside another shows up where it happens), input shapes and dtypes; ``share`` is its fraction
     of all self time (device time on CUDA, where the GPU's time is the one that counts).
     """
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -330,6 +331,8 @@ def profile_ops(step: Callable[[], None], iters: int, device: torch.device, top:
     ops: dict[tuple[str, str, str], dict[str, Any]] = {}
     total = 0.0
     for event in prof.events():
+        if event.device_type != DeviceType.CPU:  # kernels and GPU ranges: already in their CPU op's device time
+            continue
         us = event.self_device_time_total if cuda else event.self_cpu_time_total
         total += us
         path, parent = [event.name], event.cpu_parent

@@ -7,6 +7,7 @@ that runs in inference mode. Each step is also usable alone (``fold_batch_norms`
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import itertools
@@ -51,22 +52,26 @@ def _copy_info(source: nn.Module, target: nn.Module) -> None:
 def fold_batch_norms(model: nn.Module) -> torch.fx.GraphModule:
     """A copy of ``model`` (eval mode) in which every batch norm that follows a conv is folded into it.
 
-    The pairs are found on the traced graph (a norm whose only input is a conv used
-    nowhere else), so it works for any traceable model: classifiers and
-    ``features_only`` backbones alike. Outputs equal the eval model's up to rounding.
+    The pairs are found on the traced graph (a norm with running statistics whose only input is a
+    plain conv, called once and used nowhere else), so it works for any traceable model: classifiers
+    and ``features_only`` backbones alike. Outputs equal the eval model's up to rounding.
     """
     model = copy.deepcopy(model).eval()
     graph_module = torch.fx.symbolic_trace(model)
     modules = dict(graph_module.named_modules())
+    calls = collections.Counter(n.target for n in graph_module.graph.nodes if n.op == "call_module")
     folded = 0
     for node in list(graph_module.graph.nodes):
         if node.op != "call_module" or not isinstance(modules[node.target], _NORMS):
+            continue
+        if getattr(modules[node.target], "running_mean", None) is None:  # track_running_stats=False: batch stats
             continue
         source = node.args[0]
         if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1):
             continue
         conv = modules[source.target]
-        if not isinstance(conv, nn.Conv2d):
+        # exactly a Conv2d (a weight-standardizing subclass computes another function), called only here
+        if type(conv) is not nn.Conv2d or calls[source.target] != 1:
             continue
         parent, _, name = source.target.rpartition(".")
         owner = graph_module.get_submodule(parent) if parent else graph_module
@@ -133,6 +138,26 @@ def compile_problem(device: torch.device) -> str | None:
     return None
 
 
+def gpu_supports_bf16(device: torch.device) -> bool:
+    """Whether this GPU has bf16 tensor cores (Ampere, sm80, and later), not an emulation."""
+    return torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else False
+
+
+def fast_dtype(device: torch.device) -> str:
+    """The fastest float precision ``device`` runs natively: bf16 on Ampere+ and AVX-512 BF16/AMX CPUs, else fp16 on
+    older GPUs, else fp32."""
+    if device.type == "cuda":
+        return "bf16" if gpu_supports_bf16(device) else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def device_label(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
+
+
 def cpu_supports_bf16() -> bool:
     """Whether this CPU has native bf16 math (AVX-512 BF16 or AMX), where bf16 is fast, not emulated."""
     try:
@@ -169,6 +194,9 @@ def optimize_for_inference(
         raise ConfigError("dtype", "'fp16' is for GPUs; on a CPU use 'bf16' (fast with AVX-512 BF16 or AMX) or 'fp32'")
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_supports_bf16():
         log.warning("this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 will be emulated and slow")
+    if dtype == torch.bfloat16 and device.type == "cuda" and not gpu_supports_bf16(device):
+        raise ConfigError("dtype", f"'bf16' needs a GPU of compute capability 8.0 or later ({device_label(device)}); "
+                          "use 'fp16'")  # fmt: skip
     fused = fold_batch_norms(model).to(dtype=dtype)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
@@ -223,6 +251,8 @@ def quantize_int8(
     first = next(batches, None)
     if first is None:
         raise ConfigError("calibration", "is empty; give at least one batch of images")
+    if len(first) < 2:  # torch.export would specialize the batch axis to 1, and every other batch size would fail
+        raise ConfigError("calibration", f"the first batch has {len(first)} image; give batches of 2 or more")
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
         exported = torch.export.export(model, (first,), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()

@@ -64,14 +64,13 @@ def make_runner(model: nn.Module, runtime: str, example: torch.Tensor) -> Runner
         run = torch.inference_mode()(model)
         return lambda x: run(x.to(device))
     if runtime == "fast":
-        from .optimize import compile_problem, cpu_supports_bf16, optimize_for_inference
+        from .optimize import compile_problem, fast_dtype, optimize_for_inference
 
         problem = compile_problem(device)
         if problem:
             raise ConfigError("--runtime", f"fast compiles with inductor, which cannot work here: {problem}; "
                               "use --runtime torch")  # fmt: skip
-        dtype = "bf16" if device.type == "cuda" or cpu_supports_bf16() else "fp32"
-        fast = optimize_for_inference(model, dtype, example_input=example.to(device))
+        fast = optimize_for_inference(model, fast_dtype(device), example_input=example.to(device))
         return lambda x: fast(x.to(device))
     from .deploy import export, runtime_runner
 

@@ -56,6 +56,8 @@ BAD_TRAINING_FLAGS = [  # (arguments, what the error must say); the data folder 
     (["--eval-every", "0"], "--eval-every: expected a positive integer, got 0"),
     (["--keep-checkpoints", "0"], "--keep-checkpoints: expected a positive integer, got 0"),
     (["--in-chans", "0"], "--in-chans: expected a positive integer, got 0"),
+    (["--in-chans", "1"], "--in-chans: the trainer's images are RGB: expected 3 (or leave it out), got 1"),
+    (["--compile-mode", "fastest"], "--compile-mode: 'fastest' is not one of 'default', 'reduce-overhead'"),
     (["--image-size", "0"], "--image-size: expected a positive integer, got 0"),
     (["--drop-path-rate", "1"], "--drop-path-rate: expected a probability in [0, 1), got 1.0"),
     (["--drop-rate", "-0.1"], "--drop-rate: expected a probability in [0, 1), got -0.1"),

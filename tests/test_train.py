@@ -175,11 +175,68 @@ class _Poisoned(torch.nn.Module):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes: Path, tmp_path: Path) -> None:
     zoo.register_model(name="poisoned_test_net")(lambda **kw: _Poisoned(**kw))
     try:
-        with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2"):
+        with pytest.raises(TrainingDiverged, match=r"loss became NaN or infinite at epoch 2"):
             train(parse(args_for(shapes, tmp_path / "run", "--model", "poisoned_test_net")))
     finally:
         _models.pop("poisoned_test_net")
     assert (tmp_path / "run" / "last").resolve().name == "epoch-0001"
+
+
+def test_nan_loss_is_caught_when_the_time_budget_ends_an_epoch_between_two_looks(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo.train import engine
+
+    real = engine.Budget.advance
+
+    def out_of_time_at_step_20(self, schedule, procs) -> bool:  # epoch 2, its 9th step: no look at the loss there
+        return real(self, schedule, procs) or schedule.last_epoch >= 20
+
+    monkeypatch.setattr(engine.Budget, "advance", out_of_time_at_step_20)
+    zoo.register_model(name="poisoned_test_net")(lambda **kw: _Poisoned(**kw))
+    try:
+        with pytest.raises(TrainingDiverged, match=r"at epoch 2 \(within its first 9 steps\)"):
+            train(parse(args_for(shapes, tmp_path / "run", "--model", "poisoned_test_net")))
+    finally:
+        _models.pop("poisoned_test_net")
+    assert (tmp_path / "run" / "last").resolve().name == "epoch-0001"  # the NaN weights were never saved
+
+
+def test_sync_bn_on_cpus_keeps_frozen_norms_frozen() -> None:
+    from zoo.layers import SyncBatchNorm2d
+
+    model = zoo.create_model("resnet20")
+    model.bn1.requires_grad_(False)  # a frozen stem, as --freeze-stages 0 leaves it
+    SyncBatchNorm2d.convert(model)
+    assert isinstance(model.bn1, SyncBatchNorm2d) and not model.bn1.weight.requires_grad
+    assert isinstance(model.layer1[0].bn1, SyncBatchNorm2d) and model.layer1[0].bn1.weight.requires_grad
+
+
+def test_checkpoints_keep_the_newest_even_beside_a_later_epoch_left_by_an_earlier_run(tmp_path: Path) -> None:
+    from zoo.train.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(tmp_path, keep=1)
+    weights = {"w": torch.zeros(2)}
+    checkpoints.save(10, weights, {}, {}, best=True)  # a run that got further, then resumed from epoch 3
+    fourth = checkpoints.save(4, weights, {}, {}, best=False)
+    assert fourth.is_dir() and (tmp_path / "last").resolve() == fourth.resolve()
+    checkpoints.save(9999, weights, {}, {}, best=False)
+    newest = checkpoints.save(10000, weights, {}, {}, best=False)  # sorts before epoch-9999 as text
+    assert newest.is_dir() and not (tmp_path / "checkpoints" / "epoch-9999").exists()
+
+
+def test_a_failed_start_leaves_the_output_as_it_was_and_resume_stays_in_its_run(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(zoo.ZooError):  # the data cannot be read: found after the folder was claimed
+        train(parse(args_for(tmp_path / "no-such-data", tmp_path / "typo")))
+    assert not (tmp_path / "typo").exists() or not any((tmp_path / "typo").iterdir())
+    train(parse(args_for(shapes, tmp_path / "a", "--epochs", "1")))
+    train(parse(args_for(shapes, tmp_path / "b", "--epochs", "1")))
+    before = (tmp_path / "b" / "metrics.jsonl").read_text()
+    with pytest.raises(zoo.ConfigError, match=r"--output: .*/b' holds another run \(.*\) than the one --resume"):
+        train(parse(args_for(shapes, tmp_path / "b", "--epochs", "1", "--resume", str(tmp_path / "a" / "last"))))
+    assert (tmp_path / "b" / "metrics.jsonl").read_text() == before
+    with pytest.raises(zoo.ConfigError, match=r"--resume: .* other arguments: --weight-decay 0.0005 -> 0.1"):
+        train(parse(args_for(shapes, tmp_path / "a", "--epochs", "1", "--resume", "--weight-decay", "0.1")))
 
 
 def test_torchrun_two_processes(shapes: Path, tmp_path: Path) -> None:

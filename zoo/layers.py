@@ -99,6 +99,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
                 sync = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
                 sync.load_state_dict(child.state_dict())
                 sync.to(child.weight.device)
+                if child.affine:  # a frozen stage stays frozen (torch's converter keeps the Parameters themselves)
+                    sync.requires_grad_(child.weight.requires_grad)
                 setattr(module, name, sync)
             else:
                 cls.convert(child)

@@ -78,12 +78,18 @@ class Checkpoints:
         _point(self.output / "last", final)
         if best:
             _point(self.output / "best", final)
-        epochs = sorted(self.root.glob("epoch-*"))
-        keep = {self.best, *(p.resolve() for p in epochs[-self.keep :])}
+        epochs = sorted(self.root.glob("epoch-*"), key=_epoch_order)  # epoch-10000 after epoch-9999
+        keep = {final.resolve(), self.best, *(p.resolve() for p in epochs[-self.keep :])}  # a resumed run's newest too
         for old in epochs:
             if old.resolve() not in keep:
                 shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+def _epoch_order(folder: Path) -> tuple[int, int]:
+    """``epoch-0012`` -> (12, 0); ``epoch-0012.3`` (a resumed run's second epoch 12) -> (12, 3)."""
+    epoch, _, n = folder.name.removeprefix("epoch-").partition(".")
+    return (int(epoch), int(n or 0)) if epoch.isdigit() and (n or "0").isdigit() else (-1, 0)
 
 
 # What a run leaves in its --output folder: a folder holding any of these holds a run.
@@ -104,14 +110,24 @@ def check_output(args: TrainConfig, output: Path) -> Path | None:
                 "--resume", f"{str(ckpt)!r} belongs to a run with other arguments: {'; '.join(changed)}. "
                 "Resume with the run's own arguments, or start a new run in another --output"
             )  # fmt: skip
+        found = _run_files(output)  # continuing another run's checkpoint in here would mix the two runs
+        if found and not ckpt.resolve().is_relative_to(output.resolve()):
+            raise ConfigError(
+                "--output", f"{str(output)!r} holds another run ({', '.join(found)}) than the one --resume "
+                f"{str(ckpt)!r} continues: give that run's own folder, or an empty --output"
+            )  # fmt: skip
         return ckpt
-    found = [name for name in RUN_FILES if (output / name).exists() or (output / name).is_symlink()]
+    found = _run_files(output)
     if found and not args.overwrite:
         raise ConfigError(
             "--output", f"{str(output)!r} already holds a run ({', '.join(found)}): continue it with --resume, "
             "replace it with --overwrite, or choose another --output"
         )  # fmt: skip
     return None
+
+
+def _run_files(output: Path) -> list[str]:
+    return [name for name in RUN_FILES if (output / name).exists() or (output / name).is_symlink()]
 
 
 def replace_run(output: Path) -> None:
@@ -133,7 +149,9 @@ def training_state(step: Step, epoch: int, best: dict | None, args: TrainConfig)
         "schedule": step.schedule.state_dict(),
         "scaler": step.scaler.state_dict() if step.scaler is not None else None,
         "rng": torch.get_rng_state(),
-        "args": {k: v for k, v in args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None), list))},
+        "args": {
+            k: v for k, v in args.to_dict().items() if isinstance(v, (str, int, float, bool, type(None), list, dict))
+        },
     }
 
 

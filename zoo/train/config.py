@@ -23,9 +23,12 @@ NORMS = ("model", "dataset", "half")
 DEVICES = ("auto", "cpu", "cuda")
 # Which schedules read which schedule flags: a flag the chosen schedule ignores is an error, not a no-op.
 SCHEDULE_FLAGS = {"milestones": ("multistep",), "t_max": ("cosine",), "min_lr_factor": ("cosine", "linear")}
-# What a resumed run must keep: the schedule and the model are laid out from these.
+# What a resumed run must keep: the schedule, the model and the optimizer's saved state are laid out from these.
 RESUME_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "milestones", "t_max",
-               "min_lr_factor", "optimizer", "time_budget", "val_split", "split_seed", "seed")  # fmt: skip
+               "min_lr_factor", "optimizer", "momentum", "nesterov", "weight_decay", "decay_norm_and_bias",
+               "time_budget", "val_split", "split_seed", "seed", "ema_decay", "freeze_stages", "in_chans",
+               "drop_rate", "drop_path_rate", "model_kwargs", "norm")  # fmt: skip
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # Fields whose None means "not given" (off, or a default that depends on other fields).
@@ -136,6 +139,8 @@ class TrainConfig:
                 raise ConfigError(flag(name), not_one_of(getattr(self, name), allowed))
         if self.teacher_tta is not None and self.teacher_tta not in TTA_MODES:
             raise ConfigError("--teacher-tta", not_one_of(self.teacher_tta, TTA_MODES))
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError("--compile-mode", not_one_of(self.compile_mode, COMPILE_MODES))
         for name in ("epochs", "batch_size", "eval_every", "keep_checkpoints", "in_chans", "image_size", "t_max"):
             value = getattr(self, name)
             if value is None and name in OPTIONAL:
@@ -145,6 +150,9 @@ class TrainConfig:
         for name in ("workers", "crop_pad"):
             if getattr(self, name) < 0:
                 raise ConfigError(flag(name), f"expected an integer >= 0, got {getattr(self, name)!r}")
+        if self.in_chans not in (None, 3):  # every dataset the trainer reads decodes to RGB
+            raise ConfigError("--in-chans", f"the trainer's images are RGB: expected 3 (or leave it out), got "
+                              f"{self.in_chans!r}")  # fmt: skip
         if self.freeze_stages < -1:
             raise ConfigError("--freeze-stages", f"expected -1 (none) or a stage count >= 0, got {self.freeze_stages}")
         ranges = {  # name: (low, high, low included, high included, what is allowed)

@@ -24,7 +24,7 @@ from ..data import resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..factory import build, resolve
 from ..features import stem_and_stages
-from ..io import folder_config, save_json
+from ..io import atomic_write, folder_config, save_json
 from ..layers import SyncBatchNorm2d
 from ..optimize import autocast, compile_problem
 from ..weights import DATA_CONFIG_KEYS
@@ -122,11 +122,7 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
         # Looked at every NAN_CHECK_EVERY steps and at the end, not every step: each look is a host sync.
         if ((i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == len(batches)) and procs.sum(nonfinite).item():
             bar.close()
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at epoch {epoch} (by step {i + 1}); stopped without saving. "
-                "The last good checkpoint is kept: lower --lr, add --clip-grad or use --precision fp32, "
-                "then --resume"
-            )
+            raise _diverged(epoch, i + 1)
         step.optimizer.zero_grad(set_to_none=True)
         if step.scaler is not None:
             step.scaler.scale(loss).backward()
@@ -158,9 +154,19 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
         if done:
             break
     bar.close()
+    if done and procs.sum(nonfinite).item():  # the budget ended the epoch between two looks
+        raise _diverged(epoch, i + 1)
     elapsed = time.perf_counter() - start
     loss_sum, hits, n = procs.sum(sums).tolist()
     return {"loss": loss_sum / n, "acc": 100 * hits / n, "img_per_s": n / elapsed, "seconds": elapsed, "done": done}
+
+
+def _diverged(epoch: int, steps: int) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"the loss became NaN or infinite at epoch {epoch} (within its first {steps} steps); stopped without "
+        "saving. The last good checkpoint is kept: start again with a lower --lr, --clip-grad or --precision "
+        "fp32 (from it: --model local-dir:OUTPUT/last --pretrained); --resume would repeat the same run"
+    )
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -252,17 +258,24 @@ def _check_before_work(args: TrainConfig, procs: Processes) -> None:
         stem_and_stages(create_model(args.model, **args.model_kwargs), args.freeze_stages)
 
 
-def _start_output(args: TrainConfig, procs: Processes, output: Path) -> Path | None:
-    """Claim the output folder (every rank checks before any rank writes); the checkpoint to resume, if any."""
+def _claim_output(args: TrainConfig, procs: Processes, output: Path) -> Path | None:
+    """Check the output folder (every rank, before any rank writes); the checkpoint to resume, if any."""
     resume_from = check_output(args, output)
     procs.barrier()
+    return resume_from
+
+
+def _start_output(args: TrainConfig, procs: Processes, output: Path) -> None:
+    """Write the run's first files, once its data, model and teachers are ready: a run that cannot start
+    leaves the folder (and a run --overwrite would replace) as it was."""
     if procs.main:
         if args.overwrite:
             replace_run(output)
         output.mkdir(parents=True, exist_ok=True)
-        (output / "command.txt").write_text(launch_command() + "\n")
+        with atomic_write(output / "command.txt", "w") as f:
+            f.write(launch_command() + "\n")
         save_json(output / "args.json", args.to_dict())
-    return resume_from
+    procs.barrier()
 
 
 def _load_data(args: TrainConfig, procs: Processes) -> Dataset:
@@ -357,7 +370,7 @@ def _validate(step: Step, model: nn.Module, batches: Any, procs: Processes, prec
 def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     output = Path(args.output)
     _check_before_work(args, procs)
-    resume_from = _start_output(args, procs, output)
+    resume_from = _claim_output(args, procs, output)
     torch.manual_seed(args.seed)
     data = _load_data(args, procs)
     model, frozen, mean, std, origin = _build_model(args, procs, data)
@@ -367,6 +380,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     steps_per_epoch = len(train_batches)
     distill = _distillation(args, data.num_classes, mean, std, procs) if args.teacher else None
     step = _build_step(args, procs, model, frozen, args.epochs * steps_per_epoch, steps_per_epoch, distill)
+    _start_output(args, procs, output)
     checkpoints = Checkpoints(output, keep=args.keep_checkpoints)
     start_epoch, best = resume(resume_from, step) if resume_from is not None else (0, None)
     if resume_from is not None and procs.main:

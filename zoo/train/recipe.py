@@ -89,7 +89,7 @@ def make_schedule(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step schedule. onecycle is Smith's 1cycle as torch implements it (Smith & Topin 2018):
     the learning rate rises from peak/25 over the warm-up and anneals (cosine) to peak/25e4, while
-    the momentum (Adam's beta1) cycles the other way between ``momentum`` -/+ 0.05."""
+    the momentum (Adam's beta1) cycles the other way between ``momentum`` -/+ 0.05, kept in [0, 0.99]."""
     if name == "onecycle" and total_steps < 3:  # torch's two phases need a step each after the first
         name, warmup_steps = "constant", 0
     if name == "onecycle":
@@ -100,8 +100,8 @@ def make_schedule(
             # each phase at least one step long, or OneCycleLR divides by zero
             pct_start=min(max(warmup_steps, 2) / total_steps, (total_steps - 1) / total_steps),
             anneal_strategy="cos",
-            base_momentum=momentum - 0.05,
-            max_momentum=momentum + 0.05,
+            base_momentum=max(0.0, momentum - 0.05),
+            max_momentum=min(0.99, momentum + 0.05),  # 1 or more: the steps would grow without end
         )
     factor = partial(lr_factor, total_steps=total_steps, schedule=name, warmup_steps=warmup_steps, **factor_options)
     factor(0)  # an unknown name fails here, with its message

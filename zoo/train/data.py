@@ -315,14 +315,17 @@ class TensorBatches:
     def _indices(self) -> torch.Tensor:
         n = len(self.split)
         if not self.train:
-            return torch.arange(self.rank, n, self.world)
+            return torch.arange(self.rank, max(n, self.rank), self.world)  # fewer images than ranks: none here
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
         per_rank = (n // self.world // self.batch_size) * self.batch_size  # full batches, equal on all ranks
         return order[self.rank :: self.world][:per_rank]
 
-    def __len__(self) -> int:
-        n = len(self._indices())
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+    def __len__(self) -> int:  # arithmetic: the trainer asks every step, and a permutation costs milliseconds
+        n = len(self.split)
+        if self.train:
+            return n // self.world // self.batch_size
+        mine = len(range(self.rank, n, self.world))
+        return -(-mine // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.rank, 1))

@@ -202,6 +202,14 @@ def test_nan_loss_is_caught_when_the_time_budget_ends_an_epoch_between_two_looks
     assert (tmp_path / "run" / "last").resolve().name == "epoch-0001"  # the NaN weights were never saved
 
 
+def test_checkpoints_record_the_inputs_the_run_used(shapes: Path, tmp_path: Path) -> None:
+    """An ImageNet-stem model trained on 32 px images decoded into memory: its checkpoints say 32 px, uncropped
+    (its own defaults say 224 px at crop 0.875, which validate and predict would otherwise apply)."""
+    train(parse(args_for(shapes, tmp_path / "run", "--model", "resnet18", "--epochs", "1")))
+    cfg = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 32, 32] and cfg["crop_pct"] == 1.0 and "test_input_size" not in cfg
+
+
 def test_sync_bn_on_cpus_keeps_frozen_norms_frozen() -> None:
     from zoo.layers import SyncBatchNorm2d
 

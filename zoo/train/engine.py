@@ -314,7 +314,13 @@ def _build_model(
     origin = {"architecture": source.architecture}
     if args.pretrained and model.pretrained_cfg.get("tag"):
         origin["fine_tuned_from"] = model.pretrained_cfg["tag"]
-    data_config = {k: v for k, v in model.pretrained_cfg.items() if k in DATA_CONFIG_KEYS}
+    # ... and the inputs this run trained and validated on, which zoo validate and predict then use too: no test size
+    # of the weights it started from, the images' own size when decoded into memory, else --image-size.
+    data_config = {k: v for k, v in model.pretrained_cfg.items() if k in DATA_CONFIG_KEYS and not k.startswith("test_")}
+    if data.train.images is not None:
+        data_config.update(input_size=tuple(data.train.images.shape[1:]), crop_pct=1.0)
+    elif args.image_size:
+        data_config["input_size"] = (data_config["input_size"][0], args.image_size, args.image_size)
     model.pretrained_cfg = {**data_config, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
     return model, frozen, mean, std, origin
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, not_one_of
@@ -34,6 +35,23 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # Fields whose None means "not given" (off, or a default that depends on other fields).
 OPTIONAL = frozenset({"in_chans", "image_size", "t_max", "time_budget", "drop_rate", "drop_path_rate", "min_lr_factor",
                       "warmup_epochs"})  # fmt: skip
+
+
+def _check_teacher(spec: str) -> None:
+    """A teacher must name weights: a registered tag or architecture with weights, or a model folder."""
+    from ..errors import ZooError
+    from ..registry import get_weights
+
+    if spec.startswith("hf-hub:"):
+        return  # its config.json is on the Hub: looked at when the teachers load
+    if spec.startswith("local-dir:"):
+        if not (Path(spec[len("local-dir:") :]).expanduser() / "config.json").is_file():
+            raise ConfigError("--teacher", f"{spec!r}: no config.json in that folder")
+        return
+    try:
+        get_weights(spec)
+    except ZooError as e:
+        raise ConfigError("--teacher", f"{spec!r} names no weights: {e}") from e
 
 
 def flag(name: str) -> str:
@@ -139,6 +157,8 @@ class TrainConfig:
                 raise ConfigError(flag(name), not_one_of(getattr(self, name), allowed))
         if self.teacher_tta is not None and self.teacher_tta not in TTA_MODES:
             raise ConfigError("--teacher-tta", not_one_of(self.teacher_tta, TTA_MODES))
+        for spec in self.teacher:  # a typo is named now, not after the data has loaded
+            _check_teacher(spec)
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError("--compile-mode", not_one_of(self.compile_mode, COMPILE_MODES))
         for name in ("epochs", "batch_size", "eval_every", "keep_checkpoints", "in_chans", "image_size", "t_max"):
@@ -164,7 +184,7 @@ class TrainConfig:
             "ema_decay": (0, 1, True, False, "a decay in [0, 1) (0: off)"),
             "label_smoothing": (0, 1, True, False, "a fraction in [0, 1)"),
             "random_erasing": (0, 1, True, False, "a probability in [0, 1)"),
-            "val_split": (0, 1, True, False, "a fraction in [0, 1)"),
+            "val_split": (0, 1, False, False, "a fraction in (0, 1)"),
             "distill_weight": (0, 1, True, True, "a weight in [0, 1]"),
             "distill_temperature": (0, math.inf, False, False, "a temperature > 0"),
             "time_budget": (0, math.inf, False, False, "a positive number of minutes"),

@@ -64,8 +64,8 @@ class ValidateConfig:
             raise ConfigError("--batch-size", f"expected a positive integer, got {self.batch_size}")
         if self.workers < 0:
             raise ConfigError("--workers", f"expected an integer >= 0, got {self.workers}")
-        if not 0 <= self.val_split < 1:
-            raise ConfigError("--val-split", f"expected a fraction in [0, 1), got {self.val_split}")
+        if not 0 < self.val_split < 1:
+            raise ConfigError("--val-split", f"expected a fraction in (0, 1), got {self.val_split}")
         if self.checkpoint is not None and len(self.model) > 1:
             raise ConfigError(
                 "--checkpoint", f"scores one model; got {len(self.model)} (--model {' '.join(self.model)})"

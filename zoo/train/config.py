@@ -38,14 +38,16 @@ OPTIONAL = frozenset({"in_chans", "image_size", "t_max", "time_budget", "drop_ra
 
 
 def _check_teacher(spec: str) -> None:
-    """A teacher must name weights: a registered tag or architecture with weights, or a model folder."""
+    """A teacher must name weights: a registered tag or architecture with weights, or a model folder (as
+    ``local-dir:PATH`` or a plain path, as ``load_teacher`` takes them)."""
     from ..errors import ZooError
     from ..registry import get_weights
 
     if spec.startswith("hf-hub:"):
         return  # its config.json is on the Hub: looked at when the teachers load
-    if spec.startswith("local-dir:"):
-        if not (Path(spec[len("local-dir:") :]).expanduser() / "config.json").is_file():
+    folder = Path(spec.removeprefix("local-dir:")).expanduser()
+    if spec.startswith("local-dir:") or folder.is_dir():  # a model folder, such as a run's best checkpoint
+        if not (folder / "config.json").is_file():
             raise ConfigError("--teacher", f"{spec!r}: no config.json in that folder")
         return
     try:

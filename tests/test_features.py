@@ -60,6 +60,12 @@ def test_frozen_stages_get_no_gradient_and_stay_in_eval() -> None:
     assert not model.bn1.training and not model.layer2[0].bn1.training and model.layer3[0].bn1.training
 
 
+def test_frozen_stages_past_the_last_map_freeze_what_is_there() -> None:
+    backbone = zoo.create_model("resnet18", features_only=True, out_indices=(1,), frozen_stages=3)
+    backbone.train()  # layer2..4 are not in this backbone: nothing to put in eval mode there
+    assert not backbone.layer1.training and not any(p.requires_grad for p in backbone.parameters())
+
+
 def test_norm_eval_keeps_statistics_fixed_while_training() -> None:
     model = zoo.create_model("resnet18", features_only=True, norm_eval=True).train()
     before = model.layer1[0].bn1.running_mean.clone()
@@ -138,7 +144,7 @@ def test_faster_rcnn_trains_and_infers_on_a_zoo_backbone() -> None:
 def test_forward_intermediates_matches_timm(kwargs: dict) -> None:
     import timm
 
-    reference = timm.create_model("resnet50", pretrained=False).eval()
+    reference = timm.create_model("resnet50", pretrained=False, zero_init_last=False).eval()  # live branches
     model = zoo.create_model("resnet50").eval()
     model.load_state_dict(reference.state_dict())  # timm's keys are the zoo's
     x = torch.randn(2, 3, 64, 64)
@@ -156,7 +162,7 @@ def test_forward_intermediates_matches_timm(kwargs: dict) -> None:
 def test_prune_intermediate_layers_matches_timm() -> None:
     import timm
 
-    reference = timm.create_model("resnet50", pretrained=False).eval()
+    reference = timm.create_model("resnet50", pretrained=False, zero_init_last=False).eval()
     model = zoo.create_model("resnet50").eval()
     model.load_state_dict(reference.state_dict())
     assert tuple(model.prune_intermediate_layers(indices=[1, 2])) == tuple(reference.prune_intermediate_layers([1, 2]))
@@ -166,6 +172,20 @@ def test_prune_intermediate_layers_matches_timm() -> None:
         torch.testing.assert_close(got[0], want[0])  # the stages after layer2 are gone
         torch.testing.assert_close(model(x), reference(x))  # no head: pooled features
     assert model.num_classes == 0 and not any(n.startswith(("layer3.", "layer4.")) for n, _ in model.named_parameters())
+    assert model.num_features == reference.num_features == 512  # the last kept map's channels
+
+    for indices, prune_head in (([0], True), ([1, 2], False)):  # the stem alone; a head kept by request
+        reference = timm.create_model("resnet18", pretrained=False, zero_init_last=False).eval()
+        model = zoo.create_model("resnet18").eval()
+        model.load_state_dict(reference.state_dict())
+        model.prune_intermediate_layers(indices, prune_head=prune_head)
+        reference.prune_intermediate_layers(indices, prune_head=prune_head)
+        with torch.no_grad():
+            torch.testing.assert_close(model.forward_features(x), reference.forward_features(x))
+            torch.testing.assert_close(model(x), reference(x))
+        assert model.num_features == reference.num_features
+        model.reset_classifier(10, "avg")  # a new head reads the kept map
+        assert model(x).shape == (2, 10)
 
 
 def test_forward_intermediates_on_a_three_stage_net_and_bad_input() -> None:

@@ -156,10 +156,45 @@ def test_reset_classifier() -> None:
         model.reset_classifier(-3)
 
 
+def test_a_new_head_takes_the_models_dtype_and_gray_weights_their_test_size() -> None:
+    model = zoo.create_model("resnet20").to(torch.bfloat16)
+    model.reset_classifier(5)
+    assert model.fc.weight.dtype == torch.bfloat16 and model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (
+        2,
+        5,
+    )
+    gray = zoo.create_model("resnet18.a1_in1k", in_chans=1)  # the tag's record, no download
+    config = zoo.resolve_data_config(gray, use_test_size=True)
+    assert config["input_size"] == (1, 288, 288) and len(config["mean"]) == 1
+
+
+def test_data_configs_are_checked_and_squash_resizes_both_sides() -> None:
+    model = zoo.create_model("resnet18")
+    for override, message in (
+        ({"crop_pct": 0}, r"crop_pct: expected a fraction in \(0, 1\], got 0"),
+        ({"input_size": 224}, r"input_size: expected \(channels, height, width\) of positive ints, got 224"),
+        ({"crop_mode": "border"}, r"crop_mode: 'border' is not one of 'center', 'squash'"),
+        ({"interpolation": "lanczos"}, r"interpolation: 'lanczos' is not one of"),
+        ({"size": 3}, r"overrides: unknown data config keys \['size'\]"),
+    ):
+        with pytest.raises(zoo.ConfigError, match=message):
+            zoo.resolve_data_config(model, **override)
+    from PIL import Image
+
+    wide = Image.new("RGB", (400, 200))
+    center = zoo.create_transform(zoo.resolve_data_config(model, crop_pct=1.0, input_size=(3, 100, 100)))
+    squash = zoo.create_transform(zoo.resolve_data_config(model, crop_pct=0.5, input_size=(3, 100, 100),
+                                                          crop_mode="squash"))  # fmt: skip
+    assert center.transforms[0](wide).size == (200, 100)  # the short side to 100, the aspect kept
+    assert squash.transforms[0](wide).size == (200, 200)  # both sides to 100 / 0.5
+    assert squash(wide).shape == (3, 100, 100)
+
+
 def test_grad_checkpointing_same_loss_grads_and_statistics() -> None:
     x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
-    plain = zoo.create_model("resnet18", num_classes=4, drop_path_rate=0.1)
-    ckpt = zoo.create_model("resnet18", num_classes=4, drop_path_rate=0.1)
+    # zero_init_last would zero every residual branch: their gradients and drop-path would then be 0 == 0
+    plain = zoo.create_model("resnet18", num_classes=4, drop_path_rate=0.1, zero_init_last=False)
+    ckpt = zoo.create_model("resnet18", num_classes=4, drop_path_rate=0.1, zero_init_last=False)
     ckpt.load_state_dict(plain.state_dict())
     ckpt.set_grad_checkpointing(True)
     losses = []

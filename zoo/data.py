@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import ResNetConfig
+from .errors import ConfigError, not_one_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,7 +53,7 @@ def resolve_data_config(
     """
     cfg = dict(pretrained_cfg if pretrained_cfg is not None else getattr(model, "pretrained_cfg", {}) or {})
     if not cfg:
-        raise ValueError("resolve_data_config needs a model with a pretrained_cfg, or pretrained_cfg=")
+        raise ConfigError("model", "resolve_data_config needs a model with a pretrained_cfg, or pretrained_cfg=")
     size = cfg.get("test_input_size") if use_test_size and cfg.get("test_input_size") else cfg["input_size"]
     crop_pct = cfg.get("test_crop_pct") if use_test_size and cfg.get("test_crop_pct") else cfg["crop_pct"]
     config = {
@@ -65,30 +66,47 @@ def resolve_data_config(
     }
     unknown = set(overrides) - set(config)
     if unknown:
-        raise ValueError(f"unknown data config keys {sorted(unknown)}; keys are {sorted(config)}")
-    return {**config, **overrides}
+        raise ConfigError("overrides", f"unknown data config keys {sorted(unknown)}; keys are {sorted(config)}")
+    config = {**config, **overrides}
+    _check(config)
+    return config
 
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+CROP_MODES = ("center", "squash")  # timm's: resize the short side then crop; or resize both sides then crop
+
+
+def _check(config: dict[str, Any]) -> None:
+    size, pct = config["input_size"], config["crop_pct"]
+    if not (isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
+        raise ConfigError("input_size", f"expected (channels, height, width) of positive ints, got {size!r}")
+    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 1:
+        raise ConfigError("crop_pct", f"expected a fraction in (0, 1], got {pct!r}")
+    if config["interpolation"] not in INTERPOLATIONS:
+        raise ConfigError("interpolation", not_one_of(config["interpolation"], INTERPOLATIONS))
+    if config["crop_mode"] not in CROP_MODES:
+        raise ConfigError("crop_mode", not_one_of(config["crop_mode"], CROP_MODES))
 
 
 def create_transform(config: dict[str, Any], *, training: bool = False) -> Any:
     """torchvision transforms for a data config: the exact eval transform of the weights.
 
     Eval: resize the short side to ``size / crop_pct`` (rounded down, as timm and
-    torchvision do), center-crop ``size``, to tensor, normalize. Training:
-    random-resized-crop and horizontal flip, then the same normalization.
+    torchvision do; ``crop_mode="squash"``: both sides, ignoring the aspect ratio, as timm does),
+    center-crop ``size``, to tensor, normalize. Training: random-resized-crop and horizontal
+    flip, then the same normalization.
     """
     from torchvision import transforms as T
 
-    if config["interpolation"] not in INTERPOLATIONS:
-        raise ValueError(f"interpolation {config['interpolation']!r} is not one of {INTERPOLATIONS}")
+    _check(config)
     interpolation = T.InterpolationMode(config["interpolation"])
-    size = config["input_size"][-2:]
+    size = tuple(config["input_size"][-2:])
     normalize = [T.ToTensor(), T.Normalize(config["mean"], config["std"])]
     if training:
         return T.Compose([T.RandomResizedCrop(size, interpolation=interpolation), T.RandomHorizontalFlip(), *normalize])
-    scale = (
-        int(size[0] / config["crop_pct"]) if size[0] == size[1] else tuple(int(s / config["crop_pct"]) for s in size)
-    )
+    scaled = tuple(int(s / config["crop_pct"]) for s in size)
+    if config["crop_mode"] == "squash":
+        scale: int | tuple[int, ...] = scaled
+    else:  # torchvision's Resize(int) resizes the short side, keeping the aspect ratio
+        scale = scaled[0] if size[0] == size[1] else scaled
     return T.Compose([T.Resize(scale, interpolation=interpolation), T.CenterCrop(size), *normalize])

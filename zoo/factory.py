@@ -281,5 +281,7 @@ def _describe_weights(model: nn.Module, source: Source, in_chans: int) -> None:
     cfg["num_classes"] = arch_cfg["num_classes"]
     if in_chans != 3:  # the first conv was adapted: one mean/std per input channel
         cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+        if cfg.get("test_input_size"):
+            cfg["test_input_size"] = (in_chans, *cfg["test_input_size"][1:])
         cfg["mean"], cfg["std"] = ((sum(cfg[k]) / len(cfg[k]),) * in_chans for k in ("mean", "std"))
     model.pretrained_cfg = cfg

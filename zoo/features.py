@@ -149,6 +149,7 @@ class FeatureExtractor(nn.Module):
                 child.requires_grad_(False)
             if name == last:
                 break
+        self._frozen = [name for name in self._frozen if hasattr(self, name)]  # frozen beyond the last map: gone
         self.train(model.training)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

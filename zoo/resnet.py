@@ -134,8 +134,9 @@ class ResNet(nn.Module):
         pool = self.cfg.global_pool if global_pool is None else global_pool
         self.cfg = self.cfg.replace(num_classes=num_classes, global_pool=pool)  # validates
         self.global_pool = GlobalPool(pool)
-        device = next(self.parameters()).device
-        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
+        weight = next(self.parameters())  # the new head on the model's device and in its dtype
+        linear = nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
+        self.fc = linear if num_classes else nn.Identity()
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,12 +179,19 @@ class ResNet(nn.Module):
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> tuple[int, ...]:
-        """timm's pruning: drop the stages after the last map ``indices`` takes (and the head unless
-        ``prune_head=False``); returns the indices taken. ``prune_norm`` is for timm's signature."""
+        """timm's pruning: drop the stages after the last map ``indices`` takes (the max-pool too when that is
+        the stem's), and the head unless ``prune_head=False`` and every stage stays (a head sized for the
+        last stage cannot read an earlier one's map); ``num_features`` becomes the last kept map's channels.
+        Returns the indices taken. ``prune_norm`` is for timm's signature."""
         taken, last = self.feature_info.take_indices(indices)
         for name in self.stage_names[last:]:
             setattr(self, name, nn.Sequential())  # empty: passes its input through, and iterates as a stage
-        if prune_head:
+        if last == 0:
+            self.maxpool = nn.Identity()  # it follows the stem's map
+        pruned_end = last < len(self.stage_names)
+        if pruned_end:
+            self.num_features = self.feature_info[last]["num_chs"]
+        if prune_head or pruned_end:
             self.reset_classifier(0, "")
         return taken
 

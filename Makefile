@@ -45,5 +45,6 @@ dist: $(STAMP)
 	$(BIN)/python -m build --no-isolation --outdir dist .
 	ls -l dist
 
+# runs/ holds training runs, which are never deleted here: only what `make demo` wrote.
 clean:
-	rm -rf $(VENV) runs dist build .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) runs/demo-bench dist build .pytest_cache .ruff_cache .hypothesis

@@ -379,6 +379,25 @@ def _folder(root: Path, sizes: dict[str, list[int]]) -> Path:
     return root
 
 
+@pytest.mark.parametrize("filters", [True, False], ids=["tarfile-filter", "older-python"])
+def test_an_archive_that_writes_outside_its_folder_is_refused(tmp_path: Path, monkeypatch, filters: bool) -> None:
+    import io
+    import tarfile
+
+    from zoo.train.data import _unpack_once
+
+    if not filters:  # as on Python before 3.10.12 / 3.11.4, which lack extraction filters
+        monkeypatch.delattr(tarfile, "data_filter")
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises((zoo.ConfigError, tarfile.TarError)):
+        _unpack_once(archive, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "outside.txt").exists() and not (tmp_path / "outside.txt").exists()
+
+
 def test_in_memory_decoding_is_decided_from_every_class(tmp_path: Path) -> None:
     from zoo.train.data import load_dataset
 

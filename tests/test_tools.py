@@ -377,6 +377,10 @@ def test_push_to_hub_converts_a_pth_and_checks_its_upload_flags_first(tmp_path: 
                         env={"HF_ENDPOINT": "http://127.0.0.1:9"})  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "push_to_hub.py: error: uploading" in result.stderr and "127.0.0.1:9/me/x failed: " in result.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    result = run_script("tools/push_to_hub.py", "--folder", str(folder), "--eval", str(tmp_path / "bad.json"),
+                        "--dry-run")  # fmt: skip
+    assert result.returncode == 2 and "--eval: " in result.stderr and "is not readable JSON" in result.stderr
 
 
 # --- the zoo command ---------------------------------------------------------------------------------------
@@ -392,6 +396,22 @@ def test_zoo_list_info_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "resnet50.a1_in1k" in out and "81.21" in out and "bsd-3-clause" in out and "224 / 288" in out
     assert zoo_main(["info", "vgg*"]) == 2
     assert "no weights match vgg*" in capsys.readouterr().err
+    assert zoo_main(["list", "vgg*"]) == 2
+    assert "zoo list: error: patterns: no model matches vgg*" in capsys.readouterr().err
+
+
+def test_the_cli_names_a_path_the_system_refuses_and_stops_quietly_on_a_closed_pipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert zoo_main(["config", "resnet18", "-o", str(tmp_path)]) == 2  # a folder where a file goes
+    err = capsys.readouterr().err
+    assert err.startswith("zoo config: error: ") and str(tmp_path) in err and "Traceback" not in err
+    reader, writer = os.pipe()
+    os.close(reader)  # as `zoo list | head -1` once head has exited
+    done = subprocess.run([PYTHON, "-m", "zoo.cli", "list"], stdout=writer, stderr=subprocess.PIPE, text=True,
+                          timeout=60)  # fmt: skip
+    os.close(writer)
+    assert done.returncode == 0 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
 
 
 def test_zoo_download_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

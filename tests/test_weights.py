@@ -365,6 +365,18 @@ def test_unknown_tag() -> None:
 BUNDLED = sorted(p.name for p in hub.bundled_dir().glob("*.c10*"))
 
 
+def test_bundled_weights_are_found_beside_a_checkout_imported_over_an_installed_copy(monkeypatch) -> None:
+    import importlib.resources
+
+    def not_installed(name: str):  # `pip install .`, then python run in the checkout: ./zoo has no _weights
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.delenv("ZOO_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(importlib.resources, "files", not_installed)
+    assert hub.bundled_dir() == Path(zoo.__file__).resolve().parent.parent / "weights"
+    assert (hub.bundled_dir() / "resnet56.c10_kd2" / "model.safetensors").is_file()
+
+
 def test_bundled_weights_are_registered() -> None:
     assert sorted(zoo.list_pretrained("*.c10*")) == BUNDLED
 

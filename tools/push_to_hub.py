@@ -7,8 +7,9 @@
     python tools/push_to_hub.py --weights r50.safetensors --arch resnet50 --tag mine --out hub/resnet50.mine --dry-run
     # upload a folder as it is (a token from --token or HF_TOKEN)
     python tools/push_to_hub.py --folder weights/resnet20.c10 --repo-id ORG/resnet20.c10
-    # add `zoo validate --pretrained` results (e.g. with --tta) to a folder's card first
-    python tools/push_to_hub.py --folder weights/resnet20.c10 --eval runs/validate/resnet20.json --dry-run
+    # add `zoo validate` results of the folder's own weights (e.g. with --tta) to its card first
+    zoo validate --model resnet20.c10 --dataset imagefolder --root DATA --tta flip --output runs/validate/r20.json
+    python tools/push_to_hub.py --folder weights/resnet20.c10 --eval runs/validate/r20.json --dry-run
 
 The folder holds model.safetensors, a timm-compatible config.json and a README.md
 model card; it loads with ``zoo.create_model("local-dir:FOLDER", pretrained=True)``.
@@ -17,7 +18,6 @@ model card; it loads with ``zoo.create_model("local-dir:FOLDER", pretrained=True
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import zoo
 from zoo import hub
 from zoo.errors import ConfigError, ZooError
-from zoo.io import folder_config, save_json, sha256_of
+from zoo.io import folder_config, read_json, save_json, sha256_of
 from zoo.publish import Card, add_results, read_run, upload_folder, write_folder
 
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
@@ -66,7 +66,9 @@ def _teacher_name(teacher: str) -> str:
 def _validation_rows(path: str, weights: Path, tag: str | None = None) -> list[dict]:
     """Results-table rows from a ``zoo validate`` JSON file (TTA, int8) that scored ``weights`` (a run's
     best checkpoint or a folder), or the published weights ``tag`` (``zoo validate --pretrained``)."""
-    r = json.loads(Path(path).read_text())
+    r = read_json(path, "--eval")
+    if not isinstance(r, dict) or not {"split", "images", "top1", "top5"} <= set(r):
+        raise ConfigError("--eval", f"{path!r} is not a `zoo validate --output` result")
     scored = r.get("weights", "")
     if scored != tag and Path(scored.removeprefix("local-dir:")).resolve() != weights.resolve():
         raise ConfigError("--eval", f"{path!r} scores {scored!r}, not {tag or str(weights)!r}")
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.folder)
             zoo.create_model(f"local-dir:{folder}", pretrained=True)  # refuse to upload a folder that does not load
             if args.eval:
-                tag = json.loads((folder / "config.json").read_text())["pretrained_cfg"].get("tag")
+                tag = (read_json(folder / "config.json", "--folder").get("pretrained_cfg") or {}).get("tag")
                 add_results(folder, [row for path in args.eval for row in _validation_rows(path, folder, tag)])
                 print(f"updated {folder / 'README.md'} and {folder / 'results.json'}")
         else:

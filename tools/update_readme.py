@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 from zoo import hub
@@ -144,15 +143,22 @@ def plot(path: Path = PLOT) -> None:
 
 
 if __name__ == "__main__":
-    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv[:-1] else None  # e.g. --only weights
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default=None, help="one table: defaults, weights, training or models")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 naming the stale pages")
+    args = parser.parse_args()  # a typo such as --chek is an error, never a rewrite
+    only = args.only
     changed = pages(tables(only))
-    if "--check" in sys.argv:
+    if args.check:
         stale = [str(path.relative_to(ROOT)) for path, (old, new) in changed.items() if old != new]
         if not PLOT.is_file():
             stale.append(str(PLOT.relative_to(ROOT)))
         raise SystemExit(f"stale: {', '.join(stale)}: run make readme" if stale else 0)
     for path, (_, new) in changed.items():
-        path.write_text(new)
+        with atomic_write(path, "w") as f:
+            f.write(new)
         print(f"updated {path}")
     if only is None:
         plot()

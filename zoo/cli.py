@@ -46,6 +46,9 @@ def list_command(parser: argparse.ArgumentParser) -> Runner:
         from .registry import list_models, list_pretrained
 
         names = list_pretrained(args.patterns) if args.pretrained else list_models(args.patterns)
+        if not names:
+            what = "weight tag" if args.pretrained else "model"
+            raise ConfigError("patterns", f"no {what} matches {' '.join(args.patterns)} (`zoo list` shows them all)")
         print("\n".join(names))
         return 0
 
@@ -93,7 +96,8 @@ def download_command(parser: argparse.ArgumentParser) -> Runner:
         from .factory import weights_file
         from .registry import get_weights, list_pretrained
 
-        names = [n for pattern in args.names for n in (list_pretrained(pattern) or [pattern])]
+        # a pattern names every tag it matches; a plain name is what pretrained=True loads (an arch: its default)
+        names = [n for p in args.names for n in ((list_pretrained(p) or [p]) if set(p) & set("*?[") else [p])]
         for name in names:  # bundled tags are found in the package, hf-hub: repos with their config.json
             path = weights_file(name, cache_dir=args.cache_dir)
             print(f"{name if name.startswith(('hf-hub:', 'local-dir:')) else get_weights(name)[0]}: {path}")
@@ -274,6 +278,8 @@ def count_command(parser: argparse.ArgumentParser) -> Runner:
         try:
             costs = count_models(args.models, args.input_size, stages=args.stages)
         except RuntimeError as e:  # a side the model cannot run on (smaller than its stem's stride)
+            if args.input_size is None:
+                raise
             raise ConfigError("--input-size", f"{args.input_size} is too small: {str(e).splitlines()[0]}") from e
         print(render(costs, args.format))
         return 0
@@ -314,6 +320,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runner(args)
     except ZooError as e:
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `zoo predict ... | head`: the reader has all it wanted
+        sys.stderr.close()  # nothing more can be said; and no "Exception ignored" at exit
+        return 0
+    except OSError as e:  # a path the system refuses: a folder given as --output, no permission, ...
+        if e.filename is None:
+            raise
+        path = e.filename2 or e.filename  # a rename names where it was going second: the path the user gave
+        print(f"zoo {args.command}: error: {e.strerror or e}: {path!r}", file=sys.stderr)
         return 2
 
 

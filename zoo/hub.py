@@ -38,7 +38,10 @@ def bundled_dir() -> Path:
     ``zoo._weights`` (the repository's ``weights/``, installed with the package, editable or from a wheel)."""
     if os.environ.get("ZOO_WEIGHTS_DIR"):
         return _env_path(os.environ["ZOO_WEIGHTS_DIR"])
-    return Path(str(importlib.resources.files("zoo._weights")))
+    try:
+        return Path(str(importlib.resources.files("zoo._weights")))
+    except ModuleNotFoundError:  # the checkout's zoo/ imported instead of an installed copy: weights/ beside it
+        return Path(__file__).resolve().parent.parent / "weights"
 
 
 # --- the Hugging Face Hub -------------------------------------------------------------------------

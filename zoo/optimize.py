@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, MissingExtraError
 from .layers import FrozenBatchNorm2d
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def _import_pt2e() -> tuple[Any, Any, Any]:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as e:
-        raise ImportError("int8 quantization needs torchao: pip install 'resnet-zoo[int8]'") from e
+        raise MissingExtraError(f"int8 quantization needs torchao ({e}): pip install 'resnet-zoo[int8]'") from e
     return x86, prepare_pt2e, convert_pt2e
 
 

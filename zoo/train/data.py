@@ -124,7 +124,18 @@ def _unpack_once(archive: Path, cache_dir: Path) -> Path:
     try:
         log.info("unpacking %s into %s", archive, target)
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")  # "data": no absolute paths, links out or devices
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")  # "data": no absolute paths, links out or devices
+            else:  # Python before 3.10.12 / 3.11.4: the same refusals for what an image folder holds, by hand
+                for member in tar.getmembers():
+                    if (
+                        not (member.isfile() or member.isdir())
+                        or Path(member.name).is_absolute()
+                        or ".." in (Path(member.name).parts)
+                    ):
+                        raise ConfigError("--root", f"{str(archive)!r} holds {member.name!r}, which is not a plain "
+                                          "file or folder inside the archive")  # fmt: skip
+                tar.extractall(tmp)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -77,14 +77,15 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     if args.int8:
         int8_problem()
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    # A name that names weights (a tag, hf-hub:, local-dir:) is scored with them, never as a random init.
-    pretrained = checkpoint is None and (args.pretrained or all(names_weights(n) for n in args.model))
+    # A name that names weights (a tag, hf-hub:, local-dir:) is scored with them, never as a random init:
+    # in an ensemble too, member by member.
+    pretrained = checkpoint is None and (args.pretrained or any(names_weights(n) for n in args.model))
     if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
         model = create_model(f"local-dir:{checkpoint}", pretrained=True)
     elif len(args.model) == 1:
         model = create_model(args.model[0], pretrained=pretrained, checkpoint_path=checkpoint)
     else:
-        model = _ensemble(args.model, pretrained)
+        model = _ensemble(args.model, args.pretrained)
     procs = Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(procs.device)
     data = load_dataset(
@@ -127,7 +128,7 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
 def _ensemble(names: list[str], pretrained: bool) -> Ensemble:
     """The models ``names`` as one whose logits are their mean; they must share the eval transform
     (size, crop, interpolation), while each keeps its own normalization."""
-    members = [create_model(name, pretrained=pretrained) for name in names]
+    members = [create_model(name, pretrained=pretrained or names_weights(name)) for name in names]
     shared = ("input_size", "crop_pct", "crop_mode", "interpolation")
     transforms = [{k: v for k, v in resolve_data_config(m, use_test_size=True).items() if k in shared} for m in members]
     first = transforms[0]

@@ -61,6 +61,13 @@ def test_cifar_counts_and_stages() -> None:
     assert sum(r20.stages.values()) == pytest.approx(r20.macs)
 
 
+def test_counting_leaves_the_model_as_it_was_and_names_take_a_string() -> None:
+    model = zoo.create_model("resnet20").train()
+    zoo.count(model)
+    assert model.training
+    assert zoo.registry.expand_models("resnet2*") == ["resnet20"]  # a string, not its characters
+
+
 def test_count_formats() -> None:
     costs = count_models(["resnet20"], progress=False)
     table, markdown, csv_text = (render(costs, f) for f in ("table", "markdown", "csv"))

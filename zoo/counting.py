@@ -51,8 +51,9 @@ def count(
         from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
 
     size = tuple(input_size or model.pretrained_cfg["input_size"])
-    x = torch.zeros(1, *size)
-    model = model.eval()
+    x = torch.zeros(1, *size, device=next(model.parameters()).device)  # where the model is
+    training = model.training
+    model.eval()
     logging.getLogger("fvcore").setLevel(logging.ERROR)  # "unsupported op aten::add" is expected
     with torch.no_grad():
         flops = FlopCountAnalysis(model, x)
@@ -65,6 +66,7 @@ def count(
             for module, macs in flops.by_module().items():
                 if module and "." not in module:  # top-level children only
                     per_stage[_stage_of(module)] = per_stage.get(_stage_of(module), 0) + macs
+    model.train(training)  # as the caller left it
     return Cost(
         model=name or type(model).__name__,
         input_size=size,  # type: ignore[arg-type]

@@ -137,7 +137,7 @@ def expand_models(patterns: Iterable[str], flag: str = "models") -> list[str]:
 
     One that matches nothing is a ConfigError naming ``flag`` and the closest names."""
     found = []
-    for pattern in patterns:
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:  # one name given as a string
         names = list_models(pattern) if any(c in pattern for c in "*?[") else [pattern] if pattern in _models else []
         if not names:
             raise ConfigError(flag, f"{pattern!r} matches no registered model{suggest(pattern, _models)}")

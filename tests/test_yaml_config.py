@@ -182,6 +182,9 @@ def test_missing_key_and_bad_yaml(tmp_path: Path) -> None:
     broken.write_text("model: {architecture: [")
     with pytest.raises(zoo.ConfigError, match="not valid YAML"):
         zoo.create_model(str(broken))
+    for doc, message in (({1: 2}, r"^model: missing"), ({"model": {1: "x", "foo": "y"}}, r"^model\.1: unknown key")):
+        with pytest.raises(zoo.ConfigError, match=message):  # YAML keys that are numbers: named, no TypeError
+            zoo.create_model_from_config(doc)
 
 
 # --- fuzzing: a mutated config builds a working model or raises ConfigError, nothing else ---------

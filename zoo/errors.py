@@ -85,8 +85,8 @@ _LOOKALIKES = str.maketrans("oil", "011")  # resnet5O -> resnet50: typed letters
 def suggest(value: object, allowed: Iterable[str], n: int = 3) -> str:
     """Return ``"; did you mean 'a', 'b'?"`` for close matches of ``value``, or ``""``."""
     by_key = {}
-    for name in allowed:
-        by_key.setdefault(name.lower().translate(_LOOKALIKES), name)
+    for name in allowed:  # YAML keys may be numbers: compared as text
+        by_key.setdefault(str(name).lower().translate(_LOOKALIKES), name)
     key = str(value).lower().translate(_LOOKALIKES)
     close = [by_key[k] for k in difflib.get_close_matches(key, list(by_key), n=n, cutoff=0.6)]
     return f"; did you mean {', '.join(map(repr, close))}?" if close else ""

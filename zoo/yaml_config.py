@@ -112,7 +112,7 @@ def _backbone(document: Any) -> tuple[dict[str, Any], Any]:
         raise ConfigError("model", f"expected a mapping, got {model!r}")
     unknown = set(model) - MODEL_KEYS
     if unknown:
-        key = sorted(unknown)[0]
+        key = sorted(map(str, unknown))[0]
         raise ConfigError(
             f"model.{key}", f"unknown key; allowed: {', '.join(sorted(MODEL_KEYS))}{suggest(key, MODEL_KEYS)}"
         )

@@ -178,9 +178,11 @@ def test_dilation_matches_torchvision(output_stride: int) -> None:
         torch.testing.assert_close(ours(x), reference(x), atol=1e-5, rtol=0)
 
 
-def test_outputs_match_timm_resnet_d() -> None:
-    reference = timm.create_model("resnet50d", zero_init_last=False).eval()  # every residual branch computes
-    ours = zoo.create_model("resnet50d").eval()
+@pytest.mark.parametrize("output_stride", [32, 16, 8])
+def test_outputs_match_timm_resnet_d(output_stride: int) -> None:
+    # every residual branch computes (zero_init_last off); at 8/16 the dilated stages' shortcuts pool as timm's
+    reference = timm.create_model("resnet50d", zero_init_last=False, output_stride=output_stride).eval()
+    ours = zoo.create_model("resnet50d", output_stride=output_stride).eval()
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -54,12 +54,25 @@ class PadShortcut(nn.Module):
         return f"stride={self.stride}, pad=({self.pad_before}, {self.pad_after})"
 
 
-def make_shortcut(kind: Shortcut, in_chs: int, out_chs: int, stride: int, norm: NormFactory) -> nn.Module:
+class AvgPool2x2Same(nn.Module):
+    """timm's ``AvgPool2dSame(2, stride=1)``: a 2x2 mean at stride 1 over the map padded with zeros right and below
+    (the zeros count). The pool of a ResNet-D shortcut whose stride a dilation replaced (output_stride 8/16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 1)
+
+
+def make_shortcut(
+    kind: Shortcut, in_chs: int, out_chs: int, stride: int, norm: NormFactory, dilation: int = 1
+) -> nn.Module:
     """The projection for a block whose output shape differs from its input's."""
     if kind == "pad":
         return PadShortcut(in_chs, out_chs, stride)
     if kind == "avg":  # ResNet-D (He et al. 2019, "Bag of Tricks"): pool, then a stride-1 1x1 conv
-        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+        if stride > 1:
+            pool: nn.Module = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+        else:  # in a dilated stage, as timm does, so its weights give the same outputs at output_stride 8/16
+            pool = AvgPool2x2Same() if dilation > 1 else nn.Identity()
         return nn.Sequential(pool, conv1x1(in_chs, out_chs), norm(out_chs))
     return nn.Sequential(conv1x1(in_chs, out_chs, stride), norm(out_chs))
 

@@ -67,7 +67,7 @@ class ResNet(nn.Module):
                 stride = plan.stride if j == 0 else 1
                 downsample = None
                 if stride != 1 or in_chs != out_chs or (i == 0 and j == 0 and cfg.first_stage_shortcut_conv):
-                    downsample = make_shortcut(cfg.shortcut, in_chs, out_chs, stride, norm)
+                    downsample = make_shortcut(cfg.shortcut, in_chs, out_chs, stride, norm, plan.dilation)
                 blocks.append(
                     block_cls(
                         in_chs,

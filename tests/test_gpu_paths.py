@@ -80,6 +80,17 @@ def test_each_group_compiles_its_own_graphs(tmp_path: Path, monkeypatch) -> None
     assert [r["compiled_graphs"] for r in rows] == [1, 1]  # each row ran the graph compiled for it
 
 
+def test_each_round_starts_one_setting_later(monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(benchmark, "build_step", lambda setting, device, mode: lambda: calls.append(setting.label))
+    settings = [benchmark.Setting("resnet20", "infer", 1, 32, "fp32", False, False, False, label=name)
+                for name in ("a", "b", "c")]  # fmt: skip
+    device = torch.device("cpu")
+    results = benchmark.measure_group(settings, device, benchmark.PeakMemory(device), warmup=0, repeats=3, iters=1)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # no row always first, or always last
+    assert all(len(r.img_per_s) == 3 for r in results) and "warmup_peak_mem_mb" in results[0].row({}, 1.0, {})
+
+
 def test_every_row_records_the_kernel_settings_on_cuda(monkeypatch) -> None:
     monkeypatch.setattr(benchmark, "device_name", lambda device: "a GPU")
     env = benchmark.environment(torch.device("cuda"))

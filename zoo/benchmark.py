@@ -140,6 +140,9 @@ class Result:
     img_per_s: list[float] = field(default_factory=list)  # one per repeat
     latencies_ms: list[float] = field(default_factory=list)  # one per iteration
     peak_mb: float = 0.0  # above what was allocated before, over one timed round
+    # over building and warming up: compile workspace included, and the only place a CUDA graph's memory shows
+    # (its private pool is allocated while recording; replays allocate nothing)
+    warmup_peak_mb: float = 0.0
     compiled_graphs: int = 0  # dynamo graphs compiled while building and warming up this setting
     status: str = "ok"  # or "oom": it did not fit the device; its row has no speed
     ops: list[dict[str, Any]] = field(default_factory=list)  # where one iteration's time goes, when profiled
@@ -162,6 +165,7 @@ class Result:
             "latency_ms_p90": round(q(lat, 0.9), 3),
             "latency_ms_p99": round(q(lat, 0.99), 3),
             "peak_mem_mb": round(self.peak_mb, 1),
+            "warmup_peak_mem_mb": round(self.warmup_peak_mb, 1),
             "compiled_graphs": self.compiled_graphs,
             "status": self.status,
             "gflops_achieved": round(achieved, 1),
@@ -282,17 +286,21 @@ def measure_group(
     for i, result in enumerate(results):
         graphs = counters["stats"]["unique_graphs"]
         try:
+            memory.reset()
             step = build_step(result.setting, device, compile_mode)
             for _ in range(warmup):
                 step()
             _sync(device)
+            result.warmup_peak_mb = memory.peak_mb()
         except torch.cuda.OutOfMemoryError:
             _out_of_memory(result, device)
             continue
         result.compiled_graphs = counters["stats"]["unique_graphs"] - graphs
         steps[i] = step
-    for repeat in range(repeats):  # interleaved: ours, baseline, ours, baseline, ...
-        for i, step in list(steps.items()):
+    for repeat in range(repeats):  # interleaved, each round starting one setting later: no row always goes first
+        ordered = list(steps.items())
+        start = repeat % len(ordered) if ordered else 0
+        for i, step in ordered[start:] + ordered[:start]:
             result = results[i]
             if repeat == 0:
                 memory.reset()  # the peak of one timed round, above what the group holds already

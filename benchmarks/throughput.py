@@ -37,11 +37,10 @@ import zoo
 from zoo.benchmark import INT8, PeakMemory, Setting, environment, measure_ceiling, measure_group
 from zoo.cli import format_table
 from zoo.errors import ZooError
-from zoo.optimize import DTYPES, compile_problem
+from zoo.optimize import COMPILE_MODES, CUDA_GRAPH_MODES, DTYPES, compile_problem
 
 MODES = ("infer", "train", "latency")
 BASELINES = ("none", "torchvision", "eager")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 RUNTIMES = ("torch", "onnxruntime", "openvino", "pt2", INT8)
 TORCHVISION_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                      "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}  # fmt: skip
@@ -138,7 +137,7 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     compiles = args.compile or (args.optimize and not args.no_compile) or INT8 in args.runtimes
     if compiles and args.warmup < 1:
         raise BadInput("--warmup 0: compiled rows compile in their first call; give --warmup 1 or more")
-    if args.compile_mode in ("reduce-overhead", "max-autotune") and args.warmup < 3:
+    if args.compile_mode in CUDA_GRAPH_MODES and args.warmup < 3:
         # CUDA graphs: call 1 compiles, call 2 records the graph, call 3 is the first replay
         raise BadInput(f"--warmup {args.warmup}: --compile-mode {args.compile_mode} records CUDA graphs in the "
                        "first calls; give --warmup 3 or more")  # fmt: skip

@@ -76,12 +76,19 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 CROP_MODES = ("center", "squash")  # timm's: resize the short side then crop; or resize both sides then crop
 
 
-def _check(config: dict[str, Any]) -> None:
-    size, pct = config["input_size"], config["crop_pct"]
+def check_input_size(name: str, size: Any) -> None:
     if not (isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise ConfigError("input_size", f"expected (channels, height, width) of positive ints, got {size!r}")
+        raise ConfigError(name, f"expected (channels, height, width) of positive ints, got {size!r}")
+
+
+def check_crop_pct(name: str, pct: Any) -> None:
     if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 1:
-        raise ConfigError("crop_pct", f"expected a fraction in (0, 1], got {pct!r}")
+        raise ConfigError(name, f"expected a fraction in (0, 1], got {pct!r}")
+
+
+def _check(config: dict[str, Any]) -> None:
+    check_input_size("input_size", config["input_size"])
+    check_crop_pct("crop_pct", config["crop_pct"])
     if config["interpolation"] not in INTERPOLATIONS:
         raise ConfigError("interpolation", not_one_of(config["interpolation"], INTERPOLATIONS))
     if config["crop_mode"] not in CROP_MODES:

@@ -87,10 +87,9 @@ def _hf() -> Any:
 def _evict(path: Path) -> None:
     """Remove a bad cache entry: the snapshot link and this repo's blob it names. One link only: the blob may
     itself link into a store shared with other repos (Xet), whose file their blobs still need."""
-    entries = [path]
-    if path.is_symlink():
-        entries.append(path.parent / os.readlink(path))
-    for entry in entries:
+    for entry in (path, _blob(path)):
+        if entry is None:
+            continue
         try:
             entry.unlink(missing_ok=True)
         except OSError as e:  # a read-only or foreign cache: the damage is reported by the caller anyway
@@ -175,10 +174,13 @@ def hub_file(
 def _blob_sha256(path: Path) -> str | None:
     """The hash an unpinned file can still be checked against: the cache names the blob of an LFS file
     (all weights) by its ETag, the sha256 of its content. None for small git files (a sha1) or a copy."""
-    if not path.is_symlink():
-        return None
-    name = Path(os.readlink(path)).name
-    return name if re.fullmatch("[0-9a-f]{64}", name) else None
+    blob = _blob(path)
+    return blob.name if blob is not None and re.fullmatch("[0-9a-f]{64}", blob.name) else None
+
+
+def _blob(path: Path) -> Path | None:
+    """The blob a snapshot link names (``blobs/<etag>``): one link followed, not a shared store behind it."""
+    return path.parent / os.readlink(path) if path.is_symlink() else None
 
 
 def _not_found(where: str, tried: list[str]) -> str:

@@ -30,6 +30,8 @@ from .layers import FrozenBatchNorm2d
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the precisions, everywhere
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # their outputs live in memory the next call reuses
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -140,7 +142,7 @@ def compile_problem(device: torch.device) -> str | None:
 
 def gpu_supports_bf16(device: torch.device) -> bool:
     """Whether this GPU has bf16 tensor cores (Ampere, sm80, and later), not an emulation."""
-    return torch.cuda.is_bf16_supported(including_emulation=False) if device.type == "cuda" else False
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def fast_dtype(device: torch.device) -> str:
@@ -203,8 +205,7 @@ def optimize_for_inference(
     compiled = None
     if compile:
         compiled = torch.compile(fused, mode=compile_mode)
-    # max-autotune and reduce-overhead run CUDA graphs, whose outputs live in memory the next call reuses
-    cuda_graphs = compile and device.type == "cuda" and compile_mode in ("max-autotune", "reduce-overhead")
+    cuda_graphs = compile and device.type == "cuda" and compile_mode in CUDA_GRAPH_MODES
     optimized = InferenceModel(fused, dtype, channels_last, compiled, clone=cuda_graphs)
     if example_input is not None:
         optimized(example_input.to(device))

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .data import IMAGENET_MEAN, IMAGENET_STD, check_crop_pct, check_input_size
 from .errors import ConfigError, StateDictError
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,11 @@ class Weights:
 
     def __post_init__(self) -> None:
         for name in ("input_size", "test_input_size"):
-            size = getattr(self, name)
-            if size is not None and not (len(size) == 3 and all(isinstance(s, int) and s > 0 for s in size)):
-                raise ConfigError(name, f"expected (channels, height, width) of positive ints, got {size!r}")
+            if getattr(self, name) is not None:
+                check_input_size(name, getattr(self, name))
         for name in ("crop_pct", "test_crop_pct"):
-            pct = getattr(self, name)
-            if pct is not None and not (isinstance(pct, (int, float)) and 0 < pct <= 1):
-                raise ConfigError(name, f"expected a fraction in (0, 1], got {pct!r}")
+            if getattr(self, name) is not None:
+                check_crop_pct(name, getattr(self, name))
         if self.sha256 is not None and not re.fullmatch("[0-9a-f]{64}", str(self.sha256)):
             # a typo'd or upper-case pin would evict a good file at every load
             raise ConfigError("sha256", f"expected 64 lower-case hex digits, got {self.sha256!r}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, not_one_of
-from ..optimize import DTYPES
+from ..optimize import COMPILE_MODES, DTYPES
 from .data import DATASETS
 from .recipe import OPTIMIZERS, SCHEDULES
 from .views import TTA_MODES
@@ -29,7 +29,6 @@ RESUME_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "schedule", "wa
                "min_lr_factor", "optimizer", "momentum", "nesterov", "weight_decay", "decay_norm_and_bias",
                "time_budget", "val_split", "split_seed", "seed", "ema_decay", "freeze_stages", "in_chans",
                "drop_rate", "drop_path_rate", "model_kwargs", "norm")  # fmt: skip
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # Fields whose None means "not given" (off, or a default that depends on other fields).

@@ -326,7 +326,7 @@ class TensorBatches:
     def _indices(self) -> torch.Tensor:
         n = len(self.split)
         if not self.train:
-            return torch.arange(self.rank, max(n, self.rank), self.world)  # fewer images than ranks: none here
+            return torch.arange(n)[self.rank :: self.world]  # fewer images than ranks: none on the last ones
         order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
         per_rank = (n // self.world // self.batch_size) * self.batch_size  # full batches, equal on all ranks
         return order[self.rank :: self.world][:per_rank]

@@ -20,8 +20,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/zoo list
 	$(BIN)/zoo count 'resnet*' 'resnext*' 'wide_*'
-	$(BIN)/python benchmarks/throughput.py --models resnet50 --batch-sizes 8 --iters 5 --repeats 3 \
-		--dtype bf16 --channels-last --baseline torchvision --out runs/demo-bench
+	$(BIN)/python benchmarks/throughput.py --models resnet50 --batch-sizes 8 --iters 5 --repeats 3 --optimize \
+		--baseline torchvision --out runs/demo-bench
 
 test: $(STAMP)
 	$(BIN)/ruff check zoo tools benchmarks tests

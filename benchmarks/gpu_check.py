@@ -7,7 +7,8 @@ On whatever device it finds (CUDA if present, else the CPU at a smaller size, wh
 ``make test`` runs it), in order:
 
 1. ``benchmark``: ``throughput.py`` on resnet50 at two batch sizes in fp32 (TF32 and cuDNN settings
-   recorded in each row), bf16 (and fp16 on CUDA) through ``optimize_for_inference``, one compiled
+   recorded in each row), the device's fastest precision (bf16 where it has bf16 hardware; fp16 too on CUDA)
+   through ``optimize_for_inference``, one compiled
    row (exactly one graph: no graph breaks) and on CUDA one CUDA-graph row (``reduce-overhead``);
    every row must have run (none out of memory);
 2. ``optimize-parity``: ``optimize_for_inference`` against the eager model, per dtype (fp32 with TF32
@@ -16,8 +17,9 @@ On whatever device it finds (CUDA if present, else the CPU at a smaller size, wh
    survive the next call;
 3. ``train``: ``torchrun --nproc_per_node 1 tools/train.py`` for 20 steps on a generated image
    folder with the device's process-group backend (nccl on CUDA), ``--sync-bn``, an evaluation and
-   a checkpoint;
-4. ``pt2``: a ``zoo.export(format="pt2")`` package loaded back and compared with eager.
+   a checkpoint, in the precision "auto" picks;
+4. ``pt2``: a ``zoo.export(format="pt2")`` package (the device's fastest precision) loaded back and compared
+   with eager.
 
 It writes ``results.json`` (every step's result, its details or error, and the environment) and
 ``summary.txt`` (one line per step) in ``--out`` and exits 1 if any step failed.
@@ -40,7 +42,7 @@ import torch
 
 import zoo
 from zoo import benchmark
-from zoo.optimize import fast_dtype
+from zoo.hardware import fast_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,12 +71,12 @@ def relative_diff(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 def run_benchmark(device: torch.device, out: Path) -> dict[str, Any]:
     cuda = device.type == "cuda"
-    fast = fast_dtype(device) if cuda else "bf16"
+    fast = fast_precision(device)  # bf16 on Ampere+ GPUs and bf16 CPUs, fp16 on older GPUs, else fp32
     size = [] if cuda else ["--img-size", "64", "--no-ceiling"]
     timing = ["--iters", "10", "--repeats", "3"] if cuda else ["--iters", "2", "--repeats", "1", "--warmup", "1"]
     runs = {
         "fp32": ["--models", "resnet50", "--batch-sizes", *(["32", "128"] if cuda else ["2", "4"]), "--dtype", "fp32"],
-        "bf16-optimize": [
+        "fast-optimize": [
             "--models",
             "resnet50",
             "--batch-sizes",
@@ -133,14 +135,14 @@ def optimize_parity(device: torch.device, out: Path) -> dict[str, Any]:
         with torch.no_grad():
             expected = model(x).float()
         for dtype, tolerance in tolerances.items():
-            if dtype == "bf16" and cuda and fast_dtype(device) != "bf16":
+            if dtype == "bf16" and cuda and fast_precision(device) != "bf16":
                 continue  # a GPU without bf16: optimize_for_inference refuses it, as it should
             found[dtype] = round(relative_diff(zoo.optimize_for_inference(model, dtype, compile=cuda)(x), expected), 6)
             if not found[dtype] <= tolerance:
                 raise RuntimeError(f"optimize_for_inference({dtype}) differs from eager by {found[dtype]:.2e} "
                                    f"(> {tolerance})")  # fmt: skip
         if cuda:  # CUDA graphs reuse their output buffers: a returned output must survive the next call
-            graphs = zoo.optimize_for_inference(model, fast_dtype(device), compile_mode="reduce-overhead")
+            graphs = zoo.optimize_for_inference(model, fast_precision(device), compile_mode="reduce-overhead")
             for _ in range(3):  # compile, record, replay
                 graphs(x)
             first = graphs(x)
@@ -173,7 +175,7 @@ def train_steps(device: torch.device, out: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", str(ROOT / "tools" / "train.py"),
                "--dataset", "imagefolder", "--root", str(data), "--model", "resnet20", "--epochs", "1",
                "--batch-size", "8", "--val-split", "0.1", "--lr", "0.05", "--sync-bn", "--device", device.type,
-               "--precision", "bf16", "--output", str(run), "--overwrite",
+               "--precision", "auto", "--output", str(run), "--overwrite",
                "--cache-dir", str(out / "cache")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     if done.returncode != 0:
@@ -193,13 +195,16 @@ def pt2_package(device: torch.device, out: Path) -> dict[str, Any]:
         model, out / f"{name}.pt2", format="pt2", example_input=torch.randn(2, 3, size, size, device=device)
     )
     package = torch._inductor.aoti_load_package(str(path))
+    precision = package.get_metadata()["precision"]  # dtype "auto": the device's fastest
     x = torch.randn(3, 3, size, size, device=device)
     with torch.no_grad():
         expected = model(x)
     diff = relative_diff(package(x), expected)
-    if not diff <= 1e-3:
-        raise RuntimeError(f"the loaded package differs from eager by {diff:.2e}")
-    return {"file": str(path), "relative_max_diff": round(diff, 8), "mib": round(path.stat().st_size / 2**20, 1)}
+    tolerance = {"fp32": 1e-3}.get(precision, zoo.deploy.TOLERANCE[precision])
+    if not diff <= tolerance:
+        raise RuntimeError(f"the loaded {precision} package differs from eager by {diff:.2e} (> {tolerance})")
+    return {"file": str(path), "precision": precision, "relative_max_diff": round(diff, 8),
+            "mib": round(path.stat().st_size / 2**20, 1)}  # fmt: skip
 
 
 STEPS: dict[str, Callable[[torch.device, Path], dict[str, Any]]] = {

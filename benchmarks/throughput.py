@@ -1,23 +1,26 @@
 #!/usr/bin/env python
 """Throughput and latency of zoo models: GPU first, CPU too.
 
-    python benchmarks/throughput.py --models resnet50 --batch-sizes 1 8 32 --optimize --dtype bf16 \\
-        --baseline torchvision
+    python benchmarks/throughput.py --models resnet50 --batch-sizes 1 8 32 --optimize --baseline torchvision
     python benchmarks/throughput.py --models resnet18_cifar --mode train --batch-sizes 128 \\
-        --dtype bf16 --channels-last --baseline eager
+        --channels-last --baseline eager
     python benchmarks/throughput.py --models resnet50 --optimize --dtype int8 --baseline torchvision
-    python benchmarks/throughput.py --models resnet50 --optimize --dtype bf16 --baseline torchvision \
+    python benchmarks/throughput.py --models resnet50 --optimize --baseline torchvision \
         --runtimes torch onnxruntime openvino pt2 int8
     python benchmarks/throughput.py --smoke [--runtimes torch onnxruntime openvino]
+
+``--dtype auto`` (the default) is the device's fastest native precision: bf16 on CPUs with AVX-512 BF16 or
+AMX and on Ampere+ GPUs, fp16 on older GPUs, else fp32 (``zoo.hardware``); rows say what it resolved to.
 
 Modes: ``infer`` (forward under inference_mode), ``train`` (forward, backward, SGD step)
 and ``latency`` (batch 1). ``--runtimes`` adds, for inference, the same model in the runtimes people
 deploy on: ``onnxruntime`` and ``openvino`` (an ONNX export, fp32 input), ``pt2`` (an AOTInductor
-package, bf16 when ``--dtype bf16``) and ``int8`` (``zoo.quantize_int8``); ``torch`` is the zoo model as
-the other flags set it. Warm-up iterations are excluded; each configuration is
+package, in ``--dtype`` when that is a CPU float precision) and ``int8`` (``zoo.quantize_int8``);
+``torch`` is the zoo model as the other flags set it. Warm-up iterations are excluded; each configuration is
 timed in ``--repeats`` rounds of ``--iters`` iterations, interleaved with its
 baseline when one is asked for, so the speed-up ratio is measured under the same
-machine conditions. Every row carries its environment. Outputs: a table, JSON
+machine conditions. Every row carries its environment (the CPU's name and features included) and its
+share of the ceiling measured in its own precision (fp32, bf16 or int8). Outputs: a table, JSON
 and CSV files and a PNG plot of img/s against batch size in ``--out``; with ``--profile N``, each row's
 top ops by self time (torch.profiler, after the timed rounds) in ``profile.json``.
 """
@@ -37,7 +40,8 @@ import zoo
 from zoo.benchmark import INT8, PeakMemory, Setting, environment, measure_ceiling, measure_group
 from zoo.cli import format_table
 from zoo.errors import ZooError
-from zoo.optimize import COMPILE_MODES, CUDA_GRAPH_MODES, DTYPES, compile_problem
+from zoo.hardware import DTYPES, resolve_precision
+from zoo.optimize import COMPILE_MODES, CUDA_GRAPH_MODES, compile_problem
 
 MODES = ("infer", "train", "latency")
 BASELINES = ("none", "torchvision", "eager")
@@ -61,9 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=None, help="default: each model's own input size")
     p.add_argument(
         "--dtype",
-        choices=(*DTYPES, INT8),
-        default="fp32",
-        help="autocast dtype (weights too with --optimize); int8: with --optimize, x86 CPUs",
+        choices=("auto", *DTYPES, INT8),
+        default="auto",
+        help="autocast dtype (weights too with --optimize); auto: the device's fastest native float precision; "
+        "int8: with --optimize, x86 CPUs",
     )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
@@ -121,8 +126,9 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
             raise BadInput(f"{flag}: expected a positive integer, got {value}")
     if args.iters < 1 or args.repeats < 1 or args.warmup < 0 or args.profile < 0:
         raise BadInput("--iters and --repeats must be >= 1, --warmup and --profile >= 0")
-    if args.dtype == "fp16" and device.type == "cpu":
-        raise BadInput("--dtype fp16 needs a CUDA device; on a CPU use bf16 (fast with AVX-512 BF16 or AMX)")
+    args.dtype_requested = args.dtype
+    if args.dtype != INT8:
+        args.dtype = resolve_precision(args.dtype, device, flag="--dtype")
     exported = [r for r in args.runtimes if r != "torch"]
     if exported and "train" in args.mode:
         raise BadInput(f"--runtimes {' '.join(exported)}: runtimes are timed for inference; drop --mode train")
@@ -170,8 +176,8 @@ def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list
                     if runtime == INT8:
                         ours.append(Setting(model, mode, batch, size, INT8, True, True, True, label="zoo"))
                     else:
-                        dtype = "bf16" if runtime == "pt2" and args.dtype == "bf16" else "fp32"
-                        ours.append(Setting(model, mode, batch, size, dtype, False, False, False, runtime, runtime))
+                        ours.append(Setting(model, mode, batch, size, runtime_precision(runtime, args.dtype), False,
+                                            False, False, runtime, runtime))  # fmt: skip
                 base = None
                 if args.baseline != "none":
                     base = Setting(model, mode, batch, size, "fp32", False, False, False, label=args.baseline)
@@ -179,17 +185,33 @@ def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list
     return groups
 
 
+def runtime_precision(runtime: str, dtype: str) -> str:
+    """What an exported runtime's row computes in: a .pt2 in ``dtype`` when that is a float precision of the CPU,
+    ONNX Runtime in fp32, OpenVINO in the precision it picks itself (bf16 where the CPU has it)."""
+    if runtime == "pt2":
+        return dtype if dtype in ("fp32", "bf16") else "fp32"
+    if runtime == "openvino":
+        from zoo.deploy import openvino_precision
+
+        return openvino_precision()
+    return "fp32"
+
+
 def write(
     out: Path,
     rows: list[dict[str, Any]],
-    ceiling: dict[str, float],
+    ceiling: dict[str, dict[str, float]],
     ratios: list[dict[str, Any]],
     profiles: list[dict[str, Any]],
+    env: dict[str, Any],
+    final: bool = True,
 ) -> None:
+    """results.json, results.csv and profile.json (after every group, so a kill keeps what was measured); the
+    plot once ``final``."""
     from zoo.io import atomic_write, save_json
 
     out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "results.json", {"ceiling_gflops": ceiling, "speedups": ratios, "rows": rows})
+    save_json(out / "results.json", {"environment": env, "ceiling_gflops": ceiling, "speedups": ratios, "rows": rows})
     if profiles:
         save_json(out / "profile.json", profiles)
     if rows:
@@ -198,7 +220,8 @@ def write(
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        plot(out / "throughput.png", rows)
+        if final:
+            plot(out / "throughput.png", rows)
 
 
 def plot(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -243,21 +266,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as timm's benchmark: fixed shapes, so let cuDNN pick its fastest
-    env = {**environment(device), "compile_mode": args.compile_mode or "default"}
+    env = {**environment(device), "compile_mode": args.compile_mode or "default",
+           "dtype_requested": args.dtype_requested}  # fmt: skip
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
-    ceiling: dict[str, float] = {}
+    ceiling: dict[str, dict[str, float]] = {}  # GFLOP/s per precision: each row is held against its own
     profiles: list[dict[str, Any]] = []
     memory = PeakMemory(device)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill also writes what is done
+    print(f"{env['device_name']}: {', '.join(env['cpu_features']) or 'no AVX2'}; --dtype {args.dtype_requested} "
+          f"-> {args.dtype}", flush=True)  # fmt: skip
     try:
         if not args.no_ceiling:
-            # int8 rows are compared with the bf16 ceiling: the fastest float math of the same machine
-            ceiling_dtype = "bf16" if args.dtype == INT8 else args.dtype
-            ceiling = measure_ceiling(device, ceiling_dtype)
-            print(f"ceiling ({ceiling_dtype}, {env['device_name']}): conv {ceiling['conv']} GFLOP/s, "
-                  f"matmul {ceiling['matmul']} GFLOP/s", flush=True)  # fmt: skip
+            precisions = dict.fromkeys(s.precision for ours, base in groups for s in [*ours, *([base] if base else [])])
+            for precision in precisions:
+                ceiling[precision] = measure_ceiling(device, precision)
+                shown = ", ".join(f"{kind} {value} GFLOP/s" for kind, value in ceiling[precision].items())
+                print(f"ceiling ({precision}, {env['device_name']}): {shown}", flush=True)
         for ours, base in groups:
             first = ours[0]
             model = zoo.create_model(first.model)
@@ -279,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                 if r["status"] != "ok":
                     print(f"{r['model']} {r['mode']} b{r['batch_size']} {r['config']}: out of memory", flush=True)
                     continue
-                pct = f", {r['pct_of_conv_ceiling']}% of conv ceiling" if ceiling else ""
+                pct = (f", {r['pct_of_conv_ceiling']}% of the {r['ceiling_precision']} conv ceiling"
+                       if r.get("pct_of_conv_ceiling") is not None else "")  # fmt: skip
                 print(f"{r['model']} {r['mode']} b{r['batch_size']} {r['config']}: {r['img_per_s']} img/s "
                       f"(p10 {r['img_per_s_p10']}, p90 {r['img_per_s_p90']}), p50 {r['latency_ms_p50']} ms, "
                       f"{r['gflops_achieved']} GFLOP/s{pct}", flush=True)  # fmt: skip
@@ -291,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 for op in r.ops[:8]:
                     print(f"  {100 * op['share']:5.1f}%  {op['self_ms_per_iter']:9.3f} ms/iter  {op['op']}  "
                           f"{op['input_shapes'][:70]}", flush=True)  # fmt: skip
+            write(out, rows, ceiling, ratios, profiles, env, final=False)
             if base is None or new[-1]["status"] != "ok":
                 continue
             for setting, row in zip(ours, new, strict=False):
@@ -303,11 +331,12 @@ def main(argv: list[str] | None = None) -> int:
                      "speedup": round(ratio, 2)}
                 )  # fmt: skip
                 print(f"  {setting.describe()}: {ratio:.2f}x {base.describe()}", flush=True)
+            write(out, rows, ceiling, ratios, profiles, env, final=False)
     except KeyboardInterrupt:
         print("interrupted: writing the rows finished so far", file=sys.stderr)
         return 130
     finally:  # an interrupt, or any failure: what was measured is kept
-        write(out, rows, ceiling, ratios, profiles)
+        write(out, rows, ceiling, ratios, profiles, env)
     header = [
         "model",
         "mode",

@@ -5,6 +5,7 @@ import os
 import socket
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,3 +62,18 @@ def small_size(name: str) -> int:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+CIFAR_JPEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def cifar_files(tmp_path_factory: pytest.TempPathFactory):
+    """The real CIFAR-10 training JPEGs (../shared/data), unpacked once per session and split as the trainer and
+    `zoo validate` split them (seed 0, 10% validation): the split the zoo's CIFAR weights never trained on."""
+    if not CIFAR_JPEG.is_file():
+        pytest.skip("needs ../shared/data/cifar10-train-jpeg.tar.gz")
+    from zoo.train.data import load_dataset
+
+    return load_dataset("imagefolder", CIFAR_JPEG, val_split=0.1, split_seed=0, in_memory=False,
+                        cache_dir=tmp_path_factory.mktemp("cifar-cache"))  # fmt: skip

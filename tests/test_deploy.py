@@ -18,7 +18,6 @@ from zoo import deploy
 from zoo.cli import main as zoo_main
 
 ROOT = Path(__file__).resolve().parent.parent
-CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
 
 
 def metadata(path: Path) -> dict[str, str]:
@@ -162,7 +161,7 @@ def test_bf16_packages_fold_norms_and_run_channels_last() -> None:
 @pytest.mark.slow
 def test_a_pt2_package_runs_in_a_process_without_zoo(tmp_path: Path) -> None:
     model = zoo.create_model("resnet20", pretrained=True).eval()
-    path = zoo.export(model, tmp_path / "resnet20.pt2", format="pt2")  # checked against eager here
+    path = zoo.export(model, tmp_path / "resnet20.pt2", format="pt2", dtype="fp32")  # checked against eager here
     x = torch.randn(3, 3, 32, 32)  # another batch size than the example's
     with torch.no_grad():
         torch.save({"x": x, "y": model(x)}, tmp_path / "io.pt")
@@ -174,6 +173,7 @@ def test_a_pt2_package_runs_in_a_process_without_zoo(tmp_path: Path) -> None:
         "assert 'zoo' not in sys.modules\n"
         "meta = package.get_metadata()\n"
         "assert meta['model_name'] == 'resnet20' and meta['label_names'].startswith('[\"airplane\"'), meta\n"
+        "assert meta['precision'] == 'fp32', meta\n"
         "print(((y - io['y']).abs().max() / io['y'].abs().max()).item())\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -182,16 +182,9 @@ def test_a_pt2_package_runs_in_a_process_without_zoo(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def validation_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def validation_images(cifar_files) -> list[Path]:
     """50 images drawn (seed 0) from the validation split the trainer carves (seed 0, 10%)."""
-    if not CIFAR_JPEG.is_file():
-        pytest.skip("needs ../shared/data/cifar10-train-jpeg.tar.gz")
-    from zoo.train.data import load_dataset
-
-    data = load_dataset("imagefolder", CIFAR_JPEG, val_split=0.1, split_seed=0, in_memory=False,
-                        cache_dir=tmp_path_factory.mktemp("cache"))  # fmt: skip
-    files = sorted(random.Random(0).sample(data.val.files, 50))  # type: ignore[arg-type]
-    return [Path(f) for f in files]
+    return [Path(f) for f in sorted(random.Random(0).sample(cifar_files.val.files, 50))]
 
 
 def test_predict_names_the_right_class_of_real_images(
@@ -212,8 +205,9 @@ def test_predict_names_the_right_class_of_real_images(
 def test_predict_runtimes_agree_with_torch(validation_images: list[Path], runtime: str, capsys) -> None:
     images = list(map(str, validation_images[:8]))
     tops = {}
-    for name in ("torch", runtime):
-        assert zoo_main(["predict", *images, "--model", "resnet20", "--format", "json", "--runtime", name]) == 0
+    for name in ("torch", runtime):  # fp32 against fp32 (--precision auto would be bf16 on a bf16 CPU)
+        args = ["predict", *images, "--model", "resnet20", "--format", "json", "--runtime", name, "--precision", "fp32"]
+        assert zoo_main(args) == 0
         tops[name] = [json.loads(line)["topk"][0] for line in capsys.readouterr().out.splitlines()]
     assert [t["index"] for t in tops["torch"]] == [t["index"] for t in tops[runtime]]
     tolerance = 1e-4 if runtime == "onnxruntime" else 0.05  # OpenVINO computes in bf16 on this CPU

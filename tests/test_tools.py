@@ -192,20 +192,26 @@ def test_optimize_with_inductor_matches_eager() -> None:
         torch.testing.assert_close(fast(x), model(x), atol=1e-4, rtol=1e-4)
 
 
-def test_int8_follows_the_float_model_for_any_batch_size() -> None:
+@pytest.mark.parametrize("reduce_range", [None, True], ids=["by-the-cpu", "7-bit"])
+def test_int8_follows_the_float_model_for_any_batch_size(reduce_range: bool | None) -> None:
     torch.manual_seed(0)
     model = zoo.create_model("resnet20").eval()
     calibration = [(torch.randn(8, 3, 32, 32), torch.zeros(8)) for _ in range(3)]  # (images, labels) pairs work
-    int8 = quantize_int8(model, calibration, compile=False)
+    int8 = quantize_int8(model, calibration, compile=False, reduce_range=reduce_range)
     x = torch.randn(5, 3, 32, 32)  # a batch size calibration never saw
     with torch.no_grad():
         ours, reference = int8(x), model(x)
     assert ours.dtype == torch.float32 and ours.shape == (5, 10) and int8.num_classes == 10
     assert torch.nn.functional.cosine_similarity(ours.flatten(), reference.flatten(), dim=0) > 0.99
-    compiled = quantize_int8(model, calibration, example_input=x)(x)  # inductor: fused oneDNN int8 kernels
+    compiled = quantize_int8(model, calibration, example_input=x, reduce_range=reduce_range)(x)  # fused oneDNN int8
     assert torch.nn.functional.cosine_similarity(compiled.flatten(), reference.flatten(), dim=0) > 0.99
-    # the fused kernels requantize between ops a little differently from the eager q/dq graph
-    torch.testing.assert_close(compiled, ours, atol=0.02 * reference.abs().max().item(), rtol=0)
+    # The fused kernels requantize between ops a little differently from the eager q/dq graph: within 2% of the
+    # largest logit at 8 bits. At 7 bits (CPUs without VNNI) 4%: inductor's fused convs saturate their uint8
+    # outputs at 255 where the q/dq graph clamps at 127 (torch 2.14 matches o_qmax in its patterns and does not
+    # pass it on), so activations above the calibrated range differ; measured 2.5-3.2% with Zen 4's kernels and
+    # with oneDNN's AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2), 0.8% at 8 bits. Accuracy: tests/test_hardware.py.
+    tolerance = 0.04 if int8.quantization["reduce_range"] else 0.02
+    torch.testing.assert_close(compiled, ours, atol=tolerance * reference.abs().max().item(), rtol=0)
 
 
 def test_int8_features_only_and_bad_input() -> None:
@@ -260,12 +266,14 @@ def test_benchmark_compares_deployment_runtimes_in_one_table(tmp_path: Path) -> 
                         "--baseline", "eager", "--out", str(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "results.json").read_text())
+    fast = zoo.hardware.fast_precision(torch.device("cpu"))  # --dtype auto: bf16 where the CPU has it
     assert [(r["runtime"], r["config"]) for r in data["rows"]] == [
-        ("torch", "zoo:fp32/NCHW/eager"),
+        ("torch", f"zoo:{fast}/NCHW/eager"),
         ("onnxruntime", "onnxruntime:fp32"),
-        ("openvino", "openvino:default-precision"),
+        ("openvino", f"openvino:{zoo.deploy.openvino_precision()}"),  # the precision OpenVINO picks itself
         ("torch", "eager:fp32/NCHW/eager"),
     ]
+    assert {r["dtype_requested"] for r in data["rows"]} == {"auto"} and data["environment"]["cpu_features"]
     assert [r["runtime"] for r in data["speedups"]] == ["torch", "onnxruntime", "openvino"]
     assert all(r["speedup"] > 0 and r["baseline"] == "eager:fp32/NCHW/eager" for r in data["speedups"])
     assert "runtime" in (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
@@ -277,7 +285,7 @@ def test_benchmark_compares_deployment_runtimes_in_one_table(tmp_path: Path) -> 
         (["--models", "resnet20", "--mode", "train", "--runtimes", "onnxruntime"], "runtimes are timed for inference"),
         (["--models", "resnet5O"], "--models: 'resnet5O' matches no registered model; did you mean 'resnet50'"),
         (["--batch-sizes", "0"], "--batch-sizes: 0 is not a positive batch size"),
-        (["--dtype", "fp16", "--device", "cpu"], "--dtype fp16 needs a CUDA device"),
+        (["--dtype", "fp16", "--device", "cpu"], "--dtype: 'fp16' is for GPUs; on cpu use 'auto', 'bf16' or 'fp32'"),
         (["--models", "resnet20", "--baseline", "torchvision"], "torchvision has no resnet20; use --baseline eager"),
         (["--models", "resnet20", "--dtype", "int8"], "--dtype int8 is an inference fast path for CPUs: use it with"),
         (
@@ -294,20 +302,24 @@ def test_benchmark_bad_input(args: list[str], message: str, tmp_path: Path) -> N
 
 
 def test_benchmark_interrupted_keeps_finished_rows(tmp_path: Path) -> None:
+    # The first group (batch 1) is quick; the rest (90 iterations at batch 512 each) take a minute or more, so
+    # the signal sent once the first row is on disk always finds work left, however loaded the machine is.
     proc = subprocess.Popen(
-        [PYTHON, "benchmarks/throughput.py", "--models", "resnet20", "--batch-sizes", "1", "2", "4", "8", "16", "32",
-         "--img-size", "32", "--iters", "3", "--repeats", "30", "--no-ceiling", "--out", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [PYTHON, "benchmarks/throughput.py", "--models", "resnet20", "--batch-sizes", "1", "256", "512",
+         "--img-size", "32", "--iters", "3", "--repeats", "30", "--dtype", "fp32", "--no-ceiling", "--out",
+         str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert proc.stdout is not None
-    for line in proc.stdout:  # wait for the first finished row
-        if "img/s" in line:
-            break
+    results = tmp_path / "results.json"
+    deadline = time.monotonic() + 300
+    while not (results.is_file() and json.loads(results.read_text())["rows"]):  # written atomically: whole or none
+        assert proc.poll() is None and time.monotonic() < deadline, "the first row never reached the disk"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "writing the rows finished so far" in err
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert 1 <= len(rows) < 6
+    rows = json.loads(results.read_text())["rows"]
+    assert [r["batch_size"] for r in rows] == [1]
 
 
 # --- conversion and publishing ----------------------------------------------------------------------------

@@ -67,15 +67,17 @@ def args_for(data: Path, out: Path, *extra: str) -> list[str]:
             "--cache-dir", str(out.parent / "cache"), *extra]  # fmt: skip
 
 
-def test_two_epochs_learn_and_write_everything(shapes: Path, tmp_path: Path) -> None:
-    summary = train(parse(args_for(shapes, tmp_path / "run")))
+def test_a_short_run_learns_and_writes_everything(shapes: Path, tmp_path: Path) -> None:
+    # 3 epochs: 2 scored 47-100% over seeds 0-5 (bf16 on AVX-512 BF16, fp32 there and on AVX2 kernels); 3 scored
+    # 80-100%, and 98-100% at this seed, in the precision "auto" picks on each
+    summary = train(parse(args_for(shapes, tmp_path / "run", "--epochs", "3")))
     run = tmp_path / "run"
     assert summary["best"]["val_acc1"] > 60  # chance is 33%
     assert summary["skipped_images"] == 1  # the broken file: skipped and counted, not fatal
     for name in ("metrics.csv", "metrics.jsonl", "curves.png", "command.txt", "args.json", "summary.json"):
         assert (run / name).is_file(), name
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2] and {"train_loss", "val_acc1", "lr", "img_per_s"} <= set(rows[0])
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and {"train_loss", "val_acc1", "lr", "img_per_s"} <= set(rows[0])
     last = (run / "last").resolve()
     assert {p.name for p in last.iterdir()} == {"model.safetensors", "config.json", "state.pt"}
     model = zoo.create_model(f"local-dir:{run / 'best'}", pretrained=True)  # a checkpoint is a Hub folder
@@ -297,7 +299,7 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> Non
         (result["int8"]["top1"], None),
     ]
     assert (
-        f"| validation, `zoo validate` fp32, flip TTA | {tta['images']} | {tta['top1']:.2f} |"
+        f"| validation, `zoo validate` {tta['precision']}, flip TTA | {tta['images']} | {tta['top1']:.2f} |"
         in (folder / "README.md").read_text()
     )
     other = tmp_path / "other.json"
@@ -422,7 +424,7 @@ def test_minimal_trainer_command_line_parses() -> None:
 
 
 def test_bad_training_arguments(shapes: Path, tmp_path: Path) -> None:
-    with pytest.raises(zoo.ConfigError, match=r"--precision: 'fp16' needs a CUDA device"):
+    with pytest.raises(zoo.ConfigError, match=r"--precision: 'fp16' is for GPUs; on cpu use 'auto', 'bf16' or 'fp32'"):
         train(parse(args_for(shapes, tmp_path / "a", "--precision", "fp16")))
     with pytest.raises(zoo.ConfigError, match=r"--root: .*does not exist"):
         train(parse(args_for(tmp_path / "missing", tmp_path / "b")))
@@ -561,10 +563,13 @@ def test_distillation_blends_the_teachers_softened_targets() -> None:
 
 def test_a_student_learns_from_a_teacher_checkpoint(shapes: Path, tmp_path: Path) -> None:
     teacher = tmp_path / "teacher"
-    train(parse(args_for(shapes, teacher)))
+    train(parse(args_for(shapes, teacher, "--epochs", "3")))
     student = tmp_path / "student"
+    # Not a test of the recipe but of the plumbing, so a setting that learns on every CPU: with 2 epochs at T=4 the
+    # student scored 34-100% over seeds and CPUs; with 4 at T=1 (smaller distillation gradients, T^2 x KL) it
+    # scored 95-100% for seeds 0-5 in bf16 on AVX-512 BF16, in fp32 there and on oneDNN's AVX2 kernels
     summary = train(parse(args_for(shapes, student, "--teacher", str(teacher / "best"), "--teacher-tta", "flip",
-                                   "--distill-weight", "0.5")))  # fmt: skip
+                                   "--distill-weight", "0.5", "--distill-temperature", "1", "--epochs", "4")))  # fmt: skip
     assert summary["best"]["val_acc1"] > 60  # chance is 33%
     assert json.loads((student / "args.json").read_text())["teacher"] == [str(teacher / "best")]
     folder = tmp_path / "resnet20.kd"  # the model card names the teacher

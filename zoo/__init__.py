@@ -23,6 +23,7 @@ from .errors import (
 )
 from .factory import create_model, create_model_from_config
 from .features import FeatureExtractor, FeatureInfo
+from .hardware import cpu_info, resolve_precision
 from .optimize import fold_batch_norms, optimize_for_inference, quantize_int8
 from .registry import is_model, list_models, list_pretrained, register_model, register_weights
 from .resnet import ResNet
@@ -48,6 +49,7 @@ __all__ = [
     "WeightsNotFoundError",
     "ZooError",
     "count",
+    "cpu_info",
     "create_model",
     "create_model_from_config",
     "create_transform",
@@ -63,5 +65,6 @@ __all__ = [
     "register_resnet",
     "register_weights",
     "resolve_data_config",
+    "resolve_precision",
     "save_config",
 ]

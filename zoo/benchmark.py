@@ -8,7 +8,7 @@ them round by round, interleaved, so their ratios are measured under the same ma
 from __future__ import annotations
 
 import contextlib
-import platform
+import copy
 import resource
 import statistics
 import subprocess
@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .factory import create_model
-from .optimize import DTYPES, autocast, optimize_for_inference, quantize_int8
+from .hardware import DTYPES, cpu_info
+from .optimize import autocast, optimize_for_inference, quantize_int8
 
 INT8 = "int8"  # --optimize only: zoo.quantize_int8, calibrated on random batches (speed does not depend on them)
 EXPORTED = ("onnxruntime", "openvino", "pt2")  # runtimes that run a file zoo.export wrote
@@ -34,11 +35,7 @@ EXPORTED = ("onnxruntime", "openvino", "pt2")  # runtimes that run a file zoo.ex
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
+    return cpu_info().name
 
 
 def git_commit() -> str:
@@ -60,6 +57,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "commit": git_commit(),
+        **cpu_info().to_dict(),  # the host CPU, also beside a GPU: what decides int8 kernels and bf16
     }
     if device.type == "cuda":  # what decides which kernels an fp32 row ran: TF32 and cuDNN's autotuner
         env.update(
@@ -123,10 +121,13 @@ class Setting:
     label: str = ""  # "zoo", a runtime's name, or the baseline's name
     runtime: str = "torch"  # what executes the model: torch, onnxruntime, openvino, pt2 (an exported file)
 
+    @property
+    def precision(self) -> str:
+        """What the row computes in, which picks its ceiling: the dtype, or int8."""
+        return INT8 if self.dtype == INT8 else self.dtype
+
     def describe(self) -> str:
-        if self.runtime == "openvino":  # it picks its own inference precision (bf16 on CPUs that have it)
-            return "openvino:default-precision"
-        if self.runtime in EXPORTED:
+        if self.runtime in EXPORTED:  # openvino: the precision it picked itself (deploy.openvino_precision)
             return f"{self.runtime}:{self.dtype}"
         parts = [self.dtype, "NHWC" if self.channels_last else "NCHW"]
         parts += ["optimize"] if self.optimize else []
@@ -147,7 +148,9 @@ class Result:
     status: str = "ok"  # or "oom": it did not fit the device; its row has no speed
     ops: list[dict[str, Any]] = field(default_factory=list)  # where one iteration's time goes, when profiled
 
-    def row(self, env: dict[str, Any], macs: float, ceiling: dict[str, float]) -> dict[str, Any]:
+    def row(self, env: dict[str, Any], macs: float, ceilings: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """The row of results.json; ``ceilings``: GFLOP/s per precision (:func:`measure_ceiling`), each row held
+        against its own precision's."""
         s, ips = self.setting, sorted(self.img_per_s)
         if self.status != "ok":
             return {**asdict(s), "config": s.describe(), "status": self.status, "img_per_s": None, **env}
@@ -171,6 +174,9 @@ class Result:
             "gflops_achieved": round(achieved, 1),
             **env,
         }
+        ceiling = ceilings.get(s.precision, {})
+        if ceiling:
+            row["ceiling_precision"] = s.precision
         for kind, value in ceiling.items():
             row[f"pct_of_{kind}_ceiling"] = round(100 * achieved / value, 1) if value else None
         return row
@@ -397,7 +403,10 @@ def time_round(
 
 
 def measure_ceiling(device: torch.device, dtype: str, seconds: float = 2.0) -> dict[str, float]:
-    """The device's GFLOP/s for ``dtype`` on a large 3x3 conv (channels_last) and a large matmul."""
+    """The device's GFLOP/s for ``dtype`` on a large 3x3 conv (channels_last) and a large matmul; for int8, a
+    stack of such convs through ``quantize_int8`` (the oneDNN int8 kernels the int8 rows run)."""
+    if dtype == INT8:
+        return {"conv": round(_int8_conv_rate(device, seconds), 1)}
 
     def rate(fn: Callable[[], Any], flops: float) -> float:
         fn()
@@ -431,3 +440,21 @@ def ceiling_operands(device: torch.device, dtype: str) -> tuple[nn.Module, torch
     )
     n = 8192 if big else 2048
     return conv, x, torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
+
+
+INT8_CEILING_DEPTH = 4  # convs in a row: the fp32 quantize at the input and dequantize at the output are shared
+
+
+def _int8_conv_rate(device: torch.device, seconds: float) -> float:
+    """GFLOP/s of the ceiling's 3x3 conv in int8: ``INT8_CEILING_DEPTH`` of them with ReLUs (fused by oneDNN, as
+    in the models), quantized and compiled by ``quantize_int8``."""
+    conv, x, _, _ = ceiling_operands(device, "fp32")
+    stack = nn.Sequential(*(m for _ in range(INT8_CEILING_DEPTH) for m in (copy.deepcopy(conv), nn.ReLU())))
+    fast = quantize_int8(stack.to(memory_format=torch.contiguous_format), [x[:2], x[2:4]], example_input=x)
+    flops = INT8_CEILING_DEPTH * 2 * x.shape[0] * x.shape[2] * x.shape[3] * 256 * 256 * 9
+    fast(x)
+    n, begin = 0, time.perf_counter()
+    while time.perf_counter() - begin < seconds:
+        fast(x)
+        n += 1
+    return flops * n / (time.perf_counter() - begin) / 1e9

@@ -120,7 +120,10 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--image-size", type=int, default=None, help="example side (default: the weights' test size)")
     parser.add_argument("--static-batch", action="store_true", help="a fixed batch axis (default: any batch)")
     parser.add_argument("--features-only", action="store_true", help="the backbone: one output per feature map")
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: pt2 only, norms folded")
+    parser.add_argument(
+        "--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+        help="auto: fp32 for onnx, the CPU's fastest for pt2 (bf16 with AVX-512 BF16 or AMX); bf16: pt2 only",
+    )  # fmt: skip
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
 
     def run(args: argparse.Namespace) -> int:
@@ -131,13 +134,14 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         from .data import resolve_data_config
         from .deploy import check_options, export
         from .factory import create_model, names_weights
+        from .hardware import explain
 
         _positive("--batch-size", args.batch_size)
         _positive("--image-size", args.image_size)
         flags = {"format": "--format", "dtype": "--dtype", "path": "--output", "batch": "--batch-size",
                  "static": "--static-batch"}  # fmt: skip
-        check_options(args.format, args.dtype, Path(args.output), args.batch_size, not args.static_batch,
-                      torch.device("cpu"), names=flags)  # fmt: skip
+        dtype = check_options(args.format, args.dtype, Path(args.output), args.batch_size, not args.static_batch,
+                              torch.device("cpu"), names=flags)  # fmt: skip
         pretrained = args.pretrained or names_weights(args.name)
         model = create_model(args.name, pretrained=pretrained, features_only=args.features_only)
         size = resolve_data_config(model, use_test_size=True)["input_size"]
@@ -146,17 +150,19 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         tag = (model.pretrained_cfg or {}).get("tag") if pretrained else None
         path = export(
             model, args.output, format=args.format, example_input=torch.randn(args.batch_size, *size),
-            dynamic_batch=not args.static_batch, check=not args.no_check, dtype=args.dtype,
+            dynamic_batch=not args.static_batch, check=not args.no_check, dtype=dtype,
             metadata={"weights": tag or "random init"},
         )  # fmt: skip
         batch = "any batch" if not args.static_batch else f"batch {args.batch_size}"
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, {args.dtype}, {batch}, {size})")
+        precision = explain(args.dtype, dtype, torch.device("cpu"))
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, {precision}, {batch}, {size})")
         return 0
 
     return run
 
 
 def predict_command(parser: argparse.ArgumentParser) -> Runner:
+    from .hardware import PRECISIONS
     from .predict import RUNTIMES
 
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (read recursively)")
@@ -169,6 +175,10 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
     parser.add_argument("--runtime", choices=RUNTIMES, default="torch")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto",
+        help="torch and fast runtimes; auto: bf16 where the CPU has bf16 hardware (AVX-512 BF16, AMX), else fp32",
+    )  # fmt: skip
     parser.add_argument("--tta", choices=("flip",), default=None, help="average each image with its mirror image")
 
     def run(args: argparse.Namespace) -> int:
@@ -176,6 +186,7 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         from pathlib import Path
 
         from .factory import create_model
+        from .hardware import explain
         from .predict import IMAGE_SUFFIXES, Classifier, find_images
 
         _positive("--topk", args.topk)
@@ -191,7 +202,11 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
             model = create_model(f"local-dir:{checkpoint}", pretrained=True)
         else:
             model = create_model(args.model, pretrained=checkpoint is None, checkpoint_path=checkpoint)
-        classifier = Classifier(model, runtime=args.runtime, batch_size=args.batch_size, tta=args.tta, topk=args.topk)
+        classifier = Classifier(model, runtime=args.runtime, batch_size=args.batch_size, tta=args.tta, topk=args.topk,
+                                precision=args.precision)  # fmt: skip
+        device = next(model.parameters()).device
+        print(f"predict: {args.runtime} runtime, {explain(args.precision, classifier.precision, device)}",
+              file=sys.stderr)  # fmt: skip
         rows = []
         for prediction in classifier(files):
             if args.format == "json":

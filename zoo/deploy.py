@@ -20,17 +20,18 @@ from torch import nn
 from . import __version__
 from .data import resolve_data_config
 from .errors import ConfigError, ExportError, ZooError, not_one_of, require
+from .hardware import DTYPES, resolve_precision
 from .io import atomic_path, is_disk_full
 from .optimize import compile_problem, fold_batch_norms
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "pt2")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("auto", *DTYPES)  # auto: an ONNX file is fp32; a .pt2 the device's fastest (zoo.hardware)
 ONNX_OPSET = 18  # torch.onnx's dynamo exporter's own opset; ONNX Runtime >= 1.14 and OpenVINO run it
 # The largest |exported - eager| allowed, relative to the largest |eager| output: fp32 is exact up to
 # rounding; bf16 keeps 8 bits of mantissa, and its folded norms round differently from eager fp32.
-TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "fp16": 1e-2}
 MAX_BATCH = 4096  # the dynamic batch axis's upper bound, which torch.export needs stated
 
 
@@ -42,7 +43,7 @@ def export(
     example_input: torch.Tensor | None = None,
     dynamic_batch: bool = True,
     check: bool = True,
-    dtype: str = "fp32",
+    dtype: str = "auto",
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model`` (put in eval mode) as an ONNX file or an AOTInductor ``.pt2`` package.
@@ -56,8 +57,11 @@ def export(
         dynamic_batch: a batch axis of any size (1 to 4096); else the example's batch only.
         check: run the file (ONNX Runtime for onnx, the loaded package for pt2) on the example and compare
             with eager: a relative max difference over 1e-4 (fp32) is an ExportError and no file is left.
-        dtype: ``"bf16"`` (pt2 only): batch norms folded, channels_last, bf16 weights, fp32 in and out,
-            as ``optimize_for_inference``.
+        dtype: ``"auto"`` (the default): fp32 for onnx (ONNX Runtime and OpenVINO pick their own precision),
+            the device's fastest native precision for pt2 (bf16 on CPUs with AVX-512 BF16 or AMX, else fp32;
+            :func:`zoo.hardware.resolve_precision`). ``"bf16"``/``"fp16"`` (pt2 only): batch norms folded,
+            channels_last, low-precision weights, fp32 in and out, as ``optimize_for_inference``. The
+            metadata's ``precision`` says which.
         metadata: more metadata (``model_name``, ``weights``, ...): ``metadata_props`` of an ONNX file,
             the package metadata of a ``.pt2`` (``aoti_load_package(path).get_metadata()``).
     """
@@ -67,11 +71,11 @@ def export(
     x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"])
     x = x.to(device)
     path = Path(path)
-    check_options(format, dtype, path, len(x), dynamic_batch, device, names={"batch": "example_input"})
+    dtype = check_options(format, dtype, path, len(x), dynamic_batch, device, names={"batch": "example_input"})
     names = output_names(model)
     with torch.no_grad():
         expected = _as_list(model(x))
-    props = {**_metadata(model, x, data_config, names), **(metadata or {})}
+    props = {**_metadata(model, x, data_config, names), "precision": dtype, **(metadata or {})}
     if format == "onnx":
         require("onnxscript", "onnx")
         with atomic_path(path) as tmp:
@@ -99,16 +103,17 @@ def check_options(
     dynamic_batch: bool,
     device: torch.device,
     names: Mapping[str, str] | None = None,
-) -> None:
-    """Refuse an export that cannot work, before any work. ``names``: the caller's name of each argument
-    (``{"format": "--format", ...}`` for the command line), so the error names what the user typed."""
+) -> str:
+    """Refuse an export that cannot work, before any work; the precision ``dtype`` resolves to. ``names``: the
+    caller's name of each argument (``{"format": "--format", ...}`` for the command line), so the error names
+    what the user typed."""
     name = {"format": "format", "dtype": "dtype", "path": "path", "batch": "batch", "static": "dynamic_batch=False",
             **(names or {})}  # fmt: skip
     if format not in FORMATS:
         raise ConfigError(name["format"], not_one_of(format, FORMATS))
-    if dtype not in DTYPES:
-        raise ConfigError(name["dtype"], not_one_of(dtype, DTYPES))
-    if format == "onnx" and dtype != "fp32":
+    if dtype not in PRECISIONS:
+        raise ConfigError(name["dtype"], not_one_of(dtype, PRECISIONS))
+    if format == "onnx" and dtype not in ("auto", "fp32"):
         raise ConfigError(
             name["dtype"], f"{dtype!r} needs {name['format']} pt2: an ONNX file is fp32 (ONNX Runtime and "
             "OpenVINO pick their own precision)"
@@ -125,6 +130,7 @@ def check_options(
     problem = compile_problem(device) if format == "pt2" else None
     if problem:
         raise ConfigError(name["format"], f"pt2 is compiled by AOTInductor, which cannot work here: {problem}")
+    return "fp32" if format == "onnx" else resolve_precision(dtype, device, flag=name["dtype"])
 
 
 @contextlib.contextmanager
@@ -201,6 +207,14 @@ def runtime_runner(path: str | os.PathLike[str], runtime: str) -> Callable[[torc
     if runtime not in runners:
         raise ConfigError("runtime", not_one_of(runtime, runners))
     return runners[runtime](path)
+
+
+def openvino_precision() -> str:
+    """The precision OpenVINO's CPU plugin computes an fp32 model in by default ("bf16" where the CPU has bf16
+    hardware, else "fp32"), as it reports it."""
+    openvino = require("openvino", "openvino")
+    hint = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()  # "bf16", "f32", ...
+    return {"bf16": "bf16", "f16": "fp16"}.get(hint, "fp32")
 
 
 def openvino_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[torch.Tensor]]:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .data import create_transform, resolve_data_config
 from .errors import ConfigError, not_one_of, require
+from .hardware import resolve_precision
 from .train.views import tta_views
 
 log = logging.getLogger(__name__)
@@ -53,24 +54,42 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return found
 
 
-def make_runner(model: nn.Module, runtime: str, example: torch.Tensor) -> Runner:
-    """images (fp32, NCHW) -> logits through ``runtime``: ``torch`` (eager), ``fast``
-    (``optimize_for_inference``: bf16 where the CPU has it), ``onnxruntime`` or ``openvino`` (an ONNX export)."""
+def runner_precision(runtime: str, precision: str, device: torch.device) -> str:
+    """The precision ``runtime`` computes in: ``precision`` resolved for the torch runtimes ("auto": the
+    device's fastest native one); an ONNX runtime runs its fp32 file (OpenVINO may pick bf16 itself)."""
     if runtime not in RUNTIMES:
         raise ConfigError("--runtime", not_one_of(runtime, RUNTIMES))
+    if runtime in ("onnxruntime", "openvino"):
+        if precision not in ("auto", "fp32"):
+            raise ConfigError("--precision", f"{precision!r}: --runtime {runtime} runs an fp32 ONNX file; give "
+                              "auto or fp32, or --runtime torch/fast")  # fmt: skip
+        return "fp32"
+    return resolve_precision(precision, device, flag="--precision")
+
+
+def make_runner(model: nn.Module, runtime: str, example: torch.Tensor, precision: str = "auto") -> Runner:
+    """images (fp32, NCHW) -> logits through ``runtime``: ``torch`` (eager, autocast to ``precision``), ``fast``
+    (``optimize_for_inference`` in ``precision``), ``onnxruntime`` or ``openvino`` (an ONNX export).
+    ``precision`` "auto" is the device's fastest native one (bf16 where the CPU has it, else fp32)."""
     model = model.eval()
     device = next(model.parameters()).device  # images are decoded on the CPU; torch runs them where the model is
+    precision = runner_precision(runtime, precision, device)
     if runtime == "torch":
-        run = torch.inference_mode()(model)
-        return lambda x: run(x.to(device))
+        from .optimize import autocast
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), autocast(device, precision):
+                return model(x.to(device)).float()
+
+        return run
     if runtime == "fast":
-        from .optimize import compile_problem, fast_dtype, optimize_for_inference
+        from .optimize import compile_problem, optimize_for_inference
 
         problem = compile_problem(device)
         if problem:
             raise ConfigError("--runtime", f"fast compiles with inductor, which cannot work here: {problem}; "
                               "use --runtime torch")  # fmt: skip
-        fast = optimize_for_inference(model, fast_dtype(device), example_input=example.to(device))
+        fast = optimize_for_inference(model, precision, example_input=example.to(device))
         return lambda x: fast(x.to(device))
     from .deploy import export, runtime_runner
 
@@ -85,7 +104,14 @@ class Classifier:
     """A model with its preprocessing, label names and runtime: files in, top-k predictions out."""
 
     def __init__(
-        self, model: nn.Module, *, runtime: str = "torch", batch_size: int = 32, tta: str | None = None, topk: int = 5
+        self,
+        model: nn.Module,
+        *,
+        runtime: str = "torch",
+        batch_size: int = 32,
+        tta: str | None = None,
+        topk: int = 5,
+        precision: str = "auto",
     ) -> None:
         if batch_size < 1:
             raise ConfigError("--batch-size", f"expected a positive integer, got {batch_size}")
@@ -101,7 +127,9 @@ class Classifier:
         names = tuple(cfg.get("label_names") or ())
         self.labels = names if len(names) == self.num_classes else tuple(str(i) for i in range(self.num_classes))
         self.batch_size, self.tta = batch_size, tta
-        self.run = make_runner(model, runtime, torch.randn(2, *config["input_size"]))
+        device = next(model.parameters()).device
+        self.precision = runner_precision(runtime, precision, device)  # checked before the runner's work
+        self.run = make_runner(model, runtime, torch.randn(2, *config["input_size"]), self.precision)
         self.skipped: list[tuple[Path, str]] = []
 
     def _checked_topk(self, topk: int) -> int:

@@ -19,8 +19,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, ZooError
+from ..hardware import PRECISIONS
 from ..io import save_json
-from .config import DEVICES, NORMS, PRECISIONS, TrainConfig
+from .config import DEVICES, NORMS, TrainConfig
 from .data import DATASETS
 from .recipe import OPTIMIZERS, SCHEDULES
 from .validate import SPLITS
@@ -133,7 +134,11 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
 
 def _speed_and_run_arguments(p: argparse.ArgumentParser) -> None:
     speed = p.add_argument_group("speed")
-    speed.add_argument("--precision", type=_lower_choice(PRECISIONS), default="fp32", help=" | ".join(PRECISIONS))
+    speed.add_argument(
+        "--precision", type=_lower_choice(PRECISIONS), default="auto",
+        help=f"{' | '.join(PRECISIONS)}; auto: bf16 on CPUs with bf16 hardware (AVX-512 BF16, AMX) and Ampere+ GPUs, "
+        "fp16 on older GPUs, else fp32",
+    )  # fmt: skip
     speed.add_argument("--channels-last", action="store_true")
     speed.add_argument("--compile", action="store_true", help="torch.compile the training model (inductor)")
     speed.add_argument("--compile-mode", default="default")
@@ -224,7 +229,9 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU or GPU has it, else fp32"
+    )
     p.add_argument(
         "--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
         help="test-time augmentation, mean logits of: flip (image and mirror, the default), "
@@ -253,12 +260,14 @@ def run_validate(args: argparse.Namespace) -> int:
         f"{r['model']}{weights} on {r['dataset']} {r['split']} ({r['images']} images): "
         f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}"
         + (f"  ({r['tta']} TTA)" if r["tta"] else "")
+        + f"  [{r['precision']}{' (auto)' if r['precision_requested'] == 'auto' else ''} on {r['device']}]"
     )
     if "int8" in r:
         q = r["int8"]
         print(
-            f"int8 (calibrated on {q['calibration_images']} {q['calibration_split']} images): top-1 {q['top1']:.2f}% "
-            f"({q['top1'] - r['top1']:+.2f})  top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
+            f"int8 (calibrated on {q['calibration_images']} {q['calibration_split']} images, "
+            f"{q['activation_bits']}-bit activations): top-1 {q['top1']:.2f}% ({q['top1'] - r['top1']:+.2f})  "
+            f"top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
         )
     output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', '+'.join(args.model))}.json"
     save_json(output, r)

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, not_one_of
-from ..optimize import COMPILE_MODES, DTYPES
+from ..hardware import PRECISIONS
+from ..optimize import COMPILE_MODES
 from .data import DATASETS
 from .recipe import OPTIMIZERS, SCHEDULES
 from .views import TTA_MODES
 
-PRECISIONS = tuple(DTYPES)  # fp32, bf16, fp16
 NORMS = ("model", "dataset", "half")
 DEVICES = ("auto", "cpu", "cuda")
 # Which schedules read which schedule flags: a flag the chosen schedule ignores is an error, not a no-op.
@@ -109,7 +109,7 @@ class TrainConfig:
     image_size: int | None = None
     norm: str = "model"
     # speed
-    precision: str = "fp32"
+    precision: str = "auto"  # resolved by the device when the run starts (zoo.hardware.resolve_precision)
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"
@@ -203,7 +203,7 @@ class TrainConfig:
                 raise ConfigError(flag(name), f"expected {allowed}, got {value!r}")
         for name, schedules in SCHEDULE_FLAGS.items():
             value = getattr(self, name)
-            if value is not None and self.schedule not in schedules:
+            if value not in (None, ()) and self.schedule not in schedules:  # (): no milestones, as normalized
                 raise ConfigError(
                     flag(name), f"the {self.schedule} schedule ignores it (it is for {' and '.join(schedules)})"
                 )

@@ -10,7 +10,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from ..data import resolve_data_config
 from ..errors import ConfigError, ZooError
 from ..factory import build, resolve
 from ..features import stem_and_stages
+from ..hardware import device_label, explain, resolve_precision
 from ..io import atomic_write, folder_config, save_json
 from ..layers import SyncBatchNorm2d
 from ..optimize import autocast, compile_problem
@@ -247,15 +248,19 @@ def train(args: TrainConfig) -> dict[str, Any]:
         procs.stop()
 
 
-def _check_before_work(args: TrainConfig, procs: Processes) -> None:
-    """What the machine and the model must allow, checked before any data is read."""
-    if args.precision == "fp16" and procs.device.type != "cuda":
-        raise ConfigError("--precision", "'fp16' needs a CUDA device; on a CPU use 'bf16' (or 'fp32')")
+def _check_before_work(args: TrainConfig, procs: Processes) -> TrainConfig:
+    """What the machine and the model must allow, checked before any data is read; ``args`` with the precision
+    resolved for this device ("auto": its fastest native one)."""
+    precision = resolve_precision(args.precision, procs.device, flag="--precision")
+    if procs.main:
+        log.info("precision: %s", explain(args.precision, precision, procs.device))
+    args = replace(args, precision=precision)
     problem = compile_problem(procs.device) if args.compile else None
     if problem:
         raise ConfigError("--compile", f"torch.compile is unavailable here: {problem}; train without it")
     with torch.device("meta"):  # the architecture's stage count
         stem_and_stages(create_model(args.model, **args.model_kwargs), args.freeze_stages)
+    return args
 
 
 def _claim_output(args: TrainConfig, procs: Processes, output: Path) -> Path | None:
@@ -375,7 +380,7 @@ def _validate(step: Step, model: nn.Module, batches: Any, procs: Processes, prec
 
 def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     output = Path(args.output)
-    _check_before_work(args, procs)
+    args = _check_before_work(args, procs)
     resume_from = _claim_output(args, procs, output)
     torch.manual_seed(args.seed)
     data = _load_data(args, procs)
@@ -461,7 +466,8 @@ def _summary(args: TrainConfig, procs: Processes, output: Path, data: Dataset, b
     """summary.json: epochs, best, last row, wall time, skipped images; the test split scored once, if any."""
     skipped = data.train.skipped + data.val.skipped + sum(getattr(b, "skipped", 0) for b in batches)
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": epochs_run, "best": best,
-                               "skipped_images": skipped}  # fmt: skip
+                               "skipped_images": skipped, "precision": args.precision,
+                               "device": device_label(procs.device)}  # fmt: skip
     if args.time_budget:
         summary["time_budget_min"] = args.time_budget
     if metrics is not None and metrics.rows:

@@ -15,9 +15,10 @@ from .. import create_model
 from ..data import create_transform, resolve_data_config
 from ..errors import ConfigError, not_one_of
 from ..factory import names_weights, weights_file
+from ..hardware import PRECISIONS, cpu_info, device_label, resolve_precision
 from ..io import sha256_of
 from ..optimize import _import_pt2e, quantize_int8
-from .config import PRECISIONS, flag
+from .config import flag
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .ensemble import Ensemble
 from .evaluation import evaluate
@@ -43,10 +44,11 @@ class ValidateConfig:
     cache_dir: str | None = None
     batch_size: int = 256
     workers: int = 2
-    precision: str = "fp32"
+    precision: str = "auto"
     tta: str | None = None
     int8: bool = False
     calibration_images: int = 512
+    int8_reduce_range: bool | None = None  # None: by the CPU (quantize_int8); a benchmark compares both
     output: str | None = None
 
     def __post_init__(self) -> None:
@@ -87,6 +89,7 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     else:
         model = _ensemble(args.model, args.pretrained)
     procs = Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = resolve_precision(args.precision, procs.device, flag="--precision")
     model.to(procs.device)
     data = load_dataset(
         args.dataset, args.root, val_split=args.val_split, split_seed=args.split_seed, download=args.download,
@@ -101,7 +104,7 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     config = resolve_data_config(model, use_test_size=True)
     batches = _eval_batches(split, config, args)
     start = time.perf_counter()
-    metrics = evaluate(model, batches, procs, args.precision, tta=args.tta)
+    metrics = evaluate(model, batches, procs, precision, tta=args.tta)
     result = {
         "model": " + ".join(args.model),
         **_scored_weights(args.model, model, checkpoint, pretrained),
@@ -112,7 +115,10 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         "top5": round(metrics["acc5"], 3),
         "loss": round(metrics["loss"], 4),
         "tta": args.tta,
-        "precision": args.precision,
+        "precision": precision,
+        "precision_requested": args.precision,
+        "device": device_label(procs.device),
+        **cpu_info().to_dict(),
         "input_size": list(config["input_size"]),
         "crop_pct": config["crop_pct"],
         "interpolation": config["interpolation"],
@@ -198,9 +204,10 @@ def _score_int8(
     calibration = _eval_batches(subset(source, sample), config, args)
     start = time.perf_counter()
     # x86 CPU kernels: a CPU copy is quantized and scored on the CPU, also on a GPU machine
-    int8 = quantize_int8(copy.deepcopy(model).cpu(), calibration)
+    int8 = quantize_int8(copy.deepcopy(model).cpu(), calibration, reduce_range=args.int8_reduce_range)
     metrics = evaluate(int8, batches, Processes(), tta=args.tta)
     return {
+        **int8.quantization,
         "calibration_images": len(sample),
         "top1": round(metrics["acc1"], 3),
         "top5": round(metrics["acc5"], 3),

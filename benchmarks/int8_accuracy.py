@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import zoo
+from zoo.benchmark import git_commit
 from zoo.cli import format_table
 from zoo.io import atomic_write, save_json
 from zoo.registry import get_weights, list_models
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     header = ["weights", "fp32", "bf16", "int8 (the zoo's choice)", "activations", "int8, the other range"]
     table = format_table(header, rows, markdown=True)
     out = Path(args.out)
-    save_json(out / "results.json", {"cpu": cpu.to_dict(), "command": " ".join(sys.argv), "results": results})
+    record = {"cpu": cpu.to_dict(), "commit": git_commit(), "command": " ".join(sys.argv), "results": results}
+    save_json(out / "results.json", record)
     with atomic_write(out / "table.md", "w") as f:
         f.write(f"{cpu.describe()}, 5,000 validation images, int8 calibrated on {args.calibration_images} "
                 f"training images\n\n{table}\n")  # fmt: skip

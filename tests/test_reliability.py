@@ -77,6 +77,7 @@ BAD_TRAINING_FLAGS = [  # (arguments, what the error must say); the data folder 
     (["--resume", "--overwrite"], "--overwrite: replaces the run that --resume would continue; give one of them"),
     (["--model-kwargs", "zero_init_last"], "--model-kwargs: expected KEY=VALUE, got 'zero_init_last'"),
     (["--model-kwargs", "norm_layer=[x"], "--model-kwargs: 'norm_layer=[x': the value is not YAML"),
+    (["--cutout", "-1"], "--cutout: expected an integer >= 0, got -1"),
 ]  # fmt: skip
 
 

@@ -432,7 +432,7 @@ def test_bad_training_arguments(shapes: Path, tmp_path: Path) -> None:
         parse(["--optimizer", "lion"])
 
 
-@pytest.mark.parametrize("name", ["onecycle", "linear", "cosine", "multistep", "constant"])
+@pytest.mark.parametrize("name", ["onecycle", "linear", "triangular", "cosine", "multistep", "constant"])
 def test_schedules_warm_up_to_the_peak_then_follow_their_shape(name: str) -> None:
     from zoo.train.recipe import make_schedule
 
@@ -457,9 +457,11 @@ def test_schedules_warm_up_to_the_peak_then_follow_their_shape(name: str) -> Non
         assert (lrs[49], lrs[50], lrs[75]) == pytest.approx((peak, peak * 0.1, peak * 0.01))
     else:
         assert lrs[-1] < 0.02 * peak, "annealed to about zero by the last step"
-    if name == "linear":
+    if name in ("linear", "triangular"):
         steps = [a - b for a, b in pairwise(after)]
         assert steps == pytest.approx([peak / (total - warmup)] * len(steps)), "a straight line"
+    if name == "triangular":  # airbench's: from 0.2x the peak, in straight lines
+        assert lrs[0] == pytest.approx(0.2 * peak) and lrs[10] == pytest.approx(peak * (0.2 + 0.8 * 10 / warmup))
     if name == "onecycle":  # momentum moves against the learning rate, between 0.9 -/+ 0.05
         assert (min(momenta), momenta[lrs.index(max(lrs))]) == pytest.approx((0.85, 0.85))
         assert momenta[0] == momenta[-1] == pytest.approx(0.95, abs=1e-3)

@@ -21,11 +21,13 @@ import yaml
 from ..errors import ConfigError, ZooError
 from ..hardware import PRECISIONS
 from ..io import save_json
-from .config import DEVICES, NORMS, TrainConfig
+from .config import DEVICES, NORMS, TrainConfig, flag
 from .data import DATASETS
-from .recipe import OPTIMIZERS, SCHEDULES
+from .recipe import OPTIMIZERS, RECIPES, SCHEDULES
 from .validate import SPLITS
 from .views import TTA_MODES
+
+log = logging.getLogger("zoo.train")
 
 # The minimal trainer's names for our choices.
 SCHEDULE_ALIASES = {"cosineannealinglr": "cosine", "onecyclelr": "onecycle", "multisteplr": "multistep"}
@@ -42,11 +44,25 @@ def _lower_choice(choices: tuple[str, ...], aliases: dict[str, str] | None = Non
     return parse
 
 
+class Default:
+    """A flag's default, wrapped so that after parsing a value the user gave can be told from one they did
+    not, even when equal: a ``--recipe`` fills in only the flags not given."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Every flag of `zoo train` (and tools/train.py), in the groups --help shows."""
     _data_and_model_arguments(p)
     _recipe_arguments(p)
     _speed_and_run_arguments(p)
+    for action in p._actions:  # argparse's list of them: the one place every flag's default is found
+        if action.default not in (None, argparse.SUPPRESS) and not isinstance(action, argparse._AppendAction):
+            action.default = Default(action.default)
 
 
 def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,6 +95,10 @@ def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     recipe = p.add_argument_group("recipe")
+    recipe.add_argument(
+        "--recipe", type=_lower_choice(tuple(RECIPES)), default=None,
+        help=f"a preset of the flags below ({' | '.join(RECIPES)}); a flag given as well overrides its value",
+    )  # fmt: skip
     recipe.add_argument("--epochs", "--num_epochs", type=int, default=30, help="with --time-budget: at most")
     recipe.add_argument(
         "--time-budget", type=float, default=None, metavar="MINUTES",
@@ -123,6 +143,7 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     recipe.add_argument("--crop-pad", type=int, default=4, help="small images: random crop after reflect padding")
     recipe.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
+    recipe.add_argument("--cutout", type=int, default=0, help="side of a square set to the mean colour per image")
     recipe.add_argument("--trivial-augment", action="store_true")
     recipe.add_argument("--random-erasing", type=float, default=0.0, help="probability per image")
     recipe.add_argument("--image-size", type=int, default=None, help="streamed images: training crop size")
@@ -139,7 +160,10 @@ def _speed_and_run_arguments(p: argparse.ArgumentParser) -> None:
         help=f"{' | '.join(PRECISIONS)}; auto: bf16 on CPUs with bf16 hardware (AVX-512 BF16, AMX) and Ampere+ GPUs, "
         "fp16 on older GPUs, else fp32",
     )  # fmt: skip
-    speed.add_argument("--channels-last", action="store_true")
+    speed.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True,
+        help="NHWC activations and weights: the fast layout of oneDNN and cuDNN (the default)",
+    )  # fmt: skip
     speed.add_argument("--compile", action="store_true", help="torch.compile the training model (inductor)")
     speed.add_argument("--compile-mode", default="default")
     speed.add_argument("--sync-bn", action="store_true", help="batch statistics over all processes")
@@ -155,8 +179,17 @@ def _speed_and_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def finish_arguments(args: argparse.Namespace) -> TrainConfig:
-    """The checked TrainConfig of parsed arguments; the minimal trainer's model names translated."""
-    values = dict(vars(args))
+    """The checked TrainConfig of parsed arguments: a ``--recipe``'s values where no flag was given, the minimal
+    trainer's model names translated."""
+    given = {k for k, v in vars(args).items() if not isinstance(v, Default) and v not in (None, [])}
+    values = {k: v.value if isinstance(v, Default) else v for k, v in vars(args).items()}
+    if values.get("recipe"):
+        preset = RECIPES[values["recipe"]]
+        overrides = [f"{flag(k)} {values[k]!r} (the recipe's {v!r})" for k, v in preset.items()
+                     if k in given and values[k] != v]  # fmt: skip
+        values.update({k: v for k, v in preset.items() if k not in given})
+        if overrides:
+            log.warning("--recipe %s, overridden: %s", values["recipe"], "; ".join(overrides))
     if isinstance(values["model_kwargs"], list):
         pairs = {}
         for item in values["model_kwargs"]:

@@ -282,6 +282,7 @@ def subset(split: Split, idx: torch.Tensor) -> Split:
 class Augment:
     crop_pad: int = 4  # random crop after reflect-padding (32x32 data); 0 disables
     flip: bool = True
+    cutout: int = 0  # side of a square set to the mean colour, per image (DeVries & Taylor 2017); 0 disables
     trivial_augment: bool = False  # TrivialAugmentWide (Muller & Hutter 2021)
     random_erasing: float = 0.0  # probability per image (Zhong et al. 2017)
 
@@ -313,6 +314,9 @@ class TensorBatches:
         pin_memory: bool = False,
     ) -> None:
         assert split.images is not None
+        side = min(split.images.shape[-2:])
+        if train and augment.cutout > side:
+            raise ConfigError("--cutout", f"a {augment.cutout}-pixel square does not fit {side}-pixel images")
         self.split, self.batch_size, self.train, self.augment = split, batch_size, train, augment
         self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std).view(1, -1, 1, 1) * 255
@@ -350,6 +354,8 @@ class TensorBatches:
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         a, (n, _, h, w) = self.augment, x.shape
+        if a.cutout:  # before the translation, as airbench: a square may be shifted partly out of the crop
+            x = _cutout(x, a.cutout, self.mean.round().to(torch.uint8), g)
         if a.trivial_augment:
             from torchvision.transforms import v2
 
@@ -370,6 +376,16 @@ class TensorBatches:
         if a.random_erasing:
             x = _random_erasing(x, a.random_erasing, g)
         return x
+
+
+def _cutout(x: torch.Tensor, side: int, fill: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """One ``side`` x ``side`` square per image, wholly inside it, set to ``fill`` (the mean colour: 0 once
+    normalized); one mask for the whole batch."""
+    n, _, h, w = x.shape
+    top, left = (torch.randint(0, size - side + 1, (n, 1, 1, 1), generator=g) for size in (h, w))
+    rows, cols = torch.arange(h).view(1, 1, h, 1), torch.arange(w).view(1, 1, 1, w)
+    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)  # (n, 1, h, w)
+    return torch.where(inside, fill.view(1, -1, 1, 1), x)
 
 
 def _random_erasing(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:

@@ -190,7 +190,7 @@ def _batches(
     )
     if split.images is not None:
         augment = Augment(
-            crop_pad=args.crop_pad, flip=args.flip, trivial_augment=args.trivial_augment,
+            crop_pad=args.crop_pad, flip=args.flip, cutout=args.cutout, trivial_augment=args.trivial_augment,
             random_erasing=args.random_erasing,
         )  # fmt: skip
         return TensorBatches(
@@ -199,6 +199,9 @@ def _batches(
         )  # fmt: skip
     from torchvision.transforms import v2
 
+    if train and args.cutout:
+        raise ConfigError("--cutout", "squares are cut from in-memory images (up to 64 px); these stream from files: "
+                          "use --random-erasing")  # fmt: skip
     config = resolve_data_config(model, mean=tuple(mean), std=tuple(std))
     if args.image_size:
         config["input_size"] = (config["input_size"][0], args.image_size, args.image_size)

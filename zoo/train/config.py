@@ -111,7 +111,7 @@ class TrainConfig:
     norm: str = "model"
     # speed
     precision: str = "auto"  # resolved by the device when the run starts (zoo.hardware.resolve_precision)
-    channels_last: bool = True  # NHWC: oneDNN's and cuDNN's fast layout (fp32 on AVX2: 76% of the conv ceiling, NCHW 61%)
+    channels_last: bool = True  # NHWC: the fast layout (fp32 on AVX2: 76% of the conv ceiling, NCHW 61%)
     compile: bool = False
     compile_mode: str = "default"
     sync_bn: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -22,12 +23,13 @@ RECIPES: dict[str, dict[str, object]] = {
     # KellerJordan/cifar10-zoo, airbench/baselines/train_resnet18_94.py: 93.4% plain, 93.85% flip TTA, 94.05% flip
     # + 1-pixel translate TTA on the CIFAR-10 test set after 50,000 training images (26 epochs, about 1.3 M images).
     # It runs fp16 weights with fp32 norms on a GPU; here autocast in the machine's precision does that job.
-    "resnet18-fast": dict(
-        model="resnet18_cifar", epochs=26, batch_size=500, optimizer="sgd", lr=0.2, momentum=0.9, nesterov=True,
-        weight_decay=5e-4, decay_norm_and_bias=True, schedule="triangular", label_smoothing=0.0, crop_pad=4, flip=True,
-        cutout=12, trivial_augment=False, random_erasing=0.0, channels_last=True,
-    ),  # fmt: skip
-}
+    "resnet18-fast": {
+        "model": "resnet18_cifar", "epochs": 26, "batch_size": 500, "optimizer": "sgd", "lr": 0.2, "momentum": 0.9,
+        "nesterov": True, "weight_decay": 5e-4, "decay_norm_and_bias": True, "schedule": "triangular",
+        "label_smoothing": 0.0, "crop_pad": 4, "flip": True, "cutout": 12, "trivial_augment": False,
+        "random_erasing": 0.0, "channels_last": True,
+    },
+}  # fmt: skip
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False) -> list[dict]:
@@ -79,7 +81,7 @@ def lr_factor(
     """
     if schedule == "triangular":
         points = [(0, TRIANGULAR_START), (warmup_steps, 1.0), (total_steps, 0.0)]
-        for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
             if step <= x1 and x1 > x0:
                 return y0 + (y1 - y0) * (step - x0) / (x1 - x0)
         return 0.0 if step >= total_steps else 1.0

@@ -40,7 +40,8 @@ def test_onnx_matches_eager_for_any_batch_and_carries_its_preprocessing(tmp_path
     assert meta["model_name"] == "resnet18" and meta["weights"] == ""  # random init
     # the graph's input size (only the batch varies), not the weights' 224: what a deploying user must feed it
     assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and json.loads(meta["input_size"]) == [3, 64, 64]
-    assert meta["interpolation"] == "bilinear" and json.loads(meta["crop_pct"]) == 0.875
+    # the preprocessing of resnet18's default weights (a1_in1k) at their test size, as timm's random init has it
+    assert meta["interpolation"] == "bicubic" and json.loads(meta["crop_pct"]) == 1.0
     assert json.loads(meta["output_names"]) == ["logits"]
     assert onnx.load(str(path)).opset_import[0].version == deploy.ONNX_OPSET
     static = zoo.export(model, tmp_path / "static.onnx", example_input=torch.randn(1, 3, 64, 64), dynamic_batch=False)

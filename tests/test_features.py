@@ -39,7 +39,14 @@ def test_backbone_keys_are_the_classifiers() -> None:
             r"out_indices: 5 in \(5,\) is out of range; this model has 5 feature maps, 0..4",
         ),
         (dict(out_indices=(1, 1)), r"out_indices: \(1, 1\) names a feature map twice"),
-        (dict(out_indices=3), r"out_indices: expected a non-empty list of ints, got 3"),
+        (
+            dict(out_indices="3"),
+            r"out_indices: expected an int \(the last n maps\) or a non-empty list of ints, got '3'",
+        ),
+        (
+            dict(out_indices=6),
+            r"out_indices: 6 \(the last n maps\) is out of range; this model has 5 feature maps, give 1..5",
+        ),
         (dict(frozen_stages=5), r"frozen_stages: expected an integer in -1..4 .* got 5"),
         (dict(norm_eval="no"), r"norm_eval: expected true or false, got 'no'"),
     ],
@@ -198,7 +205,7 @@ def test_forward_intermediates_on_a_three_stage_net_and_bad_input() -> None:
         for got, want in zip(maps, features.eval()(x), strict=True):  # the same maps as features_only
             torch.testing.assert_close(got, want)
     assert [m.shape[1] for m in maps] == [16, 16, 32, 64]
-    with pytest.raises(zoo.ConfigError, match=r"indices: last-n 5 is out of range; this model has 1..4"):
+    with pytest.raises(zoo.ConfigError, match=r"indices: 5 \(the last n maps\) is out of range; this model has 4 "):
         model.forward_intermediates(x, indices=5)
     with pytest.raises(zoo.ConfigError, match=r"output_fmt: 'NHWC' is not one of 'NCHW'"):
         model.forward_intermediates(x, output_fmt="NHWC")

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_list_models_patterns_and_natural_order() -> None:
-    assert zoo.list_models("resnet[0-9]*", exclude=["*d", "*_cifar"]) == [
+    assert zoo.list_models("resnet[0-9]*", exclude_filters=["*d", "*_cifar"]) == [
         "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56",
         "resnet101", "resnet110", "resnet152", "resnet1202",
     ]  # fmt: skip
@@ -67,9 +67,13 @@ def test_feature_options_need_features_only() -> None:
 
 
 def test_pretrained_cfg() -> None:
-    cfg = zoo.create_model("resnet50").pretrained_cfg
+    cfg = zoo.create_model("resnet50").pretrained_cfg  # no weights loaded: their data config all the same, as timm
     assert cfg["input_size"] == (3, 224, 224) and cfg["mean"] == (0.485, 0.456, 0.406)
-    assert cfg["pool_size"] == (7, 7) and cfg["interpolation"] == "bilinear" and cfg["crop_pct"] == 0.875
+    assert cfg["pool_size"] == (7, 7) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.95
+    assert cfg["test_input_size"] == (3, 288, 288) and cfg["tag"] == "a1_in1k"  # resnet50's default weights'
+    assert not {"weights", "top1", "sha256", "hf_hub_id"} & set(cfg)  # a random init never claims the weights
+    plain = zoo.create_model("resnet18_cifar").pretrained_cfg  # no weights at all: the family's conventions
+    assert plain["interpolation"] == "bilinear" and plain["crop_pct"] == 1.0 and "tag" not in plain
     cifar = zoo.create_model("resnet20")
     assert cifar.pretrained_cfg["input_size"] == (3, 32, 32) and cifar.default_cfg is cifar.pretrained_cfg
     # as in timm's records: the architecture, whatever name built it (a tag, a backbone, a YAML config)

@@ -360,7 +360,7 @@ def test_push_to_hub_folder_loads_and_uploads(tmp_path: Path, monkeypatch: pytes
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0") and "269,722" in card
     config = json.loads((folder / "config.json").read_text())
-    assert config["architecture"] == "resnet20" and config["pretrained_cfg"]["tag"] == "resnet20.mine"
+    assert config["architecture"] == "resnet20" and config["pretrained_cfg"]["tag"] == "mine"  # timm's: after the dot
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(zoo.create_model(f"local-dir:{folder}", pretrained=True).eval()(x), source(x))

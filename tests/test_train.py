@@ -378,7 +378,7 @@ def test_validate_refuses_a_bad_calibration_size_before_any_work(tmp_path: Path,
     # an ensemble is scored through one eval transform, and never with one checkpoint for all
     assert validate_main(["--model", "resnet20", "resnet50", "--dataset", "imagefolder", "--root", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert "--model: an ensemble's members share one eval transform: resnet50 expects" in err and "(3, 224, 224)" in err
+    assert "--model: an ensemble's members share one eval transform: resnet50 expects" in err and "(3, 288, 288)" in err
     assert validate_main(["--model", "resnet20", "resnet32", "--checkpoint", str(missing), "--dataset",
                           "imagefolder", "--root", str(missing)]) == 2  # fmt: skip
     assert "--checkpoint: scores one model; got 2 (--model resnet20 resnet32)" in capsys.readouterr().err
@@ -615,7 +615,7 @@ def test_fine_tuning_replaces_the_head_and_keeps_frozen_stages(shapes: Path, tmp
     assert "fine-tuned by `zoo train` from `resnet20.c10` on shapes." in (folder / "README.md").read_text()
     published = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
     summary = json.loads((run / "summary.json").read_text())
-    assert published["tag"] == "resnet20.shapes" and published["top1"] == summary["best"]["val_acc1"]  # its own score
+    assert published["tag"] == "shapes" and published["top1"] == summary["best"]["val_acc1"]  # its own score
     again = tmp_path / "again"  # a second cycle from the run's own checkpoint folder names the bare architecture
     train(parse(args_for(shapes, again, "--model", f"local-dir:{run / 'best'}", "--pretrained", "--epochs", "1")))
     config = json.loads((again / "best" / "config.json").read_text())

@@ -96,8 +96,8 @@ def from_run(args: argparse.Namespace) -> Path:
     dataset = args.dataset or summary.get("dataset", "")
     start = config.get("fine_tuned_from")  # a --pretrained run names the weights it started from
     best = summary.get("best") or {}
-    config["pretrained_cfg"].update(  # these weights' own facts: their name and their scores
-        tag=name, license=args.license, hf_hub_id=args.repo_id or name, top1=best.get("val_acc1"),
+    config["pretrained_cfg"].update(  # these weights' own facts: their tag (as timm writes it) and their scores
+        tag=args.tag, license=args.license, hf_hub_id=args.repo_id or name, top1=best.get("val_acc1"),
         top5=best.get("val_acc5"),
     )  # fmt: skip
     last = rows[-1] if rows else {}
@@ -140,7 +140,7 @@ def from_run(args: argparse.Namespace) -> Path:
 def from_weights(args: argparse.Namespace) -> Path:
     model = zoo.create_model(args.arch, checkpoint_path=args.weights)
     name = f"{args.arch}.{args.tag}"
-    pretrained_cfg = {**model.pretrained_cfg, "tag": name, "license": args.license}
+    pretrained_cfg = {**model.pretrained_cfg, "tag": args.tag, "license": args.license}
     config = folder_config(args.arch, model.cfg.to_dict(), pretrained_cfg, num_features=model.num_features)
     card = Card(name, _describe(args.arch, args.card_dataset, False), dataset=args.card_dataset, license=args.license)
     return write_folder(args.out, args.weights, config, card)
@@ -182,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.folder)
             zoo.create_model(f"local-dir:{folder}", pretrained=True)  # refuse to upload a folder that does not load
             if args.eval:
-                tag = (read_json(folder / "config.json", "--folder").get("pretrained_cfg") or {}).get("tag")
-                add_results(folder, [row for path in args.eval for row in _validation_rows(path, folder, tag)])
+                config = read_json(folder / "config.json", "--folder")
+                tag = (config.get("pretrained_cfg") or {}).get("tag")
+                name = f"{config.get('architecture')}.{str(tag).rpartition('.')[2]}" if tag else None  # arch.tag
+                add_results(folder, [row for path in args.eval for row in _validation_rows(path, folder, name)])
                 print(f"updated {folder / 'README.md'} and {folder / 'results.json'}")
         else:
             if args.weights and not args.arch:

@@ -25,7 +25,14 @@ from .factory import create_model, create_model_from_config
 from .features import FeatureExtractor, FeatureInfo
 from .hardware import cpu_info, resolve_precision
 from .optimize import fold_batch_norms, optimize_for_inference, quantize_int8
-from .registry import is_model, list_models, list_pretrained, register_model, register_weights
+from .registry import (
+    get_pretrained_cfg_value,
+    is_model,
+    list_models,
+    list_pretrained,
+    register_model,
+    register_weights,
+)
 from .resnet import ResNet
 from .variants import register_resnet
 from .weights import Weights
@@ -55,6 +62,7 @@ __all__ = [
     "create_transform",
     "export",
     "fold_batch_norms",
+    "get_pretrained_cfg_value",
     "is_model",
     "list_models",
     "list_pretrained",

@@ -147,7 +147,7 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         size = resolve_data_config(model, use_test_size=True)["input_size"]
         if args.image_size:
             size = (size[0], args.image_size, args.image_size)
-        tag = (model.pretrained_cfg or {}).get("tag") if pretrained else None
+        tag = (model.pretrained_cfg or {}).get("weights") if pretrained else None
         path = export(
             model, args.output, format=args.format, example_input=torch.randn(args.batch_size, *size),
             dynamic_batch=not args.static_batch, check=not args.no_check, dtype=dtype,

@@ -20,13 +20,19 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
+def pool_side(input_side: int, reduction: int) -> int:
+    """The side of the last feature map, which the head pools (timm's ``pool_size``): every stride-2 layer of a
+    ResNet (convs padded to keep "same", max-pool, ceil-mode average pools) rounds up."""
+    return -(-input_side // reduction)
+
+
 def default_pretrained_cfg(cfg: ResNetConfig) -> dict[str, Any]:
     """The data config of an architecture with no weights: ImageNet or CIFAR conventions."""
     if cfg.stem == "cifar":
         size, mean, std, crop_pct = 32, CIFAR10_MEAN, CIFAR10_STD, 1.0
     else:
         size, mean, std, crop_pct = 224, IMAGENET_MEAN, IMAGENET_STD, 0.875
-    pool = max(1, size // cfg.stage_plan()[-1].reduction)
+    pool = pool_side(size, cfg.stage_plan()[-1].reduction)
     return {
         "input_size": (cfg.in_chans, size, size),
         "interpolation": "bilinear",

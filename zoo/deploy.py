@@ -147,14 +147,16 @@ def _failures(exporter: str) -> Iterator[None]:
 
 def output_names(model: nn.Module) -> list[str]:
     """``logits`` for a classifier; one name per feature map for a ``features_only`` backbone (its module)."""
-    from .features import FeatureExtractor
+    from .features import Backbone
 
-    if isinstance(model, FeatureExtractor):
+    if isinstance(model, Backbone):
         return list(model.feature_info.module_name())
     return ["logits"] if getattr(model, "num_classes", 0) else ["features"]
 
 
 def _as_list(out: Any) -> list[torch.Tensor]:
+    """A model's output(s) as a list of fp32 tensors: a classifier's logits, a backbone's maps (list or dict)."""
+    out = list(out.values()) if isinstance(out, dict) else out
     return [o.float() for o in out] if isinstance(out, (list, tuple)) else [out.float()]
 
 
@@ -164,7 +166,7 @@ def _metadata(model: nn.Module, x: torch.Tensor, data_config: dict[str, Any], na
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     return {
         "model_name": str(cfg.get("architecture") or type(model).__name__),
-        "weights": str(cfg.get("tag", "")),
+        "weights": str(cfg.get("weights", "")),
         "input_size": json.dumps(list(x.shape[1:])),
         "mean": json.dumps(list(data_config["mean"])),
         "std": json.dumps(list(data_config["std"])),

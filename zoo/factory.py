@@ -15,12 +15,13 @@ from torch import nn
 
 from . import hub, yaml_config
 from .config import ResNetConfig
+from .data import pool_side
 from .errors import ConfigError, StateDictError, UnknownModelError, WeightsNotFoundError
-from .features import FeatureExtractor
+from .features import make_backbone
 from .io import load_state_dict, read_json, verify
 from .registry import get_entry, get_weights, split_name
 from .resnet import ResNet
-from .weights import Weights, fit_state_dict
+from .weights import DATA_CONFIG_KEYS, Weights, fit_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ class Source:
     name: str  # the name as given
     builder: Callable[..., nn.Module]
     weights: Weights | None = None
-    tag: str | None = None  # "arch.tag" of the weights
+    weights_name: str | None = None  # what loads the weights: "arch.tag", "hf-hub:org/repo", "local-dir:PATH"
+    tag: str | None = None  # timm's pretrained_cfg["tag"]: the part after the dot ("tv2_in1k"), if any
     folder: Path | None = None  # a local Hub-layout folder holding the weights
     out_indices: tuple[int, ...] | None = None  # default feature maps (a YAML config's return_stage_idx)
     architecture: str = "resnet"  # what a checkpoint of this model names: registered arch, else "resnet" + zoo_config
@@ -59,7 +61,9 @@ def _from_folder_config(config: dict[str, Any], name: str) -> Callable[..., nn.M
 def _folder_source(name: str, config: dict[str, Any], weights: Weights, folder: Path | None = None) -> Source:
     """A Hub folder's Source: built as its config.json says, named by the architecture it names."""
     architecture = config.get("architecture") or "resnet"  # a zoo_config alone is rebuilt by "resnet"
-    return Source(name, _from_folder_config(config, name), weights, name, folder, architecture=architecture)
+    tag = (config.get("pretrained_cfg") or {}).get("tag")  # timm writes the part after the dot; older zoo folders
+    tag = str(tag).rpartition(".")[2] if tag else None  # wrote the whole name
+    return Source(name, _from_folder_config(config, name), weights, name, tag, folder, architecture=architecture)
 
 
 def _folder_weights(config: dict[str, Any], repo_id: str, revision: str | None = None) -> Weights:
@@ -112,7 +116,12 @@ def resolve(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> So
             raise
         return Source(name, entry.builder, architecture=entry.name)
     folder = hub.bundled_dir() / full if weights.bundled else None
-    return Source(name, entry.builder, weights, full, folder, architecture=entry.name)
+    return Source(name, entry.builder, weights, full, split_name(full)[1], folder, architecture=entry.name)
+
+
+# timm's save_for_hf writes this unless safe_serialization=True, and many older Hub repos hold only it: a folder
+# or repo without model.safetensors is read from it (a pickle of tensors only; one that needs code is refused).
+PICKLE_WEIGHTS = "pytorch_model.bin"
 
 
 def _weights_file(
@@ -121,7 +130,8 @@ def _weights_file(
     checkpoint_path: str | os.PathLike[str] | None,
     cache_dir: str | os.PathLike[str] | None,
 ) -> Path:
-    """Find the weights, in order: an explicit file, a local folder (bundled weights), the Hub cache, the Hub."""
+    """Find the weights, in order: an explicit file, a local folder (bundled weights), the Hub cache, the Hub.
+    A model folder or Hub repo (unpinned) falls back to ``pytorch_model.bin`` when it has no safetensors."""
     tried: list[str] = []
     if checkpoint_path is not None:
         return Path(checkpoint_path)
@@ -130,24 +140,30 @@ def _weights_file(
         raise UnknownModelError(
             f"model {source.name!r} has no pretrained weights; pass checkpoint_path= or pretrained=False"
         )
+    folder_like = source.name.startswith(("hf-hub:", "local-dir:")) and weights.sha256 is None
+    names = [weights.filename] + ([PICKLE_WEIGHTS] if folder_like and weights.filename != PICKLE_WEIGHTS else [])
     if source.folder is not None:
-        local = source.folder / weights.filename
-        if local.is_file():
-            verify(local, weights.sha256, hub.stamp_dir())
-            return local
-        tried.append(f"local folder {local}: not there")
+        for name in names if source.name.startswith("local-dir:") else names[:1]:
+            local = source.folder / name
+            if local.is_file():
+                verify(local, weights.sha256, hub.stamp_dir())
+                return local
+            tried.append(f"local folder {local}: not there")
         if source.name.startswith("local-dir:"):
-            raise WeightsNotFoundError(hub._not_found(str(local), tried))
-    try:
-        return hub.hub_file(
-            weights.hf_hub_id, weights.filename, revision=weights.revision, sha256=weights.sha256,
-            cache_dir=cache_dir, tried=tried,
-        )  # fmt: skip
-    except WeightsNotFoundError as e:
-        raise WeightsNotFoundError(
-            f"{e}\nOn a machine with network, prefetch them with `zoo download {source.tag}` "
-            "and copy the Hub cache (HF_HOME) here, or pass checkpoint_path="
-        ) from e
+            raise WeightsNotFoundError(hub._not_found(str(source.folder / names[0]), tried))
+    missing: WeightsNotFoundError | None = None
+    for name in names:
+        try:
+            return hub.hub_file(
+                weights.hf_hub_id, name, revision=weights.revision, sha256=weights.sha256, cache_dir=cache_dir,
+                tried=tried,
+            )  # fmt: skip
+        except WeightsNotFoundError as e:  # its message lists every place tried so far
+            missing = e
+    raise WeightsNotFoundError(
+        f"{missing}\nOn a machine with network, prefetch them with `zoo download {source.weights_name}` "
+        "and copy the Hub cache (HF_HOME) here, or pass checkpoint_path="
+    ) from missing
 
 
 def names_weights(name: str) -> bool:
@@ -191,7 +207,8 @@ def build(
     pretrained: bool = False,
     *,
     features_only: bool = False,
-    out_indices: Sequence[int] | None = None,
+    out_indices: int | Sequence[int] | None = None,
+    feature_cls: str | None = None,
     frozen_stages: int = -1,
     norm_eval: bool = False,
     checkpoint_path: str | os.PathLike[str] | None = None,
@@ -203,7 +220,9 @@ def build(
 
     Args:
         features_only: return a backbone whose forward gives a list of feature maps.
-        out_indices: which feature maps (0 = stem, 1.. = stages); default all.
+        out_indices: which feature maps (0 = stem, 1.. = stages; an int n: the last n); default all.
+        feature_cls: with ``features_only``, timm's form of the backbone: "list" (the default), "dict"
+            (``{"1": map, ...}`` by index) or "getter" (the whole model asked through ``forward_intermediates``).
         frozen_stages: with ``features_only``: freeze the stem and the first k stages (-1: none).
         norm_eval: with ``features_only``: keep batch norms in eval mode while training.
         checkpoint_path: load this local file (safetensors, or a tensors-only .pth/.bin) instead.
@@ -213,9 +232,9 @@ def build(
     """
     if not isinstance(features_only, bool):
         raise ConfigError("features_only", f"expected true or false, got {features_only!r}")
-    if not features_only and (out_indices is not None or frozen_stages != -1 or norm_eval):
+    if not features_only and (out_indices is not None or feature_cls is not None or frozen_stages != -1 or norm_eval):
         raise ConfigError(
-            "features_only", "out_indices, frozen_stages and norm_eval only apply with features_only=True"
+            "features_only", "out_indices, feature_cls, frozen_stages and norm_eval only apply with features_only=True"
         )
     overlay = dict(pretrained_cfg_overlay or {})
     allowed = ["file", *Weights.__dataclass_fields__]
@@ -235,13 +254,15 @@ def build(
         path = _weights_file(source, checkpoint_path=checkpoint_path, cache_dir=cache_dir)
         state = load_state_dict(path)
         model = _build_with_weights(source, state, kwargs)
-        log.info("loaded %s from %s", source.tag or source.name, path)
-    if source.weights is not None and (pretrained or source.tag == source.name):
-        _describe_weights(model, source, kwargs.get("in_chans", 3))
+        log.info("loaded %s from %s", source.weights_name or source.name, path)
+    if source.weights is not None:  # the weights' data config, as timm's, even when they are not loaded
+        loaded = bool(pretrained and not checkpoint_path)
+        _describe_weights(model, source, kwargs.get("in_chans", 3), loaded)
     model.pretrained_cfg = {**model.pretrained_cfg, "architecture": source.architecture}  # as timm's records
     if features_only:
         out_indices = source.out_indices if out_indices is None else out_indices
-        model = FeatureExtractor(model, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
+        model = make_backbone(model, out_indices, feature_cls=feature_cls or "list", frozen_stages=frozen_stages,
+                              norm_eval=norm_eval)  # fmt: skip
     return model
 
 
@@ -273,12 +294,23 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
     return model
 
 
-def _describe_weights(model: nn.Module, source: Source, in_chans: int) -> None:
-    """Give the model the ``pretrained_cfg`` of its weights (data config, labels, provenance)."""
+def _describe_weights(model: nn.Module, source: Source, in_chans: int, loaded: bool) -> None:
+    """Give the model the ``pretrained_cfg`` of its weights: their data config (input size, interpolation, crop,
+    mean/std, the pool size at their input size) and timm's ``tag`` always, as timm does for an architecture built
+    without its weights; their provenance, scores and ``weights`` (the name that loads them) only when ``loaded``,
+    so a random init never claims them. Label names only when the head is theirs."""
     assert source.weights is not None
     arch_cfg = {**model.pretrained_cfg, "num_classes": getattr(model, "num_classes", None)}
-    cfg = source.weights.pretrained_cfg(source.tag or source.name, arch_cfg)
+    cfg = source.weights.pretrained_cfg(arch_cfg, tag=source.tag)
+    if loaded:
+        cfg["weights"] = source.weights_name or source.name
+    else:
+        cfg = {k: v for k, v in cfg.items() if k in DATA_CONFIG_KEYS or k == "tag"}
+    if arch_cfg["num_classes"] != source.weights.num_classes:
+        cfg.pop("label_names", None)
     cfg["num_classes"] = arch_cfg["num_classes"]
+    side = cfg["input_size"][-1]
+    cfg["pool_size"] = (pool_side(side, model.feature_info[-1]["reduction"]),) * 2
     if in_chans != 3:  # the first conv was adapted: one mean/std per input channel
         cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
         if cfg.get("test_input_size"):

@@ -15,15 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, not_one_of
 from .layers import BATCH_NORMS, checkpointed
 
 
 class FeatureInfo(Sequence[dict[str, Any]]):
     """One dict per feature map: ``num_chs``, ``reduction`` (stride) and ``module`` name."""
 
-    def __init__(self, entries: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, entries: Sequence[dict[str, Any]], out_indices: Sequence[int] | None = None) -> None:
         self._entries = tuple(dict(e) for e in entries)
+        # which maps of the whole model these are (timm's ``feature_info.out_indices`` of a backbone)
+        self.out_indices = tuple(range(len(self._entries)) if out_indices is None else out_indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         return self._entries[index]
@@ -49,13 +51,20 @@ class FeatureInfo(Sequence[dict[str, Any]]):
     def get_dicts(self) -> list[dict[str, Any]]:
         return [dict(e) for e in self._entries]
 
-    def resolve(self, out_indices: Sequence[int] | None) -> tuple[int, ...]:
-        """Validate ``out_indices`` (negative counts from the end); None means all maps."""
+    def resolve(self, out_indices: int | Sequence[int] | None) -> tuple[int, ...]:
+        """Validate ``out_indices``: a list (negative counts from the end), an int n (the last n maps, as
+        timm's), or None (all maps)."""
         n = len(self)
         if out_indices is None:
             return tuple(range(n))
-        if isinstance(out_indices, int) or not isinstance(out_indices, Sequence) or not out_indices:
-            raise ConfigError("out_indices", f"expected a non-empty list of ints, got {out_indices!r}")
+        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+            if not 0 < out_indices <= n:
+                raise ConfigError("out_indices", f"{out_indices} (the last n maps) is out of range; this model has "
+                                  f"{n} feature maps, give 1..{n}")  # fmt: skip
+            return tuple(range(n - out_indices, n))
+        if not isinstance(out_indices, Sequence) or isinstance(out_indices, str) or not out_indices:
+            raise ConfigError("out_indices", f"expected an int (the last n maps) or a non-empty list of ints, "
+                              f"got {out_indices!r}")  # fmt: skip
         resolved = []
         for i in out_indices:
             if not isinstance(i, int) or isinstance(i, bool) or not -n <= i < n:
@@ -72,17 +81,14 @@ class FeatureInfo(Sequence[dict[str, Any]]):
     def take_indices(self, indices: int | Sequence[int] | None) -> tuple[tuple[int, ...], int]:
         """timm's ``feature_take_indices``: None -> every map, an int n -> the last n, a list -> those
         (negative from the end). Returns the indices and the largest of them."""
-        n = len(self)
-        if isinstance(indices, int) and not isinstance(indices, bool):
-            if not 0 < indices <= n:
-                raise ConfigError("indices", f"last-n {indices} is out of range; this model has 1..{n} feature maps")
-            taken = tuple(range(n - indices, n))
-        else:
+        try:
             taken = self.resolve(indices)
+        except ConfigError as e:
+            raise ConfigError("indices", e.problem) from None
         return taken, max(taken)
 
     def select(self, indices: Sequence[int]) -> FeatureInfo:
-        return FeatureInfo([self._entries[i] for i in indices])
+        return FeatureInfo([self._entries[i] for i in indices], [self.out_indices[i] for i in indices])
 
 
 def stem_and_stages(model: nn.Module, k: int) -> list[str]:
@@ -101,29 +107,18 @@ def stem_and_stages(model: nn.Module, k: int) -> list[str]:
     raise ValueError(f"feature module {last!r} is not a child of {type(model).__name__}")
 
 
-class FeatureExtractor(nn.Module):
-    """Runs a backbone's children in order and returns the requested feature maps as a list.
+FEATURE_CLASSES = ("list", "dict", "getter")  # timm's feature_cls values the zoo builds
+_HEAD_KEYS = ("num_classes", "classifier", "global_pool")  # a backbone's pretrained_cfg leaves them out, as timm's
 
-    Args:
-        model: a model with ``feature_info``; its children up to the deepest requested map are kept.
-        out_indices: which maps to return (0 = stem output, 1.. = stages); None = all.
-        frozen_stages: -1 trains everything; k >= 0 freezes the stem and the first k stages
-            (no gradients, norms in eval mode), as detection recipes do.
-        norm_eval: keep every batch norm in eval mode while the rest trains (small detection batches).
-    """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        out_indices: Sequence[int] | None = None,
-        *,
-        frozen_stages: int = -1,
-        norm_eval: bool = False,
-    ) -> None:
+class Backbone(nn.Module):
+    """What every ``features_only`` model shares: ``feature_info`` of the maps it returns, the weights'
+    ``pretrained_cfg`` (and timm's alias ``default_cfg``) without the head's keys, frozen stages and
+    ``norm_eval``. Subclasses hold the layers and say how the maps are computed."""
+
+    def __init__(self, model: nn.Module, frozen_stages: int, norm_eval: bool) -> None:
         super().__init__()
-        all_info: FeatureInfo = model.feature_info
-        self.out_indices = all_info.resolve(out_indices)
-        num_maps = len(all_info)
+        num_maps = len(model.feature_info)
         if not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool) or not -1 <= frozen_stages < num_maps:
             raise ConfigError(
                 "frozen_stages",
@@ -132,45 +127,132 @@ class FeatureExtractor(nn.Module):
             )
         if not isinstance(norm_eval, bool):
             raise ConfigError("norm_eval", f"expected true or false, got {norm_eval!r}")
-        self.feature_info = all_info.select(self.out_indices)
-        self.pretrained_cfg = dict(getattr(model, "pretrained_cfg", {}))
+        cfg = dict(getattr(model, "pretrained_cfg", {}))
+        self.pretrained_cfg = {k: v for k, v in cfg.items() if k not in _HEAD_KEYS}
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.grad_checkpointing = False
+        self._frozen: list[nn.Module] = []  # the stem and stages kept frozen; set by the subclass
 
-        names = all_info.module_name()
-        last = names[max(self.out_indices)]
-        self._returns = {names[i]: pos for pos, i in enumerate(self.out_indices)}
-        self._stages = set(names[1:])
-        self._frozen = stem_and_stages(model, frozen_stages)
-        for name, child in model.named_children():
-            self.add_module(name, child)
-            if name in self._frozen:
-                child.requires_grad_(False)
-            if name == last:
-                break
-        self._frozen = [name for name in self._frozen if hasattr(self, name)]  # frozen beyond the last map: gone
-        self.train(model.training)
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """Alias of ``pretrained_cfg`` (timm's older name)."""
+        return self.pretrained_cfg
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+    def _freeze(self, model: nn.Module, kept: set[str]) -> None:
+        """Freeze the stem and the first ``frozen_stages`` stages of ``model`` that ``kept`` still holds."""
+        for name in stem_and_stages(model, self.frozen_stages):
+            if name in kept:
+                module = getattr(model, name)
+                module.requires_grad_(False)
+                self._frozen.append(module)
 
-    def train(self, mode: bool = True) -> FeatureExtractor:
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         if mode:
-            for name in self._frozen:
-                getattr(self, name).eval()
+            for module in self._frozen:
+                module.eval()
             if self.norm_eval:
                 for m in self.modules():
                     if isinstance(m, BATCH_NORMS):
                         m.eval()
         return self
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+
+class FeatureExtractor(Backbone):
+    """Runs a backbone's children in order and returns the requested feature maps, as a list (timm's
+    ``feature_cls="list"``) or a dict keyed by each map's index (``"dict"``, as timm's ``FeatureDictNet``).
+
+    Args:
+        model: a model with ``feature_info``; its children up to the deepest requested map are kept, under
+            their own names, so the state-dict keys are the classifier's without the head.
+        out_indices: which maps to return (0 = stem output, 1.. = stages); an int n: the last n; None = all.
+        frozen_stages: -1 trains everything; k >= 0 freezes the stem and the first k stages
+            (no gradients, norms in eval mode), as detection recipes do.
+        norm_eval: keep every batch norm in eval mode while the rest trains (small detection batches).
+        as_dict: return ``{"1": map, ...}`` (timm's ``FeatureDictNet``: keys are the maps' indices) instead of a
+            list.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        out_indices: int | Sequence[int] | None = None,
+        *,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+        as_dict: bool = False,
+    ) -> None:
+        super().__init__(model, frozen_stages, norm_eval)
+        all_info: FeatureInfo = model.feature_info
+        self.out_indices = all_info.resolve(out_indices)
+        self.feature_info = all_info.select(self.out_indices)
+        self.as_dict = as_dict
+        self.grad_checkpointing = False
+
+        names = all_info.module_name()
+        last = names[max(self.out_indices)]
+        self._returns = {names[i]: pos for pos, i in enumerate(self.out_indices)}
+        self._stages = set(names[1:])
+        for name, child in model.named_children():
+            self.add_module(name, child)
+            if name == last:
+                break
+        self._freeze(model, set(dict(self.named_children())))  # frozen beyond the last map: gone already
+        self.train(model.training)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor] | dict[str, torch.Tensor]:
         outs: list[torch.Tensor | None] = [None] * len(self._returns)
         checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
         for name, module in self.named_children():
             x = checkpointed(module, x) if checkpointing and name in self._stages else module(x)
             if name in self._returns:
                 outs[self._returns[name]] = x
+        if self.as_dict:  # keyed as timm's FeatureDictNet: each map's index, as a string
+            return {str(i): o for i, o in zip(self.out_indices, outs, strict=True)}  # type: ignore[misc]
         return outs  # type: ignore[return-value]
+
+
+class FeatureGetter(Backbone):
+    """timm's ``feature_cls="getter"``: the whole model (as ``self.model``, so its keys are ``model.*`` as in
+    timm's ``FeatureGetterNet``), pruned after the deepest map, asked for its maps through
+    ``forward_intermediates``."""
+
+    def __init__(
+        self, model: nn.Module, out_indices: int | Sequence[int] | None = None, *, frozen_stages: int = -1,
+        norm_eval: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(model, frozen_stages, norm_eval)
+        all_info: FeatureInfo = model.feature_info
+        self.out_indices = model.prune_intermediate_layers(all_info.resolve(out_indices))
+        self.feature_info = all_info.select(self.out_indices)
+        self.model = model
+        self._freeze(model, set(dict(model.named_children())))
+        self.train(model.training)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)
+
+
+def make_backbone(
+    model: nn.Module,
+    out_indices: int | Sequence[int] | None = None,
+    *,
+    feature_cls: str = "list",
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
+) -> Backbone:
+    """The ``features_only`` model of ``model`` in timm's ``feature_cls`` form: "list" (the default), "dict" or
+    "getter"."""
+    if feature_cls not in FEATURE_CLASSES:
+        raise ConfigError("feature_cls", not_one_of(feature_cls, FEATURE_CLASSES))
+    if feature_cls == "getter":
+        return FeatureGetter(model, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
+    return FeatureExtractor(
+        model, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval, as_dict=feature_cls == "dict"
+    )

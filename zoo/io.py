@@ -102,7 +102,7 @@ def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
         torch.save(obj, f)
 
 
-_FILE_FACTS = frozenset({"sha256", "revision", "filename", "file", "bundled"})
+_FILE_FACTS = frozenset({"sha256", "revision", "filename", "file", "bundled", "weights"})
 
 
 def folder_config(

@@ -42,7 +42,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
-_INFO = ("pretrained_cfg", "feature_info", "num_classes", "num_features")  # what callers read off a model
+_INFO = ("pretrained_cfg", "feature_info", "num_classes", "num_features", "head_hidden_size")  # read off a model
 
 
 def _copy_info(source: nn.Module, target: nn.Module) -> None:
@@ -120,10 +120,11 @@ class InferenceModel(nn.Module):
         with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
             x = x.to(dtype=self.dtype, memory_format=torch.channels_last if self.channels_last else None)
             out = self._run(x)
-            outs = [o.float() for o in out] if isinstance(out, (list, tuple)) else [out.float()]
-            if self.clone:
-                outs = [o.clone() for o in outs]
-            return outs if isinstance(out, (list, tuple)) else outs[0]  # a features_only backbone: a list
+            # fp32 out, and copies where CUDA graphs would overwrite their buffers at the next call
+            cast = (lambda o: o.float().clone()) if self.clone else (lambda o: o.float())
+            if isinstance(out, dict):  # a features_only backbone: a list, or a dict by map index
+                return {k: cast(o) for k, o in out.items()}
+            return [cast(o) for o in out] if isinstance(out, (list, tuple)) else cast(out)
 
 
 def compile_problem(device: torch.device) -> str | None:

@@ -121,7 +121,7 @@ class Classifier:
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         if not self.num_classes:
-            name = cfg.get("tag") or cfg.get("architecture") or type(model).__name__
+            name = cfg.get("weights") or cfg.get("architecture") or type(model).__name__
             raise ConfigError("--model", f"{name} has no classifier head (num_classes=0); nothing to predict")
         self.topk = self._checked_topk(topk)  # before the runner: an export can take a while
         names = tuple(cfg.get("label_names") or ())

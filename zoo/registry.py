@@ -110,7 +110,10 @@ def get_weights(name: str) -> tuple[str, Any]:
     return f"{arch}.{tag}", tags[tag]
 
 
-def _patterns(pattern: str | Iterable[str]) -> list[str]:
+def _patterns(pattern: str | Iterable[str] | None) -> list[str]:
+    """A pattern or patterns as a list; "" and None match everything, as timm's filters."""
+    if not pattern:
+        return ["*"]
     return [pattern] if isinstance(pattern, str) else list(pattern)
 
 
@@ -119,17 +122,45 @@ def _matches(name: str, patterns: list[str]) -> bool:
 
 
 def list_models(
-    pattern: str | Iterable[str] = "*", *, pretrained: bool = False, exclude: str | Iterable[str] = ()
+    filter: str | Iterable[str] = "",
+    module: str | Iterable[str] = "",
+    pretrained: bool = False,
+    exclude_filters: str | Iterable[str] = "",
+    name_matches_cfg: bool = False,
+    include_tags: bool | None = None,
 ) -> list[str]:
-    """Registered architectures matching fnmatch ``pattern``(s), in natural order.
+    """Registered architectures matching fnmatch ``filter``(s), in natural order, with timm's keywords.
 
-    With ``pretrained=True``, only architectures that have weights.
+    Args:
+        filter: fnmatch pattern(s); "" for all.
+        module: timm's model module; the zoo's architectures are all "resnet" (others match none).
+        pretrained: only architectures that have weights.
+        exclude_filters: fnmatch pattern(s) left out of what ``filter`` matched.
+        name_matches_cfg: accepted for timm's signature; every zoo name has its own config.
+        include_tags: list each weight tag (``resnet50.a1_in1k``) instead of the architecture; default
+            ``pretrained``, as timm's.
     """
-    include, excluded = _patterns(pattern), _patterns(exclude)
+    modules = _patterns(module) if module else []
+    if modules and not any(m in ("resnet", "*") for m in modules):
+        return []
+    if include_tags is None:
+        include_tags = pretrained
+    if include_tags:
+        return sorted(list_pretrained(filter or "*", exclude=exclude_filters or ()), key=_natural_key)
+    include, excluded = _patterns(filter), _patterns(exclude_filters) if exclude_filters else []
     names = (
         n for n in _models if (not pretrained or _weights.get(n)) and _matches(n, include) and not _matches(n, excluded)
     )
     return sorted(names, key=_natural_key)
+
+
+def get_pretrained_cfg_value(model_name: str, cfg_key: str) -> Any:
+    """One field of the weights ``model_name`` names (an arch: its default weights), or None when they have no
+    such field, as timm's: ``get_pretrained_cfg_value("resnet50", "input_size")`` -> ``(3, 224, 224)``."""
+    from dataclasses import asdict
+
+    spec = get_weights(model_name)[1]
+    return asdict(spec).get(cfg_key) if hasattr(spec, "__dataclass_fields__") else getattr(spec, cfg_key, None)
 
 
 def expand_models(patterns: Iterable[str], flag: str = "models") -> list[str]:
@@ -147,10 +178,10 @@ def expand_models(patterns: Iterable[str], flag: str = "models") -> list[str]:
 
 def list_pretrained(pattern: str | Iterable[str] = "*", *, exclude: str | Iterable[str] = ()) -> list[str]:
     """Weight tags ``arch.tag`` whose full name or arch matches ``pattern``; default tag first."""
-    include, excluded = _patterns(pattern), _patterns(exclude)
+    include, excluded = _patterns(pattern), _patterns(exclude) if exclude else []
     return [
         f"{arch}.{tag}"
-        for arch in list_models(pretrained=True)
+        for arch in list_models(pretrained=True, include_tags=False)
         for tag in _weights[arch]
         if (_matches(f"{arch}.{tag}", include) or _matches(arch, include)) and not _matches(f"{arch}.{tag}", excluded)
     ]

@@ -25,8 +25,8 @@ class ResNet(nn.Module):
     """A ResNet classifier; ``forward_features`` gives the last feature map.
 
     Uniform model API (as timm's): ``forward_features``, ``forward_head``,
-    ``reset_classifier``, ``get_classifier``, ``num_features``, ``feature_info``,
-    ``set_grad_checkpointing``, ``pretrained_cfg``.
+    ``reset_classifier``, ``get_classifier``, ``num_features``, ``head_hidden_size``,
+    ``feature_info``, ``set_grad_checkpointing``, ``group_matcher``, ``pretrained_cfg``.
     """
 
     def __init__(self, cfg: ResNetConfig) -> None:
@@ -89,8 +89,8 @@ class ResNet(nn.Module):
             feature_info.append(dict(num_chs=out_chs, reduction=plan.reduction, module=name))
         self.feature_info = FeatureInfo(feature_info)
 
-        # Head.
-        self.num_features = cfg.num_features
+        # Head. head_hidden_size: the width the head's input has (timm's; a ResNet's pooling keeps the channels)
+        self.num_features = self.head_hidden_size = cfg.num_features
         self.drop_rate = cfg.drop_rate
         self.global_pool = GlobalPool(cfg.global_pool)
         self.fc: nn.Module = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
@@ -126,17 +126,25 @@ class ResNet(nn.Module):
         """Recompute each block's activations in the backward pass to save memory."""
         self.grad_checkpointing = enable
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's parameter groups (for layer-wise lr decay): the stem, then each stage (``coarse``) or block."""
+        return {"stem": r"^conv1|bn1|maxpool", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
+
+    def get_classifier(self, name_only: bool = False) -> nn.Module | str:
+        """The head's module, or its name (``"fc"``) with ``name_only``."""
+        return "fc" if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Pool | None = None) -> None:
         """Replace the head with a freshly initialized one for ``num_classes`` (0: no head)."""
         pool = self.cfg.global_pool if global_pool is None else global_pool
         self.cfg = self.cfg.replace(num_classes=num_classes, global_pool=pool)  # validates
         self.global_pool = GlobalPool(pool)
-        weight = next(self.parameters())  # the new head on the model's device and in its dtype
-        linear = nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
-        self.fc = linear if num_classes else nn.Identity()
+        if num_classes:
+            weight = next(self.parameters())  # the new head on the model's device and in its dtype
+            self.fc = nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
+        else:  # no Linear(n, 0) made and thrown away: torch warns when it initializes an empty one
+            self.fc = nn.Identity()
+        self.head_hidden_size = self.num_features
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

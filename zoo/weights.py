@@ -69,10 +69,11 @@ class Weights:
             # a typo'd or upper-case pin would evict a good file at every load
             raise ConfigError("sha256", f"expected 64 lower-case hex digits, got {self.sha256!r}")
 
-    def pretrained_cfg(self, tag: str, arch_cfg: dict[str, Any]) -> dict[str, Any]:
-        """The model's ``pretrained_cfg``: the arch's defaults overridden by these weights' facts."""
+    def pretrained_cfg(self, arch_cfg: dict[str, Any], *, tag: str | None) -> dict[str, Any]:
+        """The model's ``pretrained_cfg``: the arch's defaults overridden by these weights' facts; ``tag`` is
+        timm's (the part of the name after the dot)."""
         own = {k: v for k, v in asdict(self).items() if v is not None}
-        return {**arch_cfg, **own, "tag": tag, "label_names": self.labels()}
+        return {**arch_cfg, **own, **({"tag": tag} if tag else {}), "label_names": self.labels()}
 
     def labels(self) -> tuple[str, ...]:
         if self.label_names == "imagenet-1k":

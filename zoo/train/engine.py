@@ -320,8 +320,8 @@ def _build_model(
     # They name the bare architecture: fine-tuning resnet56.c10_kd or local-dir:RUN/best writes resnet56
     # (a Hub folder's name adds the new tag); a YAML config writes "resnet", rebuilt from zoo_config.
     origin = {"architecture": source.architecture}
-    if args.pretrained and model.pretrained_cfg.get("tag"):
-        origin["fine_tuned_from"] = model.pretrained_cfg["tag"]
+    if args.pretrained and model.pretrained_cfg.get("weights"):
+        origin["fine_tuned_from"] = model.pretrained_cfg["weights"]
     # ... and the inputs this run trained and validated on, which zoo validate and predict then use too: no test size
     # of the weights it started from, the images' own size when decoded into memory, else --image-size.
     data_config = {k: v for k, v in model.pretrained_cfg.items() if k in DATA_CONFIG_KEYS and not k.startswith("test_")}

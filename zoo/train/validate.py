@@ -163,7 +163,7 @@ def _scored_weights(
     if not pretrained:
         return {"weights": "random init"}
     members = model.members if isinstance(model, Ensemble) else [model]
-    tags = " + ".join(m.pretrained_cfg.get("tag", name) for m, name in zip(members, names, strict=True))
+    tags = " + ".join(m.pretrained_cfg.get("weights", name) for m, name in zip(members, names, strict=True))
     if len(names) > 1:
         return {"weights": tags}
     return {"weights": tags, "weights_sha256": sha256_of(weights_file(names[0]))}

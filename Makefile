@@ -9,10 +9,15 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: venv demo test lint format readme dist clean
 
-$(STAMP): pyproject.toml
+# NetsPresso Trainer's wheel brings its ResNet for the interop tests; its own dependencies (gradio, datasets,
+# opencv, ...) are not needed for that and are left out.
+NETSPRESSO := netspresso-trainer==1.4.1
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps $(NETSPRESSO)
 	touch $(STAMP)
 
 venv: $(STAMP)

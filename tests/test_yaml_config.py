@@ -68,7 +68,8 @@ OLD_RESNET18 = textwrap.dedent("""\
 def test_schema_example_is_resnet18(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.yaml"
     path.write_text(RESNET18)
-    cfg, out_indices = load(path)
+    document = load(path)
+    cfg, out_indices = document.config, document.out_indices
     assert cfg == get_entry("resnet18").config and out_indices == (1, 2, 3, 4)
     model = zoo.create_model(str(path))
     reference = zoo.create_model("resnet18")
@@ -89,14 +90,14 @@ def test_old_documented_examples_build_with_a_deprecation_warning(block: str, la
     for stage, n in zip(doc["model"]["architecture"]["backbone"]["stage_params"], layers, strict=True):
         stage["layers"] = n
     with pytest.warns(FutureWarning, match=r"params\.block is deprecated; write block_type"):
-        cfg, _ = load(doc)
+        cfg = load(doc).config
     assert cfg == get_entry(name).config
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_every_registered_model_round_trips(name: str, tmp_path: Path) -> None:
     path = zoo.save_config(name, tmp_path / f"{name}.yaml")
-    cfg, _ = load(path)
+    cfg = load(path).config
     assert cfg == get_entry(name).config
 
 
@@ -117,7 +118,7 @@ def test_repository_configs_equal_the_registry() -> None:
     expected |= {f"resnet{d}_cifar" for d in (18, 34, 50, 101, 152)}
     assert {p.stem for p in files} >= expected
     for path in files:
-        assert load(path)[0] == get_entry(path.stem).config, path.name
+        assert load(path).config == get_entry(path.stem).config, path.name
         assert path.read_text() == dump(model_config(path.stem)), f"{path.name} is stale: run tools/make_configs.py"
 
 

@@ -1,14 +1,20 @@
 #!/usr/bin/env python
-"""Convert a checkpoint to a zoo safetensors file, and prove the conversion on the logits.
+"""Convert a checkpoint to a zoo safetensors file (or NetsPresso Trainer's layout), proving it on the logits.
 
     python tools/convert.py resnet50-0676ba61.pth --arch resnet50 --out resnet50.tv_in1k.safetensors
     python tools/convert.py resnet20-12fca82f.th --arch resnet20 --tag c10 --out resnet20.safetensors
+    python tools/convert.py best_cifar10_ResNet18.pth --arch resnet18_cifar --out resnet18.safetensors
+    python tools/convert.py netspresso.safetensors --arch resnet50-classification.yaml --out resnet50.safetensors
+    python tools/convert.py r50.safetensors --arch resnet50-classification.yaml --to netspresso --out np.safetensors
 
-Reads torchvision and timm checkpoints (keys already the zoo's) and the common CIFAR
-layouts (``linear.*`` classifier, ``shortcut.*`` projections, a ``module.`` prefix, a
-``state_dict`` wrapper); pickles are read with ``torch.load(weights_only=True)``. The
-output carries metadata (arch, tag, config). When torchvision (or timm) has the same
-architecture, the converted model's logits are checked against it within 1e-5.
+Reads every layout the zoo loads (``zoo.layouts``): torchvision and timm (keys already the zoo's),
+NetsPresso Trainer (its TaskModel or backbone), the common CIFAR repositories (bareform/resnet,
+``linear.*``, ``shortcut.*``), with a ``module.`` or ``_orig_mod.`` prefix and a ``state_dict``/``model``
+wrapper; pickles are read with ``torch.load(weights_only=True)``. ``--arch`` is a registered name or a
+YAML config. ``--to zoo`` (the default) writes the zoo's keys with metadata (arch, tag, config);
+``--to netspresso`` writes NetsPresso Trainer's TaskModel keys (``backbone.*``, ``head.classifier.1.*``),
+which its ``model.checkpoint.path`` loads. When torchvision (or timm) has the same architecture, the
+converted model's logits are checked against it within 1e-5.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 import zoo
 from zoo.errors import ZooError
 from zoo.io import atomic_path, load_state_dict, save_safetensors
-from zoo.weights import convert_state_dict
+from zoo.layouts import LAYOUTS, to_netspresso, to_zoo
 
 TORCHVISION = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}  # fmt: skip
@@ -55,29 +61,30 @@ def reference_model(arch: str, state: dict[str, torch.Tensor]) -> tuple[str, tor
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help=".pth/.pt/.bin/.th or .safetensors")
-    p.add_argument("--arch", required=True, help="registered zoo architecture")
+    p.add_argument("--arch", required=True, help="registered zoo architecture, or a YAML config")
     p.add_argument("--tag", default="converted")
+    p.add_argument("--to", choices=LAYOUTS, default="zoo", help="the layout written (default: the zoo's)")
     p.add_argument("--out", required=True, help="output .safetensors")
     args = p.parse_args(argv)
     try:
         raw = load_state_dict(args.checkpoint)  # unwraps containers; refuses code pickles
-        state = convert_state_dict(raw)
-        zoo.registry.get_entry(args.arch)
+        state, layout = to_zoo(raw)
         num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
-        model = zoo.create_model(args.arch, num_classes=num_classes)
-        model.load_state_dict(state, strict=True)
-        model.eval()
-        renamed = len(set(state) - set(raw))
-        metadata = {
-            "arch": args.arch,
-            "tag": args.tag,
-            "config": json.dumps(model.cfg.to_dict()),
-            "source": args.checkpoint,
-        }
-        ref = reference_model(args.arch, state)
+        yaml = args.arch.endswith((".yaml", ".yml"))
+        if not yaml:
+            zoo.registry.get_entry(args.arch)
+        model = zoo.create_model(args.arch, checkpoint_path=args.checkpoint, **({"num_classes": num_classes}
+                                 if num_classes or not yaml else {})).eval()  # fmt: skip
+        out = model.state_dict()
+        if args.to == "netspresso":
+            out = to_netspresso(out, head=bool(getattr(model, "num_classes", 0)))
+        cfg = getattr(model, "cfg", None)
+        metadata = {"arch": args.arch, "tag": args.tag, "layout": args.to, "source": args.checkpoint,
+                    **({"config": json.dumps(cfg.to_dict())} if cfg is not None else {})}  # fmt: skip
+        ref = reference_model(args.arch, state) if not yaml else None
         # Written aside and checked there: the output appears only once its logits match the reference.
         with atomic_path(args.out, suffix=".tmp.safetensors") as tmp:
-            save_safetensors(tmp, model.state_dict(), metadata)
+            save_safetensors(tmp, out, metadata)
             if ref is not None:
                 name, reference = ref
                 size = model.pretrained_cfg["input_size"][-1]
@@ -87,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                     diff = (loaded(x) - reference(x)).abs().max().item()
                 if diff > 1e-5:
                     raise Mismatch(f"MISMATCH: logits differ from {name} by {diff:.3g} (> 1e-5); nothing written")
-        print(f"wrote {args.out}: {len(state)} tensors ({renamed} keys renamed), {num_classes} classes")
+        renamed = "keys already the zoo's" if layout == "zoo" else f"renamed from {layout}'s layout"
+        print(f"wrote {args.out}: {len(out)} tensors ({renamed}; written in the {args.to} layout), "
+              f"{num_classes} classes")  # fmt: skip
         if ref is None:
             print("no reference model for this architecture here: keys and shapes verified, logits not compared")
         else:

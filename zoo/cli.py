@@ -106,6 +106,40 @@ def download_command(parser: argparse.ArgumentParser) -> Runner:
     return run
 
 
+def add_preprocessing_arguments(parser: argparse.ArgumentParser, *, image_size: bool = True) -> None:
+    """``--mean --std --interpolation --crop-pct --image-size``, as timm's validate.py and inference.py take them:
+    each overrides that entry of the weights' data config."""
+    from .data import INTERPOLATIONS
+
+    group = parser.add_argument_group("preprocessing (default: the weights' own)")
+    group.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="per channel, e.g. 0.5 0.5 0.5")
+    group.add_argument("--std", type=float, nargs="+", default=None, metavar="S", help="per channel, e.g. 0.5 0.5 0.5")
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, default=None)
+    group.add_argument("--crop-pct", type=float, default=None, help="center crop as a fraction of the resized image")
+    if image_size:
+        group.add_argument("--image-size", "--img-size", type=int, default=None, help="input side in pixels")
+
+
+def preprocessing(args: argparse.Namespace, channels: int) -> dict:
+    """The data-config overrides the preprocessing flags of ``args`` set (none given: an empty dict)."""
+    from .data import preprocessing_overrides
+
+    return preprocessing_overrides(
+        channels, mean=args.mean, std=args.std, interpolation=args.interpolation, crop_pct=args.crop_pct,
+        image_size=getattr(args, "image_size", None),
+    )  # fmt: skip
+
+
+def assumed_preprocessing(name: str, config: dict, overrides: dict) -> str:
+    """The note for a checkpoint file, which carries no data config: what was assumed, and how to say otherwise."""
+    from .data import describe_preprocessing
+
+    given = f"; from the flags: {', '.join(sorted(overrides))}" if overrides else ""
+    return (f"{name} carries no preprocessing: assumed {describe_preprocessing(config)} (the architecture's "
+            f"defaults{given}); if it was trained otherwise, say so with --mean --std --interpolation --crop-pct "
+            "--image-size")  # fmt: skip
+
+
 def _positive(flag: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise ConfigError(flag, f"expected a positive integer, got {value}")
@@ -114,10 +148,12 @@ def _positive(flag: str, value: int | None) -> None:
 def export_command(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("name", help="model name (arch, arch.tag, hf-hub:..., local-dir:..., YAML)")
     parser.add_argument("--pretrained", action="store_true", help="with its weights (a tag or folder implies it)")
+    parser.add_argument("--checkpoint", default=None, help="a weights file for NAME (any layout zoo.layouts reads)")
     parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
     parser.add_argument("--output", required=True, help="the file to write (.onnx, or .pt2 for --format pt2)")
     parser.add_argument("--batch-size", type=int, default=2, help="the example batch (default 2)")
-    parser.add_argument("--image-size", type=int, default=None, help="example side (default: the weights' test size)")
+    parser.add_argument("--image-size", "--img-size", type=int, default=None,
+                        help="example side (default: the weights' test size)")  # fmt: skip
     parser.add_argument("--static-batch", action="store_true", help="a fixed batch axis (default: any batch)")
     parser.add_argument("--features-only", action="store_true", help="the backbone: one output per feature map")
     parser.add_argument(
@@ -125,6 +161,7 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         help="auto: fp32 for onnx, the CPU's fastest for pt2 (bf16 with AVX-512 BF16 or AMX); bf16: pt2 only",
     )  # fmt: skip
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
+    add_preprocessing_arguments(parser, image_size=False)  # --image-size is the example's side, above
 
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -142,16 +179,18 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
                  "static": "--static-batch"}  # fmt: skip
         dtype = check_options(args.format, args.dtype, Path(args.output), args.batch_size, not args.static_batch,
                               torch.device("cpu"), names=flags)  # fmt: skip
-        pretrained = args.pretrained or names_weights(args.name)
-        model = create_model(args.name, pretrained=pretrained, features_only=args.features_only)
-        size = resolve_data_config(model, use_test_size=True)["input_size"]
-        if args.image_size:
-            size = (size[0], args.image_size, args.image_size)
-        tag = (model.pretrained_cfg or {}).get("weights") if pretrained else None
+        if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+            raise ConfigError("--checkpoint", f"{args.checkpoint!r} is not a file")
+        pretrained = (args.pretrained or names_weights(args.name)) and args.checkpoint is None
+        model = create_model(args.name, pretrained=pretrained, features_only=args.features_only,
+                             checkpoint_path=args.checkpoint)  # fmt: skip
+        overrides = preprocessing(args, model.pretrained_cfg["input_size"][0])  # recorded in the file's metadata
+        size = resolve_data_config(model, use_test_size=True, **overrides)["input_size"]
+        tag = args.checkpoint or ((model.pretrained_cfg or {}).get("weights") if pretrained else None)
         path = export(
             model, args.output, format=args.format, example_input=torch.randn(args.batch_size, *size),
             dynamic_batch=not args.static_batch, check=not args.no_check, dtype=dtype,
-            metadata={"weights": tag or "random init"},
+            metadata={"weights": tag or "random init"}, data_config=overrides,
         )  # fmt: skip
         batch = "any batch" if not args.static_batch else f"batch {args.batch_size}"
         precision = explain(args.dtype, dtype, torch.device("cpu"))
@@ -180,6 +219,7 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         help="torch and fast runtimes; auto: bf16 where the CPU has bf16 hardware (AVX-512 BF16, AMX), else fp32",
     )  # fmt: skip
     parser.add_argument("--tta", choices=("flip",), default=None, help="average each image with its mirror image")
+    add_preprocessing_arguments(parser)
 
     def run(args: argparse.Namespace) -> int:
         import json
@@ -202,8 +242,12 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
             model = create_model(f"local-dir:{checkpoint}", pretrained=True)
         else:
             model = create_model(args.model, pretrained=checkpoint is None, checkpoint_path=checkpoint)
+        overrides = preprocessing(args, model.pretrained_cfg["input_size"][0])
         classifier = Classifier(model, runtime=args.runtime, batch_size=args.batch_size, tta=args.tta, topk=args.topk,
-                                precision=args.precision)  # fmt: skip
+                                precision=args.precision, data_config=overrides)  # fmt: skip
+        if checkpoint is not None and checkpoint.is_file():
+            print(f"predict: {assumed_preprocessing(str(checkpoint), classifier.data_config, overrides)}",
+                  file=sys.stderr)  # fmt: skip
         device = next(model.parameters()).device
         print(f"predict: {args.runtime} runtime, {explain(args.precision, classifier.precision, device)}",
               file=sys.stderr)  # fmt: skip

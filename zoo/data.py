@@ -78,6 +78,45 @@ def resolve_data_config(
     return config
 
 
+def preprocessing_overrides(
+    channels: int,
+    *,
+    mean: Any = None,
+    std: Any = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+    image_size: int | None = None,
+) -> dict[str, Any]:
+    """The entries of a data config a user set (``--mean``, ``--std``, ``--interpolation``, ``--crop-pct``,
+    ``--image-size``), for :func:`resolve_data_config`; those left as None keep the weights' own."""
+    overrides: dict[str, Any] = {}
+    for name, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        values = tuple(float(v) for v in values)
+        if len(values) != channels:
+            raise ConfigError(f"--{name}", f"expected {channels} values, one per input channel, got {len(values)}")
+        if name == "std" and min(values) <= 0:
+            raise ConfigError("--std", f"expected positive values, got {values}")
+        overrides[name] = values
+    if interpolation is not None:
+        overrides["interpolation"] = interpolation
+    if crop_pct is not None:
+        overrides["crop_pct"] = crop_pct
+    if image_size is not None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ConfigError("--image-size", f"expected a positive side in pixels, got {image_size!r}")
+        overrides["input_size"] = (channels, image_size, image_size)
+    return overrides
+
+
+def describe_preprocessing(config: dict[str, Any]) -> str:
+    """``32 px, bilinear, crop 1.0, mean (0.4914, 0.4822, 0.4465), std (0.247, 0.2435, 0.2616)``."""
+    numbers = lambda values: "(" + ", ".join(f"{v:g}" for v in values) + ")"
+    return (f"{config['input_size'][-1]} px, {config['interpolation']}, crop {config['crop_pct']:g}, "
+            f"mean {numbers(config['mean'])}, std {numbers(config['std'])}")  # fmt: skip
+
+
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 CROP_MODES = ("center", "squash")  # timm's: resize the short side then crop; or resize both sides then crop
 

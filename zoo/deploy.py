@@ -45,6 +45,7 @@ def export(
     check: bool = True,
     dtype: str = "auto",
     metadata: dict[str, str] | None = None,
+    data_config: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (put in eval mode) as an ONNX file or an AOTInductor ``.pt2`` package.
 
@@ -64,9 +65,11 @@ def export(
             metadata's ``precision`` says which.
         metadata: more metadata (``model_name``, ``weights``, ...): ``metadata_props`` of an ONNX file,
             the package metadata of a ``.pt2`` (``aoti_load_package(path).get_metadata()``).
+        data_config: overrides of the weights' preprocessing (``mean``, ``std``, ``interpolation``,
+            ``crop_pct``, ``input_size``) recorded in the metadata: a model trained with other statistics.
     """
     model = model.eval()
-    data_config = resolve_data_config(model, use_test_size=True)
+    data_config = resolve_data_config(model, use_test_size=True, **(data_config or {}))
     device = next(model.parameters()).device
     x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"])
     x = x.to(device)

@@ -19,6 +19,7 @@ from .data import pool_side
 from .errors import ConfigError, StateDictError, UnknownModelError, WeightsNotFoundError
 from .features import make_backbone
 from .io import load_state_dict, read_json, verify
+from .layouts import to_zoo
 from .registry import get_entry, get_weights, split_name
 from .resnet import ResNet
 from .weights import DATA_CONFIG_KEYS, Weights, fit_state_dict
@@ -37,12 +38,15 @@ class Source:
     tag: str | None = None  # timm's pretrained_cfg["tag"]: the part after the dot ("tv2_in1k"), if any
     folder: Path | None = None  # a local Hub-layout folder holding the weights
     out_indices: tuple[int, ...] | None = None  # default feature maps (a YAML config's return_stage_idx)
+    document: yaml_config.Document | None = None  # a YAML config: its task, its head, the parts it leaves out
     architecture: str = "resnet"  # what a checkpoint of this model names: registered arch, else "resnet" + zoo_config
 
 
 def _config_source(name: str, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Source:
-    cfg, out_indices = yaml_config.load(path_or_mapping)
-    return Source(name, lambda **options: ResNet(cfg.replace(**options)), out_indices=out_indices)
+    document = yaml_config.load(path_or_mapping)
+    cfg = document.config
+    return Source(name, lambda **options: ResNet(cfg.replace(**options)), out_indices=document.out_indices,
+                  document=document)  # fmt: skip
 
 
 def _from_folder_config(config: dict[str, Any], name: str) -> Callable[..., nn.Module]:
@@ -245,6 +249,13 @@ def build(
     checkpoint_path = checkpoint_path or file
     if overlay and source.weights is not None:
         source = replace(source, weights=replace(source.weights, **overlay))
+    document = source.document
+    if document is not None and document.backbone_only and not features_only:
+        features_only = True  # a detection/segmentation/pose file: the backbone NetsPresso Trainer builds for it
+    elif document is not None and document.head_problem is not None and not features_only:
+        raise document.head_problem
+    if features_only and document is not None and document.left:
+        log.info("%s: built the %s backbone; left to you: %s", source.name, document.task, ", ".join(document.left))
     if features_only:
         kwargs["num_classes"] = 0  # a backbone has no head
 
@@ -267,7 +278,11 @@ def build(
 
 
 def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> nn.Module:
-    """Build on the meta device (no random init: the weights follow), then take the tensors as they are."""
+    """Build on the meta device (no random init: the weights follow), then take the tensors as they are, renamed
+    from another project's layout (NetsPresso Trainer, CIFAR repositories, torch.compile) by ``zoo.layouts``."""
+    state, layout = to_zoo(state)
+    if layout != "zoo":
+        log.info("weights in %s's layout: renamed to the zoo's keys", layout)
     with torch.device("meta"):
         probe = source.builder(**kwargs)
     cfg = probe.pretrained_cfg

@@ -112,11 +112,13 @@ class Classifier:
         tta: str | None = None,
         topk: int = 5,
         precision: str = "auto",
+        data_config: dict[str, Any] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("--batch-size", f"expected a positive integer, got {batch_size}")
         tta_views(torch.zeros(1, 3, 2, 2), tta)  # an unknown mode is refused before any work
-        config = resolve_data_config(model, use_test_size=True)
+        config = resolve_data_config(model, use_test_size=True, **(data_config or {}))  # the flags' overrides
+        self.data_config = config
         self.transform = create_transform(config)
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
         cfg = getattr(model, "pretrained_cfg", None) or {}

@@ -156,23 +156,25 @@ def fit_state_dict(
             shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
             problems.append(f"{label} keys: {shown}")
     if problems:
+        first = min(missing + unexpected + [m.split(":")[0] for m in misshapen], key=_position)
         raise StateDictError(
-            "weights do not fit the model; " + "; ".join(problems) + ". Is it the same architecture and options?"
-        )
+            f"weights do not fit the model, first in {_where(first)}; " + "; ".join(problems)
+            + ". Is it the same architecture and options?"
+        )  # fmt: skip
     return state
 
 
-def convert_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Keys of torchvision, timm and the common CIFAR layouts -> the zoo's (torchvision's) keys.
+def _position(key: str) -> tuple[int, int, str]:
+    """Where a key sits in a ResNet's forward order: the stem, then stage by stage and block by block, the head."""
+    m = re.match(r"layer(\d+)\.(\d+)\.", key)
+    if m:
+        return int(m.group(1)), int(m.group(2)), key
+    return (10**6, 0, key) if key.startswith("fc.") else (0, 0, key)
 
-    Unwraps ``state_dict``/``model`` containers and a ``module.`` prefix, and renames
-    the CIFAR re-implementations' ``linear.*`` (classifier) to ``fc.*`` and
-    ``shortcut.*`` (projection) to ``downsample.*``. torchvision and timm keys are
-    the zoo's already and pass unchanged.
-    """
 
-    def rename(key: str) -> str:
-        key = key.replace(".shortcut.", ".downsample.")
-        return "fc." + key[len("linear.") :] if key.startswith("linear.") else key
-
-    return {rename(k): v for k, v in clean_state_dict(state).items()}
+def _where(key: str) -> str:
+    """``stage 2, block 0 (layer2.0.conv3.weight)``: the part of a ResNet a state-dict key belongs to."""
+    m = re.match(r"layer(\d+)\.(\d+)\.", key)
+    if m:
+        return f"stage {m.group(1)}, block {m.group(2)} ({key})"
+    return f"the head ({key})" if key.startswith("fc.") else f"the stem ({key})"

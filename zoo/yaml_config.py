@@ -5,6 +5,10 @@ and an ``fc`` head) maps onto :class:`~zoo.config.ResNetConfig`; the zoo's own
 options (``stem``, ``in_chans``, ``output_stride``, ...) are extra keys of
 ``params``. A bad document raises a :class:`~zoo.errors.ConfigError` that names
 the YAML path of the field, the bad value and what is allowed.
+
+NetsPresso Trainer's detection, segmentation and pose-estimation model files build as the backbone it
+builds for them (``features_only``, the maps of ``return_stage_idx``: null is its last stage); their
+neck, head, postprocessor and losses are read and left to the caller (:class:`Document` says which).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,25 @@ STAGE = {"channels", "num_blocks", "replace_stride_with_dilation", "replace_stri
 HEAD_PARAMS = {"num_classes", "num_layers", "intermediate_channels", "act_type", "dropout_prob"}
 # Keys of a full NetsPresso model config that describe training, not the network.
 MODEL_KEYS = {"task", "name", "checkpoint", "freeze_backbone", "postprocessor", "losses", "architecture"}
+TASKS = ("classification", "detection", "segmentation", "pose_estimation")  # NetsPresso Trainer's, for a ResNet
+BACKBONE_ONLY = " (build the backbone alone with features_only=True, and yours on it)"
+
+
+@dataclass(frozen=True)
+class Document:
+    """What a NetsPresso-schema document builds in the zoo."""
+
+    config: ResNetConfig  # the backbone, with the fc head when the document's head is one the zoo builds
+    out_indices: tuple[int, ...] | None  # the maps a backbone returns (return_stage_idx); None: every map
+    task: str = "classification"
+    head_problem: ConfigError | None = None  # why the whole model cannot be built: raised unless features_only
+    left: tuple[str, ...] = ()  # what a backbone leaves out: "neck 'fpn'", "head 'all_mlp_decoder'", "losses"
+
+    @property
+    def backbone_only(self) -> bool:
+        """NetsPresso Trainer builds these tasks on the backbone's intermediate maps."""
+        return self.task != "classification"
+
 
 # ResNetConfig field -> where it lives in the document, to word cross-field errors in YAML terms.
 FIELD_PATHS = {
@@ -97,13 +121,13 @@ def _rate(path: str, value: Any) -> float:
     return float(value)
 
 
-def _backbone(document: Any) -> tuple[dict[str, Any], Any]:
-    """``(backbone, head)`` of a full document, or of a bare ``backbone`` mapping."""
+def _backbone(document: Any) -> tuple[dict[str, Any], Any, str, dict[str, Any]]:
+    """``(backbone, head, task, the other parts)`` of a full document, or of a bare ``backbone`` mapping."""
     if not isinstance(document, Mapping):
         raise ConfigError("(document)", f"expected a mapping with model.architecture.backbone, got {document!r}")
     if "model" not in document:
         if "params" in document or "stage_params" in document:  # a bare backbone section
-            return dict(document), document.get("head")
+            return dict(document), document.get("head"), "classification", {}
         raise ConfigError(
             "model", f"missing; a backbone config starts with model.architecture.backbone{suggest('model', document)}"
         )
@@ -116,25 +140,25 @@ def _backbone(document: Any) -> tuple[dict[str, Any], Any]:
         raise ConfigError(
             f"model.{key}", f"unknown key; allowed: {', '.join(sorted(MODEL_KEYS))}{suggest(key, MODEL_KEYS)}"
         )
+    task = model.get("task", "classification")
+    if task not in TASKS:
+        raise ConfigError("model.task", not_one_of(task, TASKS))
     arch = model.get("architecture")
     arch = _keys(arch, "model.architecture", {"backbone", "head", "neck", "full"}) if arch is not None else None
     if arch is None or "backbone" not in arch:
         raise ConfigError("model.architecture.backbone", "missing: the zoo builds a network from its backbone")
-    if arch.get("neck"):
-        raise ConfigError(
-            "model.architecture.neck", "necks are not built by the zoo; use features_only=True and your own neck"
-        )
     full = arch.get("full")
     if full and (not isinstance(full, Mapping) or full.get("name")):
         raise ConfigError(
             "model.architecture.full", f"a full model ({full!r}) is not a ResNet backbone; leave it empty"
         )
-    return arch["backbone"], arch.get("head")
+    others = {"neck": arch.get("neck"), "postprocessor": model.get("postprocessor"), "losses": model.get("losses")}
+    return arch["backbone"], arch.get("head"), task, {k: v for k, v in others.items() if v}
 
 
-def parse(document: Any) -> tuple[ResNetConfig, tuple[int, ...] | None]:
-    """A NetsPresso-schema document -> (ResNetConfig, out_indices from return_stage_idx or None)."""
-    raw_backbone, head = _backbone(document)
+def parse(document: Any) -> Document:
+    """A NetsPresso-schema document -> its :class:`Document` (the ResNetConfig, the maps, what is left out)."""
+    raw_backbone, head, task, others = _backbone(document)
     backbone = _keys(raw_backbone, ROOT, {"name", "params", "stage_params"})
     if backbone.get("name", "resnet") != "resnet":
         raise ConfigError(f"{ROOT}.name", not_one_of(backbone.get("name"), ["resnet"]))
@@ -176,7 +200,18 @@ def parse(document: Any) -> tuple[ResNetConfig, tuple[int, ...] | None]:
     fields["output_stride"] = _output_stride(dilate, stem, p.get("output_stride"))
     fields["shortcut"] = _shortcut(pool, p.get("shortcut"))
 
-    head_params = _head(head)
+    head_params: dict[str, Any] = {}
+    head_problem = None
+    if task == "classification":  # an fc head of one layer is the zoo's; another is read, not built
+        try:
+            head_params = _head(head)
+        except ConfigError as e:
+            head_problem = ConfigError(e.field, e.problem + BACKBONE_ONLY)
+        if others.get("neck"):
+            head_problem = ConfigError("model.architecture.neck", f"the zoo builds no neck{BACKBONE_ONLY}")
+    parts = {"neck": others.get("neck"), "head": head, "postprocessor": others.get("postprocessor"),
+             "losses": others.get("losses")}  # fmt: skip
+    left = tuple(_part(name, part) for name, part in parts.items() if part)  # what a backbone leaves to the caller
     for key in ("num_classes",):
         if key in p and key in head_params and p[key] != head_params[key]:
             raise ConfigError(at(f".{key}"), f"{p[key]!r} contradicts head.params.{key}: {head_params[key]!r}")
@@ -185,13 +220,22 @@ def parse(document: Any) -> tuple[ResNetConfig, tuple[int, ...] | None]:
     fields.update(head_params)
 
     out_indices = _out_indices(at(".return_stage_idx"), p.get("return_stage_idx"), len(layers))
+    if out_indices is None and task != "classification":  # as NetsPresso Trainer: its last stage alone
+        out_indices = (len(layers),)
     try:
-        return ResNetConfig(**fields), out_indices
+        config = ResNetConfig(**fields)
     except ConfigError as e:  # a cross-field rule: say it in the document's terms
         where = FIELD_PATHS.get(e.field.split("[")[0], f"params.{e.field}")
         raise ConfigError(
             f"{ROOT}.{where}" if not where.startswith("head") else f"model.architecture.{where}", e.problem
         ) from e
+    return Document(config, out_indices, task, head_problem, left)
+
+
+def _part(name: str, section: Any) -> str:
+    """``neck 'fpn'``: a part of the document the zoo leaves to the caller, by its name where it has one."""
+    kind = section.get("name") if isinstance(section, Mapping) else None
+    return f"{name} {kind!r}" if kind else name
 
 
 def _stages(stages: Any) -> tuple[list[int], list[int], list[bool], list[bool]]:
@@ -295,8 +339,8 @@ def _head(head: Any) -> dict[str, Any]:
     return out
 
 
-def load(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[ResNetConfig, tuple[int, ...] | None]:
-    """Parse a YAML file (or an already-loaded mapping) into a ResNetConfig and its out_indices."""
+def load(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Document:
+    """Parse a YAML file (or an already-loaded mapping) into its :class:`Document`."""
     if isinstance(path_or_mapping, Mapping):
         return parse(path_or_mapping)
     path = Path(path_or_mapping)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from ..cli import add_preprocessing_arguments, assumed_preprocessing
 from ..errors import ConfigError, ZooError
 from ..hardware import PRECISIONS
 from ..io import save_json
@@ -275,6 +276,7 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
         "--calibration-images", type=int, default=512, help="--int8: a seeded sample of the train split (val if scored)"
     )
     p.add_argument("--output", default=None, help="JSON file for the result (default: runs/validate/<model>.json)")
+    add_preprocessing_arguments(p)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -289,6 +291,10 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"zoo validate: error: {e}", file=sys.stderr)
         return 2
     weights = "" if r["weights"] == r["model"] else f" ({r['weights']})"  # an ensemble of tags names them once
+    if r["preprocessing"] == "assumed":
+        config = {"input_size": r["input_size"], "interpolation": r["interpolation"], "crop_pct": r["crop_pct"],
+                  "mean": r["mean"], "std": r["std"]}  # fmt: skip
+        print(f"zoo validate: {assumed_preprocessing(r['weights'], config, r['preprocessing_flags'])}", file=sys.stderr)
     print(
         f"{r['model']}{weights} on {r['dataset']} {r['split']} ({r['images']} images): "
         f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}"

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import create_model
-from ..data import create_transform, resolve_data_config
+from ..data import create_transform, preprocessing_overrides, resolve_data_config
 from ..errors import ConfigError, not_one_of
 from ..factory import names_weights, weights_file
 from ..hardware import PRECISIONS, cpu_info, device_label, resolve_precision
@@ -49,6 +49,12 @@ class ValidateConfig:
     int8: bool = False
     calibration_images: int = 512
     int8_reduce_range: bool | None = None  # None: by the CPU (quantize_int8); a benchmark compares both
+    # preprocessing overrides of the weights' data config (--mean ...; None: the weights' own)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+    image_size: int | None = None
     output: str | None = None
 
     def __post_init__(self) -> None:
@@ -101,7 +107,11 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     classes = getattr(model, "num_classes", None)
     if classes is not None and classes != data.num_classes:
         raise ConfigError("--model", f"has {classes} classes, the dataset {data.num_classes}")
-    config = resolve_data_config(model, use_test_size=True)
+    overrides = preprocessing_overrides(
+        model.pretrained_cfg["input_size"][0], mean=args.mean, std=args.std, interpolation=args.interpolation,
+        crop_pct=args.crop_pct, image_size=args.image_size,
+    )  # fmt: skip
+    config = resolve_data_config(model, use_test_size=True, **overrides)
     batches = _eval_batches(split, config, args)
     start = time.perf_counter()
     metrics = evaluate(model, batches, procs, precision, tta=args.tta)
@@ -122,6 +132,11 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         "input_size": list(config["input_size"]),
         "crop_pct": config["crop_pct"],
         "interpolation": config["interpolation"],
+        "mean": list(config["mean"]),
+        "std": list(config["std"]),
+        # where the preprocessing came from: a weights file carries none, so the architecture's was assumed
+        "preprocessing": "assumed" if checkpoint is not None and checkpoint.is_file() else "weights",
+        "preprocessing_flags": sorted(overrides),
         "seconds": round(time.perf_counter() - start, 1),
     }
     if args.int8:

@@ -353,3 +353,37 @@ def test_a_registered_model_s_weights_go_to_netspresso_by_name(netspresso, tmp_p
     theirs.load_state_dict(netspresso.checkpoint.load_checkpoint(tmp_path / "np.safetensors"), strict=True)
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(their_outputs(theirs, x)[0], our_outputs(source, x)[0], atol=1e-5, rtol=0)
+
+
+def test_a_netspresso_checkpoint_converts_and_loads_from_a_model_folder(netspresso, files, tmp_path: Path) -> None:
+    import json
+
+    document = yaml.safe_load(FILES["resnet18-classification.yaml"])
+    theirs = their_model(netspresso, document)
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, tmp_path / "np.safetensors")
+    done = subprocess.run([sys.executable, "tools/convert.py", str(tmp_path / "np.safetensors"), "--arch",
+                           str(files["resnet18-classification.yaml"]), "--out", str(tmp_path / "zoo.safetensors")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and "renamed from NetsPresso Trainer's layout" in done.stdout, done.stderr
+    x = torch.randn(2, 3, 64, 64)
+    converted = zoo.create_model(
+        str(files["resnet18-classification.yaml"]), checkpoint_path=tmp_path / "zoo.safetensors"
+    )
+    torch.testing.assert_close(our_outputs(converted, x)[0], their_outputs(theirs, x)[0], atol=1e-5, rtol=0)
+    folder = tmp_path / "folder"  # a model folder holding NetsPresso's file as it is
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 10}))
+    (folder / "model.safetensors").write_bytes((tmp_path / "np.safetensors").read_bytes())
+    loaded = zoo.create_model(f"local-dir:{folder}", pretrained=True)
+    torch.testing.assert_close(our_outputs(loaded, x)[0], their_outputs(theirs, x)[0], atol=1e-5, rtol=0)
+
+
+def test_a_pose_estimation_file_builds_its_backbone_too() -> None:
+    document = yaml.safe_load(FILES["resnet50-segmentation.yaml"])
+    document["model"]["task"] = "pose_estimation"
+    document["model"]["architecture"]["backbone"]["params"]["return_stage_idx"] = [1, 3]
+    backbone = zoo.create_model_from_config(document)
+    assert backbone.feature_info.channels() == [512, 2048] and backbone.feature_info.out_indices == (2, 4)
+    document["model"]["task"] = "captioning"
+    with pytest.raises(zoo.ConfigError, match=r"model\.task: 'captioning' is not one of 'classification', 'detection'"):
+        zoo.create_model_from_config(document)

@@ -2,8 +2,7 @@
 """Throughput and latency of zoo models: GPU first, CPU too.
 
     python benchmarks/throughput.py --models resnet50 --batch-sizes 1 8 32 --optimize --baseline torchvision
-    python benchmarks/throughput.py --models resnet18_cifar --mode train --batch-sizes 128 \\
-        --channels-last --baseline eager
+    python benchmarks/throughput.py --models resnet18_cifar --mode train loader --batch-sizes 500 --baseline eager
     python benchmarks/throughput.py --models resnet50 --optimize --dtype int8 --baseline torchvision
     python benchmarks/throughput.py --models resnet50 --optimize --baseline torchvision \
         --runtimes torch onnxruntime openvino pt2 int8
@@ -12,14 +11,16 @@
 ``--dtype auto`` (the default) is the device's fastest native precision: bf16 on CPUs with AVX-512 BF16 or
 AMX and on Ampere+ GPUs, fp16 on older GPUs, else fp32 (``zoo.hardware``); rows say what it resolved to.
 
-Modes: ``infer`` (forward under inference_mode), ``train`` (forward, backward, SGD step)
-and ``latency`` (batch 1). ``--runtimes`` adds, for inference, the same model in the runtimes people
-deploy on: ``onnxruntime`` and ``openvino`` (an ONNX export, fp32 input), ``pt2`` (an AOTInductor
-package, in ``--dtype`` when that is a CPU float precision) and ``int8`` (``zoo.quantize_int8``);
-``torch`` is the zoo model as the other flags set it. Warm-up iterations are excluded; each configuration is
-timed in ``--repeats`` rounds of ``--iters`` iterations, interleaved with its
-baseline when one is asked for, so the speed-up ratio is measured under the same
-machine conditions. Every row carries its environment (the CPU's name and features included) and its
+Modes: ``infer`` (forward under inference_mode), ``train`` (the step ``zoo train`` runs by default:
+forward, backward and its SGD step, in its precision "auto" and layout, channels_last), ``latency``
+(batch 1) and ``loader`` (the in-memory batches ``zoo train`` feeds it, augmented as the resnet18-fast
+recipe augments: translate, flip and cutout on whole uint8 batches; no model). ``--runtimes`` adds,
+for inference, the same model in the runtimes people deploy on: ``onnxruntime`` and ``openvino`` (an
+ONNX export, fp32 input), ``pt2`` (an AOTInductor package, in ``--dtype`` when that is a CPU float
+precision) and ``int8`` (``zoo.quantize_int8``); ``torch`` is the zoo model as the other flags set it.
+Warm-up iterations are excluded; each configuration is timed in ``--repeats`` rounds of ``--iters``
+iterations, interleaved with its baseline when one is asked for, so the speed-up ratio is measured
+under the same machine conditions. Every row carries its environment (the CPU's name and features included) and its
 share of the ceiling measured in its own precision (fp32, bf16 or int8). Outputs: a table, JSON
 and CSV files and a PNG plot of img/s against batch size in ``--out``; with ``--profile N``, each row's
 top ops by self time (torch.profiler, after the timed rounds) in ``profile.json``.
@@ -43,7 +44,7 @@ from zoo.errors import ZooError
 from zoo.hardware import DTYPES, resolve_precision
 from zoo.optimize import COMPILE_MODES, CUDA_GRAPH_MODES, compile_problem
 
-MODES = ("infer", "train", "latency")
+MODES = ("infer", "train", "latency", "loader")
 BASELINES = ("none", "torchvision", "eager")
 RUNTIMES = ("torch", "onnxruntime", "openvino", "pt2", INT8)
 TORCHVISION_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -70,7 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="autocast dtype (weights too with --optimize); auto: the device's fastest native float precision; "
         "int8: with --optimize, x86 CPUs",
     )
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True,
+        help="NHWC, the fast layout and zoo train's (default); --no-channels-last: NCHW",
+    )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile (inductor)")
     p.add_argument(
         "--compile-mode", default=None, choices=COMPILE_MODES,
@@ -130,8 +134,8 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     if args.dtype != INT8:
         args.dtype = resolve_precision(args.dtype, device, flag="--dtype")
     exported = [r for r in args.runtimes if r != "torch"]
-    if exported and "train" in args.mode:
-        raise BadInput(f"--runtimes {' '.join(exported)}: runtimes are timed for inference; drop --mode train")
+    if exported and {"train", "loader"} & set(args.mode):
+        raise BadInput(f"--runtimes {' '.join(exported)}: runtimes are timed for inference; drop --mode train/loader")
     if INT8 in args.runtimes and device.type != "cpu":
         raise BadInput("--runtimes int8: zoo.quantize_int8 is an x86 CPU path; use --device cpu")
     on_cpu = [r for r in args.runtimes if r in ("onnxruntime", "openvino")]
@@ -166,6 +170,10 @@ def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list
         size = args.img_size or zoo.create_model(model).pretrained_cfg["input_size"][-1]
         for mode in args.mode:
             for batch in [1] if mode == "latency" else args.batch_sizes:
+                if mode == "loader":  # the data alone: no model, no runtime, no baseline
+                    groups.append(([Setting(model, mode, batch, size, "fp32", args.channels_last, False, False,
+                                            label="zoo")], None))  # fmt: skip
+                    continue
                 optimize = args.optimize and mode != "train"
                 compile = args.compile or (optimize and not args.no_compile)  # the fast path compiles by default
                 ours = []

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import zoo
+from zoo.train.augment import Augment
 from zoo.train.cli import parse
-from zoo.train.data import Augment, Split, TensorBatches
+from zoo.train.data import Split, TensorBatches
 from zoo.train.recipe import RECIPES
 
 
@@ -77,3 +78,30 @@ def test_cutout_is_refused_for_streamed_images(tmp_path: Path) -> None:
             "--batch-size", "2", "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     with pytest.raises(zoo.ConfigError, match=r"--cutout: squares are cut from in-memory images \(up to 64 px\)"):
         train(parse(args))
+
+
+def test_the_benchmark_times_the_loader_and_the_step_zoo_train_runs(tmp_path: Path, monkeypatch) -> None:
+    import json
+    import sys
+
+    from zoo import benchmark
+    from zoo.train import recipe
+
+    made = []
+    real = recipe.make_optimizer
+    monkeypatch.setattr(recipe, "make_optimizer", lambda *a, **k: made.append((a[0], k)) or real(*a, **k))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import throughput
+
+    args = ["--models", "resnet20", "--mode", "train", "loader", "--batch-sizes", "8", "--iters", "2", "--repeats",
+            "1", "--warmup", "1", "--no-ceiling", "--out", str(tmp_path)]  # fmt: skip
+    assert throughput.main(args) == 0
+    rows = {r["mode"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    fast = zoo.hardware.fast_precision(torch.device("cpu"))
+    assert rows["train"]["config"] == f"zoo:{fast}/NHWC/eager"  # zoo train's precision "auto" and layout
+    defaults = zoo.train.config.TrainConfig()
+    assert made == [("sgd", {"lr": defaults.lr, "weight_decay": defaults.weight_decay, "momentum": defaults.momentum,
+                             "nesterov": defaults.nesterov, "decay_norm_and_bias": defaults.decay_norm_and_bias})]  # fmt: skip
+    assert rows["loader"]["config"] == "zoo:loader/NHWC" and rows["loader"]["img_per_s"] > 0
+    assert rows["loader"]["gflops_achieved"] == 0.0 and "pct_of_conv_ceiling" not in rows["loader"]
+    assert benchmark.Setting("resnet20", "loader", 8, 32, "fp32", True, False, False, "zoo").precision == "fp32"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -268,7 +269,7 @@ def test_benchmark_compares_deployment_runtimes_in_one_table(tmp_path: Path) -> 
     data = json.loads((tmp_path / "results.json").read_text())
     fast = zoo.hardware.fast_precision(torch.device("cpu"))  # --dtype auto: bf16 where the CPU has it
     assert [(r["runtime"], r["config"]) for r in data["rows"]] == [
-        ("torch", f"zoo:{fast}/NCHW/eager"),
+        ("torch", f"zoo:{fast}/NHWC/eager"),  # the fast layout by default
         ("onnxruntime", "onnxruntime:fp32"),
         ("openvino", f"openvino:{zoo.deploy.openvino_precision()}"),  # the precision OpenVINO picks itself
         ("torch", "eager:fp32/NCHW/eager"),
@@ -457,8 +458,6 @@ def test_zoo_download_into_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_readme_weights_and_training_tables_are_the_generated_ones() -> None:
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("update_readme", ROOT / "tools" / "update_readme.py")
     assert spec is not None and spec.loader is not None
     update_readme = importlib.util.module_from_spec(spec)

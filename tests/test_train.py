@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 import zoo
 from zoo.registry import _models
 from zoo.train.cli import parse, validate_main
-from zoo.train.engine import TrainingDiverged, train
+from zoo.train.engine import train
+from zoo.train.step import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ("circle", "square", "triangle")

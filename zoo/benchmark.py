@@ -127,6 +127,8 @@ class Setting:
         return INT8 if self.dtype == INT8 else self.dtype
 
     def describe(self) -> str:
+        if self.mode == "loader":
+            return f"{self.label}:loader/{'NHWC' if self.channels_last else 'NCHW'}"
         if self.runtime in EXPORTED:  # openvino: the precision it picked itself (deploy.openvino_precision)
             return f"{self.runtime}:{self.dtype}"
         parts = [self.dtype, "NHWC" if self.channels_last else "NCHW"]
@@ -158,6 +160,8 @@ class Result:
         q = lambda xs, p: xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
         median = statistics.median(ips)
         achieved = 2 * macs * median / 1e9 * (3 if s.mode == "train" else 1)  # backward ~ 2x forward
+        if s.mode == "loader":  # the data alone: no model computes
+            achieved, ceilings = 0.0, {}
         row = {
             **asdict(s),
             "config": s.describe(),
@@ -189,6 +193,8 @@ def _sync(device: torch.device) -> None:
 
 def build_step(setting: Setting, device: torch.device, compile_mode: str | None) -> Callable[[], None]:
     """The closure one iteration runs, with its model and data ready on the device."""
+    if setting.mode == "loader":
+        return loader_step(setting)
     if setting.label == "torchvision":
         import torchvision
 
@@ -203,9 +209,14 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
         x = x.contiguous(memory_format=torch.channels_last)
 
     if setting.mode == "train":
+        from .train.config import TrainConfig
+        from .train.recipe import make_optimizer
+
         model.train()
         y = torch.randint(0, getattr(model, "num_classes", 1000) or 1000, (setting.batch_size,), device=device)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        cfg = TrainConfig()  # zoo train's defaults: its optimizer, as it builds it
+        opt = make_optimizer(cfg.optimizer, model, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                             nesterov=cfg.nesterov, decay_norm_and_bias=cfg.decay_norm_and_bias)  # fmt: skip
         run = torch.compile(model, mode=compile_mode, dynamic=False) if setting.compile else model
         scaler = torch.amp.GradScaler(device.type) if setting.dtype == "fp16" else None  # as the trainer does
 
@@ -252,6 +263,37 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
             run(x)
 
     return infer_step
+
+
+def loader_step(setting: Setting) -> Callable[[], None]:
+    """The next training batch of ``zoo train``'s in-memory loader: uint8 images (4 batches of them, random),
+    augmented on the whole batch as the resnet18-fast recipe augments, normalized, laid out."""
+    from .data import default_pretrained_cfg
+    from .registry import get_entry
+    from .train.augment import Augment
+    from .train.data import Split, TensorBatches
+    from .train.recipe import RECIPES
+
+    cfg = default_pretrained_cfg(get_entry(setting.model).config)
+    n, side = 4 * setting.batch_size, setting.img_size
+    images = torch.randint(0, 256, (n, cfg["input_size"][0], side, side), dtype=torch.uint8)
+    recipe = RECIPES["resnet18-fast"]
+    augment = Augment(crop_pad=recipe["crop_pad"], flip=recipe["flip"], cutout=min(recipe["cutout"], side))
+    batches = TensorBatches(Split(torch.zeros(n, dtype=torch.int64), images), batch_size=setting.batch_size,
+                            train=True, mean=cfg["mean"], std=cfg["std"], augment=augment,
+                            channels_last=setting.channels_last)  # fmt: skip
+    stream = iter(())
+
+    def next_batch() -> None:
+        nonlocal stream
+        try:
+            next(stream)
+        except StopIteration:  # a new epoch: a new order and new draws
+            batches.set_epoch(batches.epoch + 1)
+            stream = iter(batches)
+            next(stream)
+
+    return next_batch
 
 
 def exported(model: nn.Module, setting: Setting, x: torch.Tensor) -> Callable[[torch.Tensor], Any]:

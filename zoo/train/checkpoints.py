@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -17,9 +17,7 @@ from safetensors.torch import load_file
 from ..errors import ConfigError
 from ..io import save_model_folder, save_torch
 from .config import TrainConfig
-
-if TYPE_CHECKING:
-    from .engine import Step
+from .step import Step
 
 log = logging.getLogger("zoo.train")
 

@@ -215,7 +215,8 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import TrainingDiverged, train
+    from .engine import train
+    from .step import TrainingDiverged
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")

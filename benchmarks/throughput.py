@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 import zoo
-from zoo.benchmark import INT8, PeakMemory, Setting, environment, measure_ceiling, measure_group
+from zoo.benchmark import INT8, INT8_RUNTIMES, PeakMemory, Setting, environment, measure_ceiling, measure_group
 from zoo.cli import format_table
 from zoo.errors import ZooError
 from zoo.hardware import DTYPES, resolve_precision
@@ -46,7 +46,7 @@ from zoo.optimize import COMPILE_MODES, CUDA_GRAPH_MODES, compile_problem
 
 MODES = ("infer", "train", "latency", "loader")
 BASELINES = ("none", "torchvision", "eager")
-RUNTIMES = ("torch", "onnxruntime", "openvino", "pt2", INT8)
+RUNTIMES = ("torch", "auto", "onnxruntime", "openvino", "pt2", INT8, *INT8_RUNTIMES)
 TORCHVISION_ARCHS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                      "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}  # fmt: skip
 
@@ -90,9 +90,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--runtimes", nargs="+", choices=RUNTIMES, default=["torch"],
-        help="inference rows per runtime: torch (the zoo model as set by the other flags), onnxruntime, openvino, "
-        "pt2 (AOTInductor), int8 (zoo.quantize_int8)",
+        help="inference rows per runtime: torch (the zoo model as set by the other flags), auto "
+        "(optimize_for_inference's fastest backend), onnxruntime, openvino, pt2 (AOTInductor), int8 "
+        "(zoo.quantize_int8), openvino-int8 (NNCF), onnxruntime-int8 (its static QDQ quantization)",
     )  # fmt: skip
+    p.add_argument(
+        "--data", default=None, metavar="ROOT",
+        help="CIFAR-10 image folder or .tar.gz: the models' own weights, int8 rows calibrated on 512 of its training "
+        "images, and each inference row's top-1 on its validation split (32-pixel models)",
+    )  # fmt: skip
+    p.add_argument("--data-images", type=int, default=1000, help="--data: validation images scored (seeded)")
     p.add_argument("--warmup", type=int, default=3, help="iterations before timing (compilation happens here)")
     p.add_argument("--iters", type=int, default=10, help="iterations per timed round")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds")
@@ -138,7 +145,11 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
         raise BadInput(f"--runtimes {' '.join(exported)}: runtimes are timed for inference; drop --mode train/loader")
     if INT8 in args.runtimes and device.type != "cpu":
         raise BadInput("--runtimes int8: zoo.quantize_int8 is an x86 CPU path; use --device cpu")
-    on_cpu = [r for r in args.runtimes if r in ("onnxruntime", "openvino")]
+    if args.data is not None:
+        big = [m for m in models if zoo.create_model(m).pretrained_cfg["input_size"][-1] != 32]
+        if big or args.img_size not in (None, 32):
+            raise BadInput(f"--data: CIFAR images are 32 px; {', '.join(big) or '--img-size'} take another size")
+    on_cpu = [r for r in args.runtimes if r in ("onnxruntime", "openvino", *INT8_RUNTIMES)]
     if on_cpu and device.type != "cpu":  # their runners use the CPU: rows beside GPU rows would mislead
         raise BadInput(f"--runtimes {' '.join(on_cpu)}: these run on the CPU here; use --device cpu")
     if args.dtype == INT8 and not (args.optimize and device.type == "cpu" and "train" not in args.mode):
@@ -177,25 +188,50 @@ def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list
                 optimize = args.optimize and mode != "train"
                 compile = args.compile or (optimize and not args.no_compile)  # the fast path compiles by default
                 ours = []
+                own = args.data is not None  # the models' own weights, to score them
                 if "torch" in args.runtimes or mode == "train":
                     ours.append(Setting(model, mode, batch, size, args.dtype, args.channels_last or optimize, compile,
-                                        optimize, label="zoo"))  # fmt: skip
+                                        optimize, label="zoo", pretrained=own))  # fmt: skip
                 for runtime in [r for r in args.runtimes if r != "torch" and mode != "train"]:
                     if runtime == INT8:
-                        ours.append(Setting(model, mode, batch, size, INT8, True, True, True, label="zoo"))
+                        ours.append(Setting(model, mode, batch, size, INT8, True, True, True, label="zoo",
+                                            pretrained=own))  # fmt: skip
+                    elif runtime == "auto":
+                        float_dtype = "fp32" if args.dtype == INT8 else args.dtype
+                        ours.append(Setting(model, mode, batch, size, float_dtype, True, True, True, label="zoo",
+                                            runtime="auto", pretrained=own))  # fmt: skip
                     else:
                         ours.append(Setting(model, mode, batch, size, runtime_precision(runtime, args.dtype), False,
-                                            False, False, runtime, runtime))  # fmt: skip
+                                            False, False, runtime, runtime, pretrained=own))  # fmt: skip
                 base = None
                 if args.baseline != "none":
-                    base = Setting(model, mode, batch, size, "fp32", False, False, False, label=args.baseline)
+                    base = Setting(model, mode, batch, size, "fp32", False, False, False, label=args.baseline,
+                                   pretrained=own)  # fmt: skip
                 groups.append((ours, base))
     return groups
 
 
+def real_images(root: str, model: str, count: int) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """512 training images (4 batches of 128) to calibrate int8 rows on, and ``count`` validation images with their
+    labels to score every row on: the seeded split ``zoo validate`` scores, normalized as the weights expect (the
+    same images ``zoo validate --int8`` calibrates on)."""
+    from zoo.train.data import load_dataset
+
+    data = load_dataset("imagefolder", root, val_split=0.1, split_seed=0, in_memory=True)
+    config = zoo.resolve_data_config(zoo.create_model(model, pretrained=True))
+    mean, std = (torch.tensor(config[k]).view(1, -1, 1, 1) * 255 for k in ("mean", "std"))
+    g = torch.Generator().manual_seed(0)
+    train = data.train.images[torch.randperm(len(data.train), generator=g)[:512]]
+    picks = torch.randperm(len(data.val), generator=g)[: min(count, len(data.val))].sort().values
+    normalize = lambda x: (x.float() - mean) / std
+    return list(normalize(train).split(128)), (normalize(data.val.images[picks]), data.val.labels[picks])
+
+
 def runtime_precision(runtime: str, dtype: str) -> str:
     """What an exported runtime's row computes in: a .pt2 in ``dtype`` when that is a float precision of the CPU,
-    ONNX Runtime in fp32, OpenVINO in the precision it picks itself (bf16 where the CPU has it)."""
+    ONNX Runtime in fp32, OpenVINO in the precision it picks itself (bf16 where the CPU has it); int8 rows, int8."""
+    if runtime in INT8_RUNTIMES:
+        return INT8
     if runtime == "pt2":
         return dtype if dtype in ("fp32", "bf16") else "fp32"
     if runtime == "openvino":
@@ -297,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             model = zoo.create_model(first.model)
             shape = (model.pretrained_cfg["input_size"][0], first.img_size, first.img_size)
             macs = zoo.count(model, shape).conv_linear_macs
+            calibration, scoring = real_images(args.data, first.model, args.data_images) if args.data else (None, None)
             results = measure_group(
                 [*ours, *([base] if base else [])],
                 device,
@@ -306,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                 iters=args.iters,
                 compile_mode=args.compile_mode,
                 profile=args.profile,
+                calibration=calibration,
+                scoring=scoring,
             )
             new = [r.row(env, macs, ceiling) for r in results]
             rows += new

@@ -182,6 +182,29 @@ def test_a_pt2_package_runs_in_a_process_without_zoo(tmp_path: Path) -> None:
     assert float(done.stdout.strip().splitlines()[-1]) <= 1e-4
 
 
+@pytest.mark.slow
+def test_a_frozen_package_names_the_cpu_it_needs_and_a_portable_one_runs_anywhere(tmp_path: Path, monkeypatch) -> None:
+    model = zoo.create_model("resnet20", pretrained=True).eval()
+    frozen = zoo.export(model, tmp_path / "frozen.pt2", format="pt2", dtype="fp32")
+    meta = deploy.package_metadata(frozen)
+    assert json.loads(meta["cpu_features"]) == zoo.cpu_info().features() and json.loads(meta["portable"]) is False
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+    assert relative_error(zoo.load_package(frozen)(x), want) <= 1e-4  # this CPU has what it was built for
+    portable = zoo.export(model, tmp_path / "portable.pt2", format="pt2", dtype="fp32", portable=True)
+    assert json.loads(deploy.package_metadata(portable)["cpu_features"]) == ["AVX2"]
+    assert deploy.package_metadata(portable)["AOTI_CPU_ISA"] == "AVX2"  # its generated code: AVX2 vectors
+    monkeypatch.setenv("ZOO_CPU_FLAGS", "avx avx2 fma f16c")  # an AVX2-only CPU, as an AMD Zen 3
+    if zoo.cpu_info().features() != json.loads(meta["cpu_features"]):  # this machine has more than AVX2
+        with pytest.raises(zoo.ConfigError, match=r"was compiled for a CPU with AVX2, .*; this one \(.*\(AVX2\)\) lacks "
+                           r".*export a portable package \(zoo export --portable"):  # fmt: skip
+            zoo.load_package(frozen)
+    assert relative_error(zoo.load_package(portable)(x), want) <= 1e-4
+    with pytest.raises(zoo.ConfigError, match=r"portable: applies to format 'pt2'"):
+        zoo.export(model, tmp_path / "x.onnx", portable=True)
+
+
 @pytest.fixture(scope="module")
 def validation_images(cifar_files) -> list[Path]:
     """50 images drawn (seed 0) from the validation split the trainer carves (seed 0, 10%)."""

@@ -32,10 +32,10 @@ def test_the_process_group_reduces_cpu_tensors_next_to_nccl() -> None:
 def test_an_out_of_memory_setting_gets_its_row_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
     real = benchmark.build_step
 
-    def tight(setting, device, compile_mode):
+    def tight(setting, device, compile_mode, **kwargs):
         if setting.label == "zoo" and setting.batch_size == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(setting, device, compile_mode)
+        return real(setting, device, compile_mode, **kwargs)
 
     monkeypatch.setattr(benchmark, "build_step", tight)
     args = ["--models", "resnet20", "--img-size", "32", "--batch-sizes", "1", "2", "--iters", "1", "--repeats", "1",
@@ -82,7 +82,7 @@ def test_each_group_compiles_its_own_graphs(tmp_path: Path, monkeypatch) -> None
 
 def test_each_round_starts_one_setting_later(monkeypatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(benchmark, "build_step", lambda setting, device, mode: lambda: calls.append(setting.label))
+    monkeypatch.setattr(benchmark, "build_step", lambda setting, device, mode, **kw: lambda: calls.append(setting.label))
     settings = [benchmark.Setting("resnet20", "infer", 1, 32, "fp32", False, False, False, label=name)
                 for name in ("a", "b", "c")]  # fmt: skip
     device = torch.device("cpu")

@@ -7,7 +7,7 @@ from . import variants as _variants  # noqa: F401  (registers the model table)
 from .config import ResNetConfig
 from .counting import count
 from .data import create_transform, resolve_data_config
-from .deploy import export
+from .deploy import export, load_package
 from .errors import (
     ConfigError,
     DiskFullError,
@@ -66,6 +66,7 @@ __all__ = [
     "is_model",
     "list_models",
     "list_pretrained",
+    "load_package",
     "model_config",
     "optimize_for_inference",
     "quantize_int8",

@@ -27,6 +27,7 @@ from .optimize import autocast, optimize_for_inference, quantize_int8
 
 INT8 = "int8"  # --optimize only: zoo.quantize_int8, calibrated on random batches (speed does not depend on them)
 EXPORTED = ("onnxruntime", "openvino", "pt2")  # runtimes that run a file zoo.export wrote
+INT8_RUNTIMES = ("openvino-int8", "onnxruntime-int8")  # the runtimes' own int8 of that file (zoo.deploy)
 
 
 # --- environment --------------------------------------------------------------------------------------
@@ -119,18 +120,23 @@ class Setting:
     compile: bool
     optimize: bool
     label: str = ""  # "zoo", a runtime's name, or the baseline's name
-    runtime: str = "torch"  # what executes the model: torch, onnxruntime, openvino, pt2 (an exported file)
+    runtime: str = "torch"  # what executes the model: torch, auto, onnxruntime, openvino, pt2, *-int8
+    pretrained: bool = False  # the model's own weights (for a top-1), not a random init (speed is the same)
 
     @property
     def precision(self) -> str:
         """What the row computes in, which picks its ceiling: the dtype, or int8."""
-        return INT8 if self.dtype == INT8 else self.dtype
+        return INT8 if self.dtype == INT8 or self.runtime in INT8_RUNTIMES else self.dtype
 
     def describe(self) -> str:
         if self.mode == "loader":
             return f"{self.label}:loader/{'NHWC' if self.channels_last else 'NCHW'}"
         if self.runtime in EXPORTED:  # openvino: the precision it picked itself (deploy.openvino_precision)
             return f"{self.runtime}:{self.dtype}"
+        if self.runtime in INT8_RUNTIMES:
+            return self.runtime
+        if self.runtime == "auto":
+            return f"zoo:auto/{self.dtype}"
         parts = [self.dtype, "NHWC" if self.channels_last else "NCHW"]
         parts += ["optimize"] if self.optimize else []
         parts += ["compile"] if self.compile else ([] if self.optimize else ["eager"])
@@ -149,6 +155,7 @@ class Result:
     compiled_graphs: int = 0  # dynamo graphs compiled while building and warming up this setting
     status: str = "ok"  # or "oom": it did not fit the device; its row has no speed
     ops: list[dict[str, Any]] = field(default_factory=list)  # where one iteration's time goes, when profiled
+    info: dict[str, Any] = field(default_factory=dict)  # what the row adds: the backend auto chose, a top-1, ...
 
     def row(self, env: dict[str, Any], macs: float, ceilings: dict[str, dict[str, float]]) -> dict[str, Any]:
         """The row of results.json; ``ceilings``: GFLOP/s per precision (:func:`measure_ceiling`), each row held
@@ -176,6 +183,7 @@ class Result:
             "compiled_graphs": self.compiled_graphs,
             "status": self.status,
             "gflops_achieved": round(achieved, 1),
+            **self.info,
             **env,
         }
         ceiling = ceilings.get(s.precision, {})
@@ -191,8 +199,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_step(setting: Setting, device: torch.device, compile_mode: str | None) -> Callable[[], None]:
-    """The closure one iteration runs, with its model and data ready on the device."""
+def build_step(
+    setting: Setting, device: torch.device, compile_mode: str | None, calibration: list[torch.Tensor] | None = None
+) -> Callable[[], None]:
+    """The closure one iteration runs, with its model and data ready on the device; an inference step also holds
+    its ``predict`` (called on a batch) and the ``info`` its row records."""
     if setting.mode == "loader":
         return loader_step(setting)
     if setting.label == "torchvision":
@@ -200,7 +211,7 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
 
         model: nn.Module = getattr(torchvision.models, setting.model)()
     else:
-        model = create_model(setting.model)
+        model = create_model(setting.model, pretrained=setting.pretrained)
     model.to(device)
     in_chans = model.pretrained_cfg["input_size"][0] if hasattr(model, "pretrained_cfg") else 3
     x = torch.randn(setting.batch_size, in_chans, setting.img_size, setting.img_size, device=device)
@@ -235,34 +246,48 @@ def build_step(setting: Setting, device: torch.device, compile_mode: str | None)
         return train_step
 
     model.eval()
-    if setting.runtime in EXPORTED:
-        run = exported(model, setting, x)
-
-        def exported_step() -> None:
-            run(x)
-
-        return exported_step
-    if setting.dtype == INT8:
-        fast = quantize_int8(model, [torch.randn_like(x) for _ in range(2)], compile=setting.compile)
-
-        def int8_step() -> None:
-            fast(x)
-
-        return int8_step
-    if setting.optimize:
-        fast = optimize_for_inference(model, setting.dtype, compile=setting.compile, compile_mode=compile_mode)
-
-        def optimized_step() -> None:
-            fast(x)
-
-        return optimized_step
-    run = torch.compile(model, mode=compile_mode, dynamic=False) if setting.compile else model
+    predict, info = predictor(setting, model, x, device, compile_mode, calibration)
 
     def infer_step() -> None:
-        with torch.inference_mode(), autocast(device, setting.dtype):
-            run(x)
+        predict(x)
 
+    infer_step.predict, infer_step.info = predict, info  # type: ignore[attr-defined]
     return infer_step
+
+
+def predictor(
+    setting: Setting,
+    model: nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    compile_mode: str | None,
+    calibration: list[torch.Tensor] | None = None,
+) -> tuple[Callable[[torch.Tensor], Any], dict[str, Any]]:
+    """What an inference row runs, called on a batch, and what the row should record of it (the backend "auto"
+    chose). int8 rows calibrate on ``calibration`` (real images for a top-1; random ones are enough for speed)."""
+    calibration = calibration or [torch.randn_like(x) for _ in range(2)]
+    if setting.runtime in EXPORTED:
+        return exported(model, setting, x), {}
+    if setting.runtime in INT8_RUNTIMES:
+        return exported_int8(model, setting, x, calibration), {}
+    if setting.dtype == INT8:
+        fast = quantize_int8(model, calibration, compile=setting.compile)
+        return fast, {"activation_bits": fast.quantization["activation_bits"]}
+    if setting.runtime == "auto":  # optimize_for_inference as users call it: the fastest backend, remembered
+        fast = optimize_for_inference(model, setting.dtype, example_input=x)
+        selection = getattr(fast, "selection", None) or {}
+        return fast, {"backend": fast.backend, "backend_ms": selection.get("milliseconds")}
+    if setting.optimize:
+        fast = optimize_for_inference(model, setting.dtype, backend="inductor", compile=setting.compile,
+                                      compile_mode=compile_mode)  # fmt: skip
+        return fast, {}
+    run = torch.compile(model, mode=compile_mode, dynamic=False) if setting.compile else model
+
+    def eager(inputs: torch.Tensor) -> Any:
+        with torch.inference_mode(), autocast(device, setting.dtype):
+            return run(inputs)
+
+    return eager, {}
 
 
 def loader_step(setting: Setting) -> Callable[[], None]:
@@ -296,6 +321,20 @@ def loader_step(setting: Setting) -> Callable[[], None]:
     return next_batch
 
 
+def exported_int8(
+    model: nn.Module, setting: Setting, x: torch.Tensor, calibration: list[torch.Tensor]
+) -> Callable[[torch.Tensor], Any]:
+    """``model``'s ONNX export, quantized by the row's runtime's own int8 tool on ``calibration``."""
+    import tempfile
+
+    from . import deploy
+
+    folder = Path(tempfile.mkdtemp(prefix="zoo-bench-"))
+    example = x if len(x) >= 2 else torch.cat([x, x])
+    path = deploy.export(model, folder / "model.onnx", example_input=example)
+    return deploy.int8_runner(path, setting.runtime, calibration)
+
+
 def exported(model: nn.Module, setting: Setting, x: torch.Tensor) -> Callable[[torch.Tensor], Any]:
     """``model`` exported by ``zoo.export`` (dynamic batch, checked against eager) and loaded in its runtime."""
     import tempfile
@@ -306,7 +345,7 @@ def exported(model: nn.Module, setting: Setting, x: torch.Tensor) -> Callable[[t
     example = x if len(x) >= 2 else torch.cat([x, x])  # a dynamic batch axis is traced from 2 or more
     if setting.runtime == "pt2":
         path = deploy.export(model, folder / "model.pt2", format="pt2", example_input=example, dtype=setting.dtype)
-        return torch._inductor.aoti_load_package(str(path))
+        return deploy.load_package(path)
     path = deploy.export(model, folder / "model.onnx", example_input=example)
     return deploy.runtime_runner(path, setting.runtime)
 
@@ -321,10 +360,13 @@ def measure_group(
     iters: int,
     compile_mode: str | None = None,
     profile: int = 0,
+    calibration: list[torch.Tensor] | None = None,
+    scoring: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[Result]:
     """Build, warm up and time ``settings`` round by round, interleaved. A setting that runs out of device
     memory gets an OOM row (the cache is freed) and the others go on. ``profile`` > 0: afterwards, each
-    setting's ops over that many untimed iterations (:func:`profile_ops`)."""
+    setting's ops over that many untimed iterations (:func:`profile_ops`). ``calibration``: the images int8 rows
+    calibrate on; ``scoring`` (images, labels): afterwards, each inference row's top-1 on them."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -335,7 +377,8 @@ def measure_group(
         graphs = counters["stats"]["unique_graphs"]
         try:
             memory.reset()
-            step = build_step(result.setting, device, compile_mode)
+            step = build_step(result.setting, device, compile_mode, calibration=calibration)
+            result.info = dict(getattr(step, "info", {}))
             for _ in range(warmup):
                 step()
             _sync(device)
@@ -365,7 +408,21 @@ def measure_group(
     if profile:  # after the timed rounds: the profiler's overhead never reaches a speed
         for i, step in steps.items():
             results[i].ops = profile_ops(step, profile, device)
+    if scoring is not None:  # after the timed rounds too
+        for i, step in steps.items():
+            if hasattr(step, "predict") and results[i].setting.label != "torchvision":  # its random init: no score
+                results[i].info["top1"] = round(top1(step.predict, *scoring, batch=results[i].setting.batch_size), 2)
     return results
+
+
+def top1(predict: Callable[[torch.Tensor], Any], images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
+    """Top-1 (%) of ``predict`` (a row's model, on normalized images) over ``images``, ``batch`` at a time."""
+    hits = 0
+    for x, y in zip(images.split(batch), labels.split(batch), strict=True):
+        out = predict(x)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        hits += int((out.float().argmax(1) == y).sum())
+    return 100 * hits / len(labels)
 
 
 def profile_ops(step: Callable[[], None], iters: int, device: torch.device, top: int = 25) -> list[dict[str, Any]]:

@@ -161,6 +161,10 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         help="auto: fp32 for onnx, the CPU's fastest for pt2 (bf16 with AVX-512 BF16 or AMX); bf16: pt2 only",
     )  # fmt: skip
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
+    parser.add_argument(
+        "--portable", action="store_true",
+        help="pt2: unfrozen AVX2 code for any x86-64 CPU (default: frozen, pre-packed for this CPU, the fastest)",
+    )  # fmt: skip
     add_preprocessing_arguments(parser, image_size=False)  # --image-size is the example's side, above
 
     def run(args: argparse.Namespace) -> int:
@@ -190,7 +194,7 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         path = export(
             model, args.output, format=args.format, example_input=torch.randn(args.batch_size, *size),
             dynamic_batch=not args.static_batch, check=not args.no_check, dtype=dtype,
-            metadata={"weights": tag or "random init"}, data_config=overrides,
+            metadata={"weights": tag or "random init"}, data_config=overrides, portable=args.portable,
         )  # fmt: skip
         batch = "any batch" if not args.static_batch else f"batch {args.batch_size}"
         precision = explain(args.dtype, dtype, torch.device("cpu"))

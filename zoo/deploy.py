@@ -20,7 +20,7 @@ from torch import nn
 from . import __version__
 from .data import resolve_data_config
 from .errors import ConfigError, ExportError, ZooError, not_one_of, require
-from .hardware import DTYPES, resolve_precision
+from .hardware import DTYPES, cpu_info, resolve_precision
 from .io import atomic_path, is_disk_full
 from .optimize import compile_problem, fold_batch_norms
 
@@ -46,6 +46,7 @@ def export(
     dtype: str = "auto",
     metadata: dict[str, str] | None = None,
     data_config: dict[str, Any] | None = None,
+    portable: bool = False,
 ) -> Path:
     """Write ``model`` (put in eval mode) as an ONNX file or an AOTInductor ``.pt2`` package.
 
@@ -67,7 +68,13 @@ def export(
             the package metadata of a ``.pt2`` (``aoti_load_package(path).get_metadata()``).
         data_config: overrides of the weights' preprocessing (``mean``, ``std``, ``interpolation``,
             ``crop_pct``, ``input_size``) recorded in the metadata: a model trained with other statistics.
+        portable: pt2 only. False (the default): frozen, the weights pre-packed for this CPU and its widest
+            vector code, as fast as ``optimize_for_inference``, for this kind of CPU only (the metadata's
+            ``cpu_features``; :func:`load_package` checks them). True: unfrozen AVX2 code, for any x86-64 CPU
+            with AVX2 (build once, ship to machines you do not know).
     """
+    if portable and format != "pt2":
+        raise ConfigError("portable", f"applies to format 'pt2' (an AOTInductor package), not {format!r}")
     model = model.eval()
     data_config = resolve_data_config(model, use_test_size=True, **(data_config or {}))
     device = next(model.parameters()).device
@@ -87,10 +94,12 @@ def export(
             if check:
                 check_outputs(expected, onnx_runner(tmp)(x), TOLERANCE[dtype], names, what="ONNX Runtime")
     else:
-        runnable = _CastIO(model, DTYPES[dtype]) if dtype != "fp32" else model
+        props["cpu_features"] = json.dumps(["AVX2"] if portable else cpu_info().features())
+        props["portable"] = json.dumps(portable)
+        runnable = _CastIO(model, DTYPES[dtype])  # norms folded, channels_last: the fast path's graph
         with atomic_path(path, suffix=".tmp.pt2") as tmp:
             with _failures("torch.export and AOTInductor"):
-                _export_pt2(runnable, x, tmp, dynamic_batch, props)
+                _export_pt2(runnable, x, tmp, dynamic_batch, props, portable)
             if check:
                 package = torch._inductor.aoti_load_package(str(tmp))
                 check_outputs(expected, _as_list(package(x)), TOLERANCE[dtype], names, what="the AOTInductor package")
@@ -222,24 +231,105 @@ def openvino_precision() -> str:
     return {"bf16": "bf16", "f16": "fp16"}.get(hint, "fp32")
 
 
-def openvino_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-    """An OpenVINO model compiled for the CPU (its default precision: bf16 where the CPU has it)."""
+OPENVINO_TYPES = {"fp32": "f32", "bf16": "bf16"}
+
+
+def openvino_runner(
+    path: str | os.PathLike[str] | Any, precision: str | None = None
+) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """An OpenVINO model (an ONNX file, or a model OpenVINO holds) compiled for the CPU, in ``precision``
+    ("fp32", "bf16"; None: its default, bf16 where the CPU has it)."""
     openvino = require("openvino", "openvino")
-    compiled = openvino.Core().compile_model(str(path), "CPU")
+    config = {"INFERENCE_PRECISION_HINT": OPENVINO_TYPES[precision]} if precision else {}
+    compiled = openvino.Core().compile_model(path if not isinstance(path, (str, os.PathLike)) else str(path), "CPU",
+                                             config)  # fmt: skip
     return lambda x: [torch.from_numpy(o) for o in compiled(x.detach().cpu().numpy()).values()]
 
 
-def _export_pt2(model: nn.Module, x: torch.Tensor, out: Path, dynamic_batch: bool, props: dict[str, str]) -> None:
+INT8_RUNTIMES = ("openvino-int8", "onnxruntime-int8")  # each runtime's own post-training int8
+
+
+def int8_runner(
+    path: str | os.PathLike[str], runtime: str, calibration: list[torch.Tensor]
+) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """An fp32 ONNX file quantized to int8 by ``runtime``'s own post-training tool, calibrated on ``calibration``
+    (image batches, the same ones ``zoo.quantize_int8`` takes): ``openvino-int8`` is NNCF's ``quantize`` on the
+    OpenVINO model; ``onnxruntime-int8`` is ``onnxruntime.quantization.quantize_static`` (QDQ, u8 activations, s8
+    weights per channel, 7-bit activations on CPUs without VNNI as its docs advise), run by ONNX Runtime."""
+    if runtime not in INT8_RUNTIMES:
+        raise ConfigError("runtime", not_one_of(runtime, INT8_RUNTIMES))
+    if runtime == "openvino-int8":
+        openvino = require("openvino", "openvino")
+        nncf = require("nncf", "openvino")
+        batches = [b.detach().cpu().numpy() for b in calibration]
+        model = nncf.quantize(openvino.Core().read_model(str(path)), nncf.Dataset(batches), subset_size=len(batches))
+        return openvino_runner(model)
+    ort = require("onnxruntime", "onnx")
+    from onnxruntime import quantization as q
+
+    from .hardware import cpu_info
+
+    class Batches(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": b.detach().cpu().numpy()} for b in calibration])
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.items, None)
+
+    out = Path(path).with_name(Path(path).stem + ".int8.onnx")
+    q.quantize_static(str(path), str(out), Batches(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                      reduce_range=cpu_info().int8_saturates)  # fmt: skip
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.detach().cpu().numpy()})]
+
+
+def _export_pt2(
+    model: nn.Module, x: torch.Tensor, out: Path, dynamic_batch: bool, props: dict[str, str], portable: bool
+) -> None:
+    """Frozen (the default): the weights are constants, folded and pre-packed for this CPU's oneDNN kernels, and
+    the generated code uses its widest vector ISA, as the fast path does. Portable: neither (weights as they are,
+    AVX2 code), so any x86-64 CPU with AVX2 runs it, at the speed of an unfrozen graph."""
+    configs: dict[str, Any] = {"aot_inductor.metadata": props, "freezing": not portable}
+    if portable:
+        configs["cpp.simdlen"] = 256  # AVX2 vectors
     with torch.no_grad():
         program = torch.export.export(model, (x,), dynamic_shapes=_batch_axis(dynamic_batch))
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=str(out), inductor_configs={"aot_inductor.metadata": props}
-        )
+        torch._inductor.aoti_compile_and_package(program, package_path=str(out), inductor_configs=configs)
+
+
+def package_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A ``.pt2`` package's metadata, read from the archive without loading its compiled code."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith("wrapper_metadata.json"):
+                return json.loads(archive.read(name))
+    raise ConfigError("path", f"{str(path)!r} holds no AOTInductor metadata: not a zoo.export .pt2 package")
+
+
+def load_package(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], Any]:
+    """A ``zoo.export(format="pt2")`` package, loaded after checking that this CPU has what it was compiled for:
+    a frozen package's weights are pre-packed for its CPU's kernels (AVX-512, VNNI, bf16 or AMX layouts) and its
+    code uses that CPU's vector ISA; on a CPU without them it would fail or compute wrongly. Its metadata (labels,
+    preprocessing) is the loaded package's ``get_metadata()``."""
+    meta = package_metadata(path)
+    needed = json.loads(meta.get("cpu_features", "[]"))
+    cpu = cpu_info()
+    missing = [f for f in needed if f not in cpu.features()]
+    if missing:
+        raise ConfigError(
+            "path", f"{str(path)!r} was compiled for a CPU with {', '.join(needed)}; this one ({cpu.describe()}) "
+            f"lacks {', '.join(missing)}. Export it on this machine, or export a portable package "
+            "(zoo export --portable, or portable=True) where it is built: that one runs on any AVX2 CPU"
+        )  # fmt: skip
+    return torch._inductor.aoti_load_package(str(path))
 
 
 class _CastIO(nn.Module):
-    """The bf16 graph of ``optimize_for_inference`` without the compile: norms folded into convs, channels_last,
-    bf16 weights; fp32 images in, fp32 outputs out, so the package is called like the model."""
+    """The graph of ``optimize_for_inference`` without the compile: norms folded into convs, channels_last,
+    weights in the package's precision; fp32 images in, fp32 outputs out, so the package is called like the model."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()

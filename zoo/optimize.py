@@ -149,35 +149,65 @@ def optimize_for_inference(
     model: nn.Module,
     dtype: str | torch.dtype = "auto",
     *,
+    backend: str = "auto",
     compile: bool = True,
     channels_last: bool = True,
     example_input: torch.Tensor | None = None,
     compile_mode: str | None = None,
-) -> InferenceModel:
-    """A fast inference version of ``model`` with the same call signature.
+) -> nn.Module:
+    """A fast inference version of ``model`` with the same call signature; it returns fp32 tensors.
 
-    Folds every batch norm into its conv, converts to channels_last, casts the
-    weights to ``dtype`` and with ``compile`` compiles with inductor and weight
-    freezing. ``dtype`` "auto" (the default) is the device's fastest native precision:
-    bf16 on CPUs with AVX-512 BF16 or AMX and on Ampere+ GPUs, fp16 on older GPUs,
-    else fp32 (``zoo.hardware.resolve_precision``); the result's ``precision`` says
-    which. ``example_input`` triggers the compilation now rather than at the
-    first call. The result always returns fp32 tensors.
+    ``dtype`` "auto" (the default) is the device's fastest native precision: bf16 on CPUs with
+    AVX-512 BF16 or AMX and on Ampere+ GPUs, fp16 on older GPUs, else fp32
+    (``zoo.hardware.resolve_precision``); the result's ``precision`` says which.
+
+    ``backend``: "inductor" folds every batch norm into its conv, converts to channels_last, casts
+    the weights to ``dtype`` and with ``compile`` compiles with inductor and weight freezing;
+    "onnxruntime" and "openvino" run the model's ONNX export (``pip install 'resnet-zoo[openvino]'``);
+    "auto" (the default) times those that suit the device and ``dtype`` on ``example_input`` (a
+    progress bar while it does; default 8 images at the weights' test size), keeps the fastest and
+    remembers the choice (``zoo.backends``); the result's ``backend`` and ``selection`` say which and
+    why. ``example_input`` also triggers the compilation now rather than at the first call.
     """
+    from . import backends
+
     device = next(model.parameters()).device
     precision = resolve_precision(dtype, device, flag="dtype")
+    backends.check_backend(backend, precision, device)
     log.info("optimize_for_inference: %s on %s", precision, device)
+
+    def inductor() -> nn.Module:
+        return _inductor(model, precision, compile, channels_last, compile_mode, device)
+
+    if backend == "inductor" or (backend == "auto" and backends.candidates(precision, device, compile) == ["inductor"]):
+        optimized = inductor()
+        optimized.backend = "inductor"
+        if example_input is not None:
+            optimized(example_input.to(device))
+        return optimized
+    if example_input is None:
+        from .data import resolve_data_config
+
+        example_input = torch.randn(8, *resolve_data_config(model, use_test_size=True)["input_size"], device=device)
+    example = example_input.to(device)
+    if backend == "auto":
+        optimized = backends.choose(model, precision, example, device, compile, inductor)
+    else:
+        optimized = backends.build(model, backend, precision, example, inductor)
+    optimized.backend = getattr(optimized, "backend", "inductor")
+    optimized(example)
+    return optimized
+
+
+def _inductor(model: nn.Module, precision: str, compile: bool, channels_last: bool, compile_mode: str | None,
+              device: torch.device) -> InferenceModel:  # fmt: skip
+    """The zoo's own fast path: batch norms folded, channels_last, weights in ``precision``, inductor."""
     fused = fold_batch_norms(model).to(dtype=DTYPES[precision])
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
-    compiled = None
-    if compile:
-        compiled = torch.compile(fused, mode=compile_mode)
+    compiled = torch.compile(fused, mode=compile_mode) if compile else None
     cuda_graphs = compile and device.type == "cuda" and compile_mode in CUDA_GRAPH_MODES
-    optimized = InferenceModel(fused, precision, channels_last, compiled, clone=cuda_graphs)
-    if example_input is not None:
-        optimized(example_input.to(device))
-    return optimized
+    return InferenceModel(fused, precision, channels_last, compiled, clone=cuda_graphs)
 
 
 def _import_pt2e() -> tuple[Any, Any, Any]:

@@ -1,0 +1,82 @@
+"""optimize_for_inference on each backend, and backend="auto": the fastest, remembered."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import zoo
+from zoo import backends
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "zoo"))
+    return tmp_path / "zoo" / "backends.json"
+
+
+@pytest.mark.parametrize("backend", ["inductor", "onnxruntime", "openvino"])
+def test_each_backend_is_called_as_the_model_and_gives_fp32(backend: str) -> None:
+    model = zoo.create_model("resnet20", pretrained=True).eval()
+    fast = zoo.optimize_for_inference(model, "fp32", backend=backend, example_input=torch.randn(3, 3, 32, 32))
+    y = torch.randn(5, 3, 32, 32)  # another batch size than the example's
+    with torch.no_grad():
+        out, want = fast(y), model(y)
+    assert fast.backend == backend and fast.precision == "fp32" and out.dtype == torch.float32
+    torch.testing.assert_close(out, want, atol=1e-4 * want.abs().max().item(), rtol=0)
+    assert fast.num_classes == 10 and fast.pretrained_cfg["weights"] == "resnet20.c10_kd"
+
+
+@pytest.mark.parametrize("feature_cls", ["list", "dict"])
+def test_a_backbone_keeps_its_outputs_on_a_runtime(feature_cls: str) -> None:
+    backbone = zoo.create_model("resnet20", features_only=True, feature_cls=feature_cls).eval()
+    x = torch.randn(2, 3, 32, 32)
+    fast = zoo.optimize_for_inference(backbone, "fp32", backend="onnxruntime", example_input=x)
+    with torch.no_grad():
+        got, want = fast(x), backbone(x)
+    if feature_cls == "dict":
+        assert list(got) == list(want)
+        got, want = list(got.values()), list(want.values())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_times_the_candidates_once_and_remembers(cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    speed = {"inductor": 5.0, "onnxruntime": 1.0, "openvino": 3.0}  # ms: as if ONNX Runtime were the fastest here
+    timed: list[str] = []
+
+    def fake_time(model: torch.nn.Module, x: torch.Tensor) -> float:
+        timed.append(getattr(model, "backend", "inductor"))
+        return speed[timed[-1]]
+
+    monkeypatch.setattr(backends, "_time", fake_time)
+    model = zoo.create_model("resnet20").eval()
+    x = torch.randn(4, 3, 32, 32)
+    first = zoo.optimize_for_inference(model, "fp32", example_input=x)
+    assert sorted(timed) == ["inductor", "onnxruntime", "openvino"]  # every candidate that computes fp32 here
+    assert first.backend == "onnxruntime" and first.selection["cached"] is False
+    assert first.selection["milliseconds"] == speed
+    again = zoo.optimize_for_inference(model, "fp32", example_input=x)
+    assert len(timed) == 3 and again.backend == "onnxruntime" and again.selection["cached"] is True  # no timing
+    zoo.optimize_for_inference(model, "fp32", example_input=torch.randn(8, 3, 32, 32))  # another input: timed
+    assert len(timed) == 6 and cache.is_file()
+
+
+def test_bf16_leaves_onnx_runtime_out_and_bad_backends_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert backends.candidates("bf16", cpu, True) == ["inductor", "openvino"]  # ONNX Runtime's CPU provider: fp32
+    assert backends.candidates("fp32", cpu, False) == ["inductor"]  # compile=False: the plain model, nothing to time
+    model = zoo.create_model("resnet20").eval()
+    with pytest.raises(zoo.ConfigError, match=r"backend: 'tensorrt' is not one of 'auto', 'inductor', 'onnxruntime'"):
+        zoo.optimize_for_inference(model, backend="tensorrt")
+    with pytest.raises(zoo.ConfigError, match=r"backend: 'onnxruntime' runs fp32 on a CPU, not bf16"):
+        zoo.optimize_for_inference(model, "bf16", backend="onnxruntime")
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None if name == "openvino" else object())
+    with pytest.raises(
+        zoo.MissingExtraError, match=r"backend 'openvino' needs openvino: pip install 'resnet-zoo\[openvino\]'"
+    ):
+        zoo.optimize_for_inference(model, "fp32", backend="openvino")
+    assert "openvino" not in backends.candidates("fp32", cpu, True)  # auto passes over a missing extra

@@ -1,0 +1,178 @@
+"""The backends ``optimize_for_inference`` can run a model on, and how ``backend="auto"`` picks one.
+
+``inductor`` is the zoo's own path (``zoo.optimize``); ``onnxruntime`` and ``openvino`` run the model's
+``zoo.export`` ONNX file (optional extras). ``auto`` times the candidates that suit the device and the
+precision on the example batch, keeps the fastest and remembers the choice in the zoo's cache folder,
+keyed by the architecture, the input shape, the precision, the CPU and the library versions, so the next
+call with the same key builds the winner only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, MissingExtraError, not_one_of
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "inductor", "onnxruntime", "openvino")
+RUNTIMES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}  # module, extra
+# The precisions each runtime computes in on a CPU: ONNX Runtime's CPU provider fp32 only; OpenVINO as told
+RUNTIME_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+TIMED_CALLS = 3  # after two warm-up calls, the median of these decides
+
+
+def check_backend(backend: str, precision: str, device: torch.device) -> None:
+    """Refuse a backend that cannot run here, naming it and what is allowed (or the extra to install)."""
+    if backend not in BACKENDS:
+        raise ConfigError("backend", not_one_of(backend, BACKENDS))
+    if backend in RUNTIMES:
+        if device.type != "cpu":
+            raise ConfigError("backend", f"{backend!r} runs on the CPU here; the model is on {device}")
+        if precision not in RUNTIME_PRECISIONS[backend]:
+            raise ConfigError("backend", f"{backend!r} runs {' or '.join(RUNTIME_PRECISIONS[backend])} on a CPU, "
+                              f"not {precision}; give another dtype or backend")  # fmt: skip
+        module, extra = RUNTIMES[backend]
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError(f"backend {backend!r} needs {module}: pip install 'resnet-zoo[{extra}]'")
+
+
+def candidates(precision: str, device: torch.device, compile: bool) -> list[str]:
+    """What ``auto`` times: inductor always; on a CPU, each installed runtime that computes in ``precision``."""
+    found = ["inductor"]
+    if device.type == "cpu" and compile:
+        for name, (module, _) in RUNTIMES.items():
+            if precision in RUNTIME_PRECISIONS[name] and importlib.util.find_spec(module) is not None:
+                found.append(name)
+    return found
+
+
+class RuntimeModel(nn.Module):
+    """A model run by ONNX Runtime or OpenVINO from its ``zoo.export`` file, called as the model: fp32 images
+    in, fp32 tensors out (a classifier's logits, a backbone's list or dict of maps)."""
+
+    def __init__(self, model: nn.Module, backend: str, precision: str, example: torch.Tensor) -> None:
+        super().__init__()
+        from .deploy import export, onnx_runner, openvino_runner
+        from .optimize import _copy_info
+
+        with torch.no_grad():
+            out = model.eval()(example)
+        self.keys = list(out) if isinstance(out, dict) else None  # a dict backbone's keys, to give them back
+        self.many = isinstance(out, (list, tuple, dict))
+        with tempfile.TemporaryDirectory(prefix="zoo-backend-") as folder:  # the runtime keeps the graph in memory
+            path = export(model, Path(folder) / "model.onnx", example_input=example if len(example) > 1 else
+                          torch.cat([example, example]))  # fmt: skip  (a dynamic batch is traced from 2)
+            self._run = onnx_runner(path) if backend == "onnxruntime" else openvino_runner(path, precision)
+        self.backend, self.precision = backend, precision
+        _copy_info(model, self)
+
+    def train(self, mode: bool = True) -> RuntimeModel:
+        return self  # an inference graph: no training mode to switch to
+
+    def forward(self, x: torch.Tensor) -> Any:
+        outs = [o.float() for o in self._run(x)]
+        if self.keys is not None:
+            return dict(zip(self.keys, outs, strict=True))
+        return outs if self.many else outs[0]
+
+
+def build(model: nn.Module, backend: str, precision: str, example: torch.Tensor,
+          inductor: Callable[[], nn.Module]) -> nn.Module:  # fmt: skip
+    """``model`` on ``backend`` (not "auto"); ``inductor`` builds the zoo's own path."""
+    return inductor() if backend == "inductor" else RuntimeModel(model, backend, precision, example)
+
+
+def choose(model: nn.Module, precision: str, example: torch.Tensor, device: torch.device, compile: bool,
+           inductor: Callable[[], nn.Module]) -> nn.Module:  # fmt: skip
+    """``backend="auto"``: the fastest candidate on ``example`` (cached per key), with ``selection`` recording what
+    was chosen, every candidate's time and whether the choice came from the cache."""
+    names = candidates(precision, device, compile)
+    key = cache_key(model, example, precision, device, names)
+    cache = _cache_file()
+    known = _read_cache(cache).get(key)
+    if known is not None and known.get("backend") in names:
+        chosen = build(model, known["backend"], precision, example, inductor)
+        chosen.selection = {**known, "cached": True}
+        return chosen
+    timings, built = {}, {}
+    from tqdm import tqdm
+
+    for name in tqdm(names, desc="choose backend", unit="backend", disable=len(names) == 1):
+        built[name] = build(model, name, precision, example, inductor)
+        timings[name] = round(_time(built[name], example), 2) if len(names) > 1 else None
+    best = min(names, key=lambda n: timings[n] if timings[n] is not None else 0.0)
+    record = {"backend": best, "precision": precision, "milliseconds": timings, "input_size": list(example.shape)}
+    if len(names) > 1:  # a single candidate was not timed: nothing to remember
+        _write_cache(cache, key, record)
+        log.info("backend auto: %s (%s)", best, ", ".join(f"{n} {t} ms" for n, t in timings.items()))
+    chosen = built[best]
+    chosen.selection = {**record, "cached": False}
+    return chosen
+
+
+def _time(model: nn.Module, x: torch.Tensor) -> float:
+    """The median of TIMED_CALLS calls on ``x`` after two warm-up calls (compilation happens there), in ms."""
+    for _ in range(2):
+        model(x)
+    times = []
+    for _ in range(TIMED_CALLS):
+        begin = time.perf_counter()
+        model(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        times.append((time.perf_counter() - begin) * 1000)
+    return statistics.median(times)
+
+
+def cache_key(model: nn.Module, example: torch.Tensor, precision: str, device: torch.device,
+              names: list[str]) -> str:  # fmt: skip
+    """What a choice depends on: the architecture (its tensors' names and shapes, not their values), the input,
+    the precision, the device (the CPU's name and features, or the GPU), the candidates and their versions."""
+    from . import __version__
+    from .hardware import cpu_info, device_label
+
+    versions = {"torch": torch.__version__, "zoo": __version__}
+    for name in names:
+        if name in RUNTIMES:
+            module = importlib.import_module(RUNTIMES[name][0])
+            versions[name] = str(getattr(module, "__version__", "?"))
+    architecture = [type(model).__name__] + [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items()]
+    facts = {"architecture": architecture, "input": [list(example.shape), str(example.dtype)], "precision": precision,
+             "device": device_label(device), "cpu": cpu_info().to_dict(), "versions": versions}  # fmt: skip
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cache_file() -> Path:
+    from .hub import zoo_cache_dir
+
+    return zoo_cache_dir() / "backends.json"
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):  # none yet, or unreadable: time again
+        return {}
+
+
+def _write_cache(path: Path, key: str, record: dict[str, Any]) -> None:
+    from .io import save_json
+
+    try:
+        save_json(path, {**_read_cache(path), key: record})
+    except OSError as e:  # a read-only cache folder costs a timing next time, nothing more
+        log.warning("could not remember the backend choice in %s: %s", path, e)

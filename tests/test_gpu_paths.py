@@ -82,7 +82,9 @@ def test_each_group_compiles_its_own_graphs(tmp_path: Path, monkeypatch) -> None
 
 def test_each_round_starts_one_setting_later(monkeypatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(benchmark, "build_step", lambda setting, device, mode, **kw: lambda: calls.append(setting.label))
+    monkeypatch.setattr(
+        benchmark, "build_step", lambda setting, device, mode, **kw: lambda: calls.append(setting.label)
+    )
     settings = [benchmark.Setting("resnet20", "infer", 1, 32, "fp32", False, False, False, label=name)
                 for name in ("a", "b", "c")]  # fmt: skip
     device = torch.device("cpu")

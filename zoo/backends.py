@@ -73,8 +73,11 @@ class RuntimeModel(nn.Module):
         self.keys = list(out) if isinstance(out, dict) else None  # a dict backbone's keys, to give them back
         self.many = isinstance(out, (list, tuple, dict))
         with tempfile.TemporaryDirectory(prefix="zoo-backend-") as folder:  # the runtime keeps the graph in memory
-            path = export(model, Path(folder) / "model.onnx", example_input=example if len(example) > 1 else
-                          torch.cat([example, example]))  # fmt: skip  (a dynamic batch is traced from 2)
+            path = export(
+                model,
+                Path(folder) / "model.onnx",
+                example_input=example if len(example) > 1 else torch.cat([example, example]),
+            )  # fmt: skip  (a dynamic batch is traced from 2)
             self._run = onnx_runner(path) if backend == "onnxruntime" else openvino_runner(path, precision)
         self.backend, self.precision = backend, precision
         _copy_info(model, self)

@@ -80,3 +80,25 @@ def test_bf16_leaves_onnx_runtime_out_and_bad_backends_are_named(monkeypatch: py
     ):
         zoo.optimize_for_inference(model, "fp32", backend="openvino")
     assert "openvino" not in backends.candidates("fp32", cpu, True)  # auto passes over a missing extra
+
+
+def test_the_benchmark_puts_auto_and_each_runtimes_int8_beside_the_zoos(cifar_files, tmp_path) -> None:
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from conftest import CIFAR_JPEG
+
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, "benchmarks/throughput.py", "--models", "resnet20", "--batch-sizes", "16", "--iters", "1",
+            "--repeats", "1", "--warmup", "1", "--no-ceiling", "--optimize", "--dtype", "fp32", "--runtimes", "auto",
+            "int8", "openvino-int8", "onnxruntime-int8", "--data", str(CIFAR_JPEG), "--data-images", "200", "--out",
+            str(tmp_path)]  # fmt: skip
+    done = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["config"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert list(rows) == ["zoo:auto/fp32", "zoo:int8/NHWC/optimize/compile", "openvino-int8", "onnxruntime-int8"]
+    assert rows["zoo:auto/fp32"]["backend"] in ("inductor", "onnxruntime", "openvino")
+    assert rows["openvino-int8"]["dtype"] == rows["onnxruntime-int8"]["dtype"] == "int8"  # against the int8 ceiling
+    for row in rows.values():  # the bundled resnet20 weights, scored on real validation images: about 90%
+        assert 80 < row["top1"] <= 100, row

@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=["resnet50"], help="names or fnmatch patterns")
     p.add_argument("--mode", nargs="+", choices=MODES, default=["infer"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32])
-    p.add_argument("--img-size", type=int, default=None, help="default: each model's own input size")
+    p.add_argument("--img-size", type=int, default=None, help="default: the family's (224 ImageNet, 32 CIFAR)")
     p.add_argument(
         "--dtype",
         choices=("auto", *DTYPES, INT8),
@@ -120,6 +120,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def family_size(model: str) -> int:
+    """The side a model is timed at by default: its family's (224 for ImageNet stems, 32 for CIFAR ones), whatever
+    size its default weights were trained at (176 for the torchvision-V2 ResNeXts)."""
+    from zoo.data import default_pretrained_cfg
+
+    return default_pretrained_cfg(zoo.registry.get_entry(model).config)["input_size"][-1]
+
+
 def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     """Validate everything before any timing; each problem is one clear line."""
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -146,7 +154,7 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     if INT8 in args.runtimes and device.type != "cpu":
         raise BadInput("--runtimes int8: zoo.quantize_int8 is an x86 CPU path; use --device cpu")
     if args.data is not None:
-        big = [m for m in models if zoo.create_model(m).pretrained_cfg["input_size"][-1] != 32]
+        big = [m for m in models if family_size(m) != 32]
         if big or args.img_size not in (None, 32):
             raise BadInput(f"--data: CIFAR images are 32 px; {', '.join(big) or '--img-size'} take another size")
     on_cpu = [r for r in args.runtimes if r in ("onnxruntime", "openvino", *INT8_RUNTIMES)]
@@ -178,7 +186,7 @@ def settings_for(args: argparse.Namespace, models: list[str]) -> list[tuple[list
     """Groups timed together, interleaved: the zoo's settings (one per runtime) and the baseline."""
     groups = []
     for model in models:
-        size = args.img_size or zoo.create_model(model).pretrained_cfg["input_size"][-1]
+        size = args.img_size or family_size(model)
         for mode in args.mode:
             for batch in [1] if mode == "latency" else args.batch_sizes:
                 if mode == "loader":  # the data alone: no model, no runtime, no baseline

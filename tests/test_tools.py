@@ -462,7 +462,7 @@ def test_readme_weights_and_training_tables_are_the_generated_ones() -> None:
     assert spec is not None and spec.loader is not None
     update_readme = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(update_readme)
-    fresh = {name: update_readme.tables(name)[name] for name in ("defaults", "weights", "training")}
+    fresh = {name: update_readme.tables(name)[name] for name in ("defaults", "weights", "training", "runtimes")}
     assert "resnet20.c10" in fresh["training"] and "`resnet56.c10_kd2`" in fresh["defaults"]
     for path, (text, regenerated) in update_readme.pages(fresh).items():
         assert regenerated == text, f"{path.name} tables are stale: run make readme"

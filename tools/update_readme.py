@@ -24,7 +24,9 @@ from zoo.train.views import TTA_MODES
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = {"defaults": "README.md", "weights": "weights/README.md", "training": "weights/README.md",
-         "models": "docs/models.md"}  # fmt: skip
+         "models": "docs/models.md", "runtimes": "README.md"}  # fmt: skip
+# The runtime comparison the README shows: one interleaved run of benchmarks/throughput.py (benchmarks/README.md)
+RUNTIMES = ROOT / "benchmarks" / "results" / "resnet50-runtimes-zen4" / "results.json"
 PLOT = ROOT / "docs" / "accuracy_vs_cost.png"
 
 
@@ -69,12 +71,39 @@ def training_table() -> str:
     return format_table(header, rows, markdown=True)
 
 
+def _runtime_name(row: dict) -> str:
+    """What a benchmark row ran, in words."""
+    runtime, label = row["runtime"], row["label"]
+    names = {
+        "onnxruntime": "ONNX Runtime, fp32", "openvino": f"OpenVINO, its default precision ({row['dtype']} here)",
+        "pt2": "zoo `.pt2` package (frozen)", "openvino-int8": "OpenVINO int8 (NNCF)",
+        "onnxruntime-int8": "ONNX Runtime int8 (static QDQ)",
+        "auto": f"zoo `optimize_for_inference()`: auto chose {row.get('backend')}",
+    }  # fmt: skip
+    if runtime in names:
+        return names[runtime]
+    if label == "torchvision":
+        return "torchvision eager fp32"
+    return "zoo `quantize_int8`" if row["dtype"] == "int8" else 'zoo `optimize_for_inference(backend="inductor")`'
+
+
+def runtimes_table(path: Path = RUNTIMES) -> str:
+    """resnet50's rows of the stored runtime comparison: img/s, against torchvision and its own ceiling."""
+    rows = json.loads(path.read_text())["rows"]
+    base = next(r["img_per_s"] for r in rows if r["label"] == "torchvision")
+    table = [[_runtime_name(r), r["ceiling_precision"], f"{r['img_per_s']:.1f}", f"{r['img_per_s'] / base:.2f}x",
+              f"{r['pct_of_conv_ceiling']:.0f}%"] for r in rows]  # fmt: skip
+    header = ["runtime", "computes in", "img/s", "vs torchvision", "% of its conv ceiling"]
+    return format_table(header, table, markdown=True)
+
+
 def tables(only: str | None = None) -> dict[str, str]:
     makers = {
         "defaults": lambda: weights_table(defaults_only=True),
         "weights": weights_table,
         "training": training_table,
         "models": lambda: render(count_models(list_models()), "markdown"),
+        "runtimes": runtimes_table,
     }
     if only is not None and only not in makers:
         raise SystemExit(f"--only: {only!r} is not one of {', '.join(makers)}")

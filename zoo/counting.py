@@ -81,16 +81,20 @@ def count(
 def count_models(
     names: list[str], input_size: int | None = None, *, stages: bool = False, progress: bool = True
 ) -> list[Cost]:
-    """Costs of registered models (names or fnmatch patterns), each at its own or the given input size."""
+    """Costs of registered models (names or fnmatch patterns), each at the given input size or its family's own
+    (224 for the ImageNet stems, 32 for the CIFAR ones: one size per family, whatever size its weights train at)."""
     from tqdm import tqdm
 
+    from .data import default_pretrained_cfg
     from .factory import create_model
-    from .registry import expand_models
+    from .registry import expand_models, get_entry
 
     resolved = expand_models(names)
     costs = []
     for name in tqdm(resolved, desc="count", disable=not progress, leave=False):
         model = create_model(name)
-        size = model.pretrained_cfg["input_size"]
+        config = get_entry(name).config
+        own = default_pretrained_cfg(config) if config is not None else model.pretrained_cfg
+        size = own["input_size"]
         costs.append(count(model, (size[0], input_size, input_size) if input_size else size, name=name, stages=stages))
     return costs

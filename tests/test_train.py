@@ -131,8 +131,9 @@ def test_time_budget_compresses_the_schedule_to_the_clock() -> None:
 
     def schedule() -> torch.optim.lr_scheduler.LRScheduler:
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        opt.step()  # (no gradients: a no-op that orders it before the schedule, as in training)
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / 100)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / 100)
+        opt.step()  # (no gradients: a no-op that orders it before the schedule's steps, as in training)
+        return sched
 
     steps = Budget(total_steps=100)  # no budget: one step per step
     s = schedule()

@@ -71,7 +71,7 @@ def relative_diff(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 def run_benchmark(device: torch.device, out: Path) -> dict[str, Any]:
     cuda = device.type == "cuda"
-    fast = fast_precision(device)  # bf16 on Ampere+ GPUs and bf16 CPUs, fp16 on older GPUs, else fp32
+    fast = fast_precision(device)  # bf16 on Ampere+ GPUs and bf16 CPUs, fp16 on Volta and Turing GPUs, else fp32
     size = [] if cuda else ["--img-size", "64", "--no-ceiling"]
     timing = ["--iters", "10", "--repeats", "3"] if cuda else ["--iters", "2", "--repeats", "1", "--warmup", "1"]
     runs = {

@@ -9,7 +9,7 @@
     python benchmarks/throughput.py --smoke [--runtimes torch onnxruntime openvino]
 
 ``--dtype auto`` (the default) is the device's fastest native precision: bf16 on CPUs with AVX-512 BF16 or
-AMX and on Ampere+ GPUs, fp16 on older GPUs, else fp32 (``zoo.hardware``); rows say what it resolved to.
+AMX and on Ampere+ GPUs, fp16 on Volta and Turing GPUs, else fp32 (``zoo.hardware``); rows say what it resolved to.
 
 Modes: ``infer`` (forward under inference_mode), ``train`` (the step ``zoo train`` runs by default:
 forward, backward and its SGD step, in its precision "auto" and layout, channels_last), ``latency``

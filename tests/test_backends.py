@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import sys
 
 import pytest
@@ -62,6 +64,57 @@ def test_auto_times_the_candidates_once_and_remembers(cache, monkeypatch: pytest
     assert len(timed) == 3 and again.backend == "onnxruntime" and again.selection["cached"] is True  # no timing
     zoo.optimize_for_inference(model, "fp32", example_input=torch.randn(8, 3, 32, 32))  # another input: timed
     assert len(timed) == 6 and cache.is_file()
+    zoo.optimize_for_inference(model, "fp32", example_input=x, channels_last=False)  # another inductor path: timed
+    assert len(timed) == 9
+    cache.write_text(json.dumps({k: ["not", "a", "record"] for k in json.loads(cache.read_text())}))
+    assert zoo.optimize_for_inference(model, "fp32", example_input=x).selection["cached"] is False  # re-timed
+    assert len(timed) == 12
+
+
+def test_the_key_follows_what_the_speed_depends_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = zoo.create_model("resnet20").eval()
+    x, cpu = torch.randn(2, 3, 32, 32), torch.device("cpu")
+
+    def key(m: torch.nn.Module = model, options: dict | None = None) -> str:
+        return backends.cache_key(m, x, "fp32", cpu, ["inductor", "onnxruntime"], options)
+
+    base = key()
+    assert key() == base and key(zoo.create_model("resnet20").eval()) == base  # the values do not count
+    assert key(options={"channels_last": False}) != base
+    other_act = copy.deepcopy(model)
+    for parent in other_act.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(parent, name, torch.nn.SiLU())
+    assert key(other_act) != base  # the same tensors, another activation
+    assert key(zoo.create_model("resnet20", num_classes=100).eval()) != base
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    assert key() != base
+
+
+def test_a_runtime_that_fails_here_is_passed_over_and_named(cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    speed = {"inductor": 5.0, "onnxruntime": 1.0}
+    monkeypatch.setattr(backends, "_time", lambda m, x: speed[getattr(m, "backend", "inductor")])
+    real = backends.RuntimeModel
+
+    def runtime(model, backend, precision, example):
+        if backend == "openvino":
+            raise RuntimeError("Exception from src/inference: unsupported opset")
+        return real(model, backend, precision, example)
+
+    monkeypatch.setattr(backends, "RuntimeModel", runtime)
+    model = zoo.create_model("resnet20").eval()
+    with pytest.warns(UserWarning, match=r"backend auto: passing over openvino, which failed here \(RuntimeError: "):
+        fast = zoo.optimize_for_inference(model, "fp32", example_input=torch.randn(2, 3, 32, 32))
+    assert fast.backend == "onnxruntime" and fast.selection["milliseconds"] == speed
+    assert fast.selection["failed"] == {"openvino": "RuntimeError: Exception from src/inference: unsupported opset"}
+
+    def broken_inductor(m, x):
+        raise RuntimeError("inductor: no C++ compiler")
+
+    monkeypatch.setattr(backends, "_time", broken_inductor)  # the zoo's own path failing is an error
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        zoo.optimize_for_inference(model, "fp32", example_input=torch.randn(4, 3, 32, 32))
 
 
 def test_bf16_leaves_onnx_runtime_out_and_bad_backends_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,6 +133,11 @@ def test_bf16_leaves_onnx_runtime_out_and_bad_backends_are_named(monkeypatch: py
     ):
         zoo.optimize_for_inference(model, "fp32", backend="openvino")
     assert "openvino" not in backends.candidates("fp32", cpu, True)  # auto passes over a missing extra
+    # the runtimes run the zoo's ONNX export: without its exporter neither can, and the hint says so
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None if name == "onnxscript" else object())
+    with pytest.raises(zoo.MissingExtraError, match=r"backend 'onnxruntime' needs onnxscript: .*resnet-zoo\[onnx\]"):
+        zoo.optimize_for_inference(model, "fp32", backend="onnxruntime")
+    assert backends.candidates("fp32", cpu, True) == ["inductor"]
 
 
 def test_the_benchmark_puts_auto_and_each_runtimes_int8_beside_the_zoos(cifar_files, tmp_path) -> None:

@@ -205,6 +205,17 @@ def test_a_frozen_package_names_the_cpu_it_needs_and_a_portable_one_runs_anywher
         zoo.export(model, tmp_path / "x.onnx", portable=True)
 
 
+def test_only_a_cpu_package_records_cpu_features_and_portable_is_for_cpus(tmp_path: Path) -> None:
+    cpu = deploy.package_target(torch.device("cpu"), portable=False)
+    assert json.loads(cpu["cpu_features"]) == zoo.cpu_info().features() and cpu["device"] == "cpu"
+    assert json.loads(deploy.package_target(torch.device("cpu"), portable=True)["cpu_features"]) == ["AVX2"]
+    assert deploy.package_target(torch.device("cuda"), portable=False) == {"device": "cuda"}  # load_package: no check
+    model = zoo.create_model("resnet20").eval().to("meta")  # another device than the CPU, without a GPU
+    with pytest.raises(zoo.ConfigError, match=r"portable: is for CPU packages .*; the model is on meta"):
+        zoo.export(model, tmp_path / "x.pt2", format="pt2", portable=True)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.fixture(scope="module")
 def validation_images(cifar_files) -> list[Path]:
     """50 images drawn (seed 0) from the validation split the trainer carves (seed 0, 10%)."""

@@ -89,6 +89,19 @@ def test_the_real_cpu_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert benchmark.environment(CPU)["cpu_features"] == cpu.features()
 
 
+def test_without_proc_cpuinfo_the_cpu_is_read_from_torchs_probe(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    probe = {"cpu_name": "Intel Xeon Gold 6248", "avx2": True, "fma3": True, "avx512_f": True, "avx512_bw": True,
+             "avx512_vl": True, "avx512_vnni": True, "avx512_bf16": False, "amx_bf16": False, "num_sockets": 1}  # fmt: skip
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: probe)
+    monkeypatch.setattr(hardware, "Path", lambda _: tmp_path / "no-cpuinfo")  # as on macOS or Windows
+    name, flags = hardware._proc_cpuinfo.__wrapped__()
+    cpu = hardware.CpuInfo(name, flags)
+    assert name == "Intel Xeon Gold 6248" and flags == {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+    assert cpu.features() == ["AVX2", "AVX-512", "VNNI"] and not cpu.native_bf16
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: (_ for _ in ()).throw(RuntimeError("not x86")))
+    assert hardware._proc_cpuinfo.__wrapped__()[1] == frozenset()  # nothing known: the fp32, 7-bit branches
+
+
 def test_auto_is_bf16_only_where_bf16_is_hardware(simulate, monkeypatch: pytest.MonkeyPatch) -> None:
     simulate(ZEN3)
     assert resolve_precision("auto", CPU) == "fp32"
@@ -99,7 +112,8 @@ def test_auto_is_bf16_only_where_bf16_is_hardware(simulate, monkeypatch: pytest.
     simulate(SKYLAKE)
     assert resolve_precision("auto", CPU) == "fp32"
     gpu = torch.device("cuda", 0)
-    for capability, auto in (((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+    # Pascal and older: no fp16 tensor cores (fp16 no faster, on most far slower); Volta/Turing fp16; Ampere+ bf16
+    for capability, auto in (((6, 1), "fp32"), ((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
         assert resolve_precision("auto", gpu) == auto
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
@@ -166,6 +180,8 @@ def test_int8_activation_range_follows_the_cpu(simulate) -> None:
     assert forced.quantization == {"reduce_range": True, "activation_bits": 7, "why": "given"}
     with pytest.raises(zoo.ConfigError, match=r"reduce_range: expected None \(by the CPU\), True or False, got 'yes'"):
         zoo.quantize_int8(model, calibration, reduce_range="yes")  # type: ignore[arg-type]
+    with pytest.raises(zoo.ConfigError, match=r"reduce_range: .*got 1$"):  # 1 == True, but not a choice
+        zoo.quantize_int8(model, calibration, reduce_range=1)  # type: ignore[arg-type]
 
 
 def test_benchmark_rows_are_held_against_their_own_precision() -> None:

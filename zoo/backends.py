@@ -9,6 +9,7 @@ call with the same key builds the winner only.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -16,6 +17,7 @@ import logging
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,10 @@ from .errors import ConfigError, MissingExtraError, not_one_of
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "inductor", "onnxruntime", "openvino")
-RUNTIMES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}  # module, extra
+# The modules each runtime backend needs (the zoo's ONNX export, checked in ONNX Runtime, then the runtime) and the
+# extra that installs them
+EXPORT_MODULES = ("onnx", "onnxscript", "onnxruntime")
+RUNTIMES = {"onnxruntime": (EXPORT_MODULES, "onnx"), "openvino": ((*EXPORT_MODULES, "openvino"), "openvino")}
 # The precisions each runtime computes in on a CPU: ONNX Runtime's CPU provider fp32 only; OpenVINO as told
 RUNTIME_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
 TIMED_CALLS = 3  # after two warm-up calls, the median of these decides
@@ -44,17 +49,23 @@ def check_backend(backend: str, precision: str, device: torch.device) -> None:
         if precision not in RUNTIME_PRECISIONS[backend]:
             raise ConfigError("backend", f"{backend!r} runs {' or '.join(RUNTIME_PRECISIONS[backend])} on a CPU, "
                               f"not {precision}; give another dtype or backend")  # fmt: skip
-        module, extra = RUNTIMES[backend]
-        if importlib.util.find_spec(module) is None:
-            raise MissingExtraError(f"backend {backend!r} needs {module}: pip install 'resnet-zoo[{extra}]'")
+        missing = missing_modules(backend)
+        if missing:
+            raise MissingExtraError(f"backend {backend!r} needs {', '.join(missing)}: "
+                                    f"pip install 'resnet-zoo[{RUNTIMES[backend][1]}]'")  # fmt: skip
+
+
+def missing_modules(backend: str) -> list[str]:
+    """The modules runtime ``backend`` needs that are not installed."""
+    return [m for m in RUNTIMES[backend][0] if importlib.util.find_spec(m) is None]
 
 
 def candidates(precision: str, device: torch.device, compile: bool) -> list[str]:
     """What ``auto`` times: inductor always; on a CPU, each installed runtime that computes in ``precision``."""
     found = ["inductor"]
     if device.type == "cpu" and compile:
-        for name, (module, _) in RUNTIMES.items():
-            if precision in RUNTIME_PRECISIONS[name] and importlib.util.find_spec(module) is not None:
+        for name in RUNTIMES:
+            if precision in RUNTIME_PRECISIONS[name] and not missing_modules(name):
                 found.append(name)
     return found
 
@@ -99,28 +110,40 @@ def build(model: nn.Module, backend: str, precision: str, example: torch.Tensor,
 
 
 def choose(model: nn.Module, precision: str, example: torch.Tensor, device: torch.device, compile: bool,
-           inductor: Callable[[], nn.Module]) -> nn.Module:  # fmt: skip
+           inductor: Callable[[], nn.Module], options: dict[str, Any] | None = None) -> nn.Module:  # fmt: skip
     """``backend="auto"``: the fastest candidate on ``example`` (cached per key), with ``selection`` recording what
-    was chosen, every candidate's time and whether the choice came from the cache."""
+    was chosen, every candidate's time, the runtimes that failed here and whether the choice came from the cache.
+    ``options``: the inductor path's settings (channels_last, compile_mode), part of the key. A runtime that fails
+    to export or run is passed over with a warning naming it and why; the zoo's own path failing is an error."""
+    from tqdm import tqdm
+
     names = candidates(precision, device, compile)
-    key = cache_key(model, example, precision, device, names)
+    key = cache_key(model, example, precision, device, names, options)
     cache = _cache_file()
     known = _read_cache(cache).get(key)
-    if known is not None and known.get("backend") in names:
+    if isinstance(known, dict) and known.get("backend") in names:
         chosen = build(model, known["backend"], precision, example, inductor)
         chosen.selection = {**known, "cached": True}
         return chosen
-    timings, built = {}, {}
-    from tqdm import tqdm
-
-    for name in tqdm(names, desc="choose backend", unit="backend", disable=len(names) == 1):
-        built[name] = build(model, name, precision, example, inductor)
-        timings[name] = round(_time(built[name], example), 2) if len(names) > 1 else None
-    best = min(names, key=lambda n: timings[n] if timings[n] is not None else 0.0)
+    timings: dict[str, float] = {}
+    built: dict[str, nn.Module] = {}
+    failed: dict[str, str] = {}
+    for name in tqdm(names, desc="choose backend", unit="backend"):
+        try:
+            built[name] = build(model, name, precision, example, inductor)
+            timings[name] = round(_time(built[name], example), 2)
+        except Exception as e:
+            if name == "inductor":
+                raise
+            built.pop(name, None)
+            failed[name] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"backend auto: passing over {name}, which failed here ({failed[name]})", stacklevel=3)
+    best = min(timings, key=timings.__getitem__)
     record = {"backend": best, "precision": precision, "milliseconds": timings, "input_size": list(example.shape)}
-    if len(names) > 1:  # a single candidate was not timed: nothing to remember
-        _write_cache(cache, key, record)
-        log.info("backend auto: %s (%s)", best, ", ".join(f"{n} {t} ms" for n, t in timings.items()))
+    if failed:
+        record["failed"] = failed
+    _write_cache(cache, key, record)
+    log.info("backend auto: %s (%s)", best, ", ".join(f"{n} {t} ms" for n, t in timings.items()))
     chosen = built[best]
     chosen.selection = {**record, "cached": False}
     return chosen
@@ -130,32 +153,44 @@ def _time(model: nn.Module, x: torch.Tensor) -> float:
     """The median of TIMED_CALLS calls on ``x`` after two warm-up calls (compilation happens there), in ms."""
     for _ in range(2):
         model(x)
+    _sync(x.device)  # the warm-up's queued GPU work is not the timed calls'
     times = []
     for _ in range(TIMED_CALLS):
         begin = time.perf_counter()
         model(x)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
+        _sync(x.device)
         times.append((time.perf_counter() - begin) * 1000)
     return statistics.median(times)
 
 
-def cache_key(model: nn.Module, example: torch.Tensor, precision: str, device: torch.device,
-              names: list[str]) -> str:  # fmt: skip
-    """What a choice depends on: the architecture (its tensors' names and shapes, not their values), the input,
-    the precision, the device (the CPU's name and features, or the GPU), the candidates and their versions."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cache_key(model: nn.Module, example: torch.Tensor, precision: str, device: torch.device, names: list[str],
+              options: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """What a choice depends on: the architecture (its config, its modules' types, its tensors' names and shapes,
+    not their values), the input, the precision, the inductor path's options and torch's thread count, the device
+    (the CPU's name and features, or the GPU), the candidates and their versions."""
     from . import __version__
     from .hardware import cpu_info, device_label
 
     versions = {"torch": torch.__version__, "zoo": __version__}
     for name in names:
         if name in RUNTIMES:
-            module = importlib.import_module(RUNTIMES[name][0])
+            module = importlib.import_module(RUNTIMES[name][0][-1])  # the runtime itself
             versions[name] = str(getattr(module, "__version__", "?"))
-    architecture = [type(model).__name__] + [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items()]
+    cfg = getattr(model, "cfg", None)
+    architecture = {
+        "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
+        "modules": [type(m).__name__ for m in model.modules()],  # activations, pools: nothing in the state dict
+        "tensors": [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items()],
+    }
     facts = {"architecture": architecture, "input": [list(example.shape), str(example.dtype)], "precision": precision,
-             "device": device_label(device), "cpu": cpu_info().to_dict(), "versions": versions}  # fmt: skip
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+             "options": options or {}, "threads": torch.get_num_threads(), "device": device_label(device),
+             "cpu": cpu_info().to_dict(), "versions": versions}  # fmt: skip
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _cache_file() -> Path:

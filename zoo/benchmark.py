@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .deploy import INT8_RUNTIMES
 from .factory import create_model
 from .hardware import DTYPES, cpu_info
 from .optimize import autocast, optimize_for_inference, quantize_int8
 
 INT8 = "int8"  # --optimize only: zoo.quantize_int8, calibrated on random batches (speed does not depend on them)
 EXPORTED = ("onnxruntime", "openvino", "pt2")  # runtimes that run a file zoo.export wrote
-INT8_RUNTIMES = ("openvino-int8", "onnxruntime-int8")  # the runtimes' own int8 of that file (zoo.deploy)
 
 
 # --- environment --------------------------------------------------------------------------------------

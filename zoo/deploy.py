@@ -81,6 +81,8 @@ def export(
     x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"])
     x = x.to(device)
     path = Path(path)
+    if portable and device.type != "cpu":
+        raise ConfigError("portable", f"is for CPU packages (AVX2 code for any x86-64 CPU); the model is on {device}")
     dtype = check_options(format, dtype, path, len(x), dynamic_batch, device, names={"batch": "example_input"})
     names = output_names(model)
     with torch.no_grad():
@@ -94,8 +96,7 @@ def export(
             if check:
                 check_outputs(expected, onnx_runner(tmp)(x), TOLERANCE[dtype], names, what="ONNX Runtime")
     else:
-        props["cpu_features"] = json.dumps(["AVX2"] if portable else cpu_info().features())
-        props["portable"] = json.dumps(portable)
+        props.update(package_target(device, portable))
         runnable = _CastIO(model, DTYPES[dtype])  # norms folded, channels_last: the fast path's graph
         with atomic_path(path, suffix=".tmp.pt2") as tmp:
             with _failures("torch.export and AOTInductor"):
@@ -267,8 +268,6 @@ def int8_runner(
     ort = require("onnxruntime", "onnx")
     from onnxruntime import quantization as q
 
-    from .hardware import cpu_info
-
     class Batches(q.CalibrationDataReader):
         def __init__(self) -> None:
             self.items = iter([{"input": b.detach().cpu().numpy()} for b in calibration])
@@ -282,6 +281,15 @@ def int8_runner(
                       reduce_range=cpu_info().int8_saturates)  # fmt: skip
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.detach().cpu().numpy()})]
+
+
+def package_target(device: torch.device, portable: bool) -> dict[str, str]:
+    """What a ``.pt2`` package records of the machine it was compiled for: on a CPU, the features its code and
+    pre-packed weights need (``load_package`` checks them) and whether it is portable; a GPU package, its device."""
+    if device.type != "cpu":
+        return {"device": device.type}
+    return {"device": "cpu", "cpu_features": json.dumps(["AVX2"] if portable else cpu_info().features()),
+            "portable": json.dumps(portable)}  # fmt: skip
 
 
 def _export_pt2(

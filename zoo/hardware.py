@@ -113,7 +113,7 @@ class CpuInfo:
 
 @functools.lru_cache(maxsize=1)
 def _proc_cpuinfo() -> tuple[str, frozenset[str]]:
-    """The first processor's model name and flags (Linux); elsewhere the platform's name and no flags."""
+    """The first processor's model name and flags (Linux); elsewhere what torch's own CPU probe reports."""
     name, flags = "", frozenset[str]()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -123,7 +123,24 @@ def _proc_cpuinfo() -> tuple[str, frozenset[str]]:
                 name = value.strip()
             elif key == "flags" and not flags:
                 flags = frozenset(value.split())
+    if not flags:  # no /proc (macOS, Windows, some containers): cpuinfo as torch bundles it
+        name, flags = _torch_cpuinfo(name)
     return name or platform.processor() or platform.machine() or "cpu", flags
+
+
+# torch.cpu.get_capabilities() spells a few flags otherwise than /proc/cpuinfo does
+_TORCH_SPELLINGS = {"fma3": "fma", "avx512_f": "avx512f", "avx512_bw": "avx512bw", "avx512_vl": "avx512vl",
+                    "avx512_dq": "avx512dq", "avx512_cd": "avx512cd"}  # fmt: skip
+
+
+def _torch_cpuinfo(name: str) -> tuple[str, frozenset[str]]:
+    """The CPU's name and flags from torch's bundled cpuinfo probe, in /proc/cpuinfo's spelling."""
+    try:
+        found = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # an older torch, or not an x86 CPU
+        return name, frozenset()
+    flags = frozenset(_TORCH_SPELLINGS.get(k, k) for k, v in found.items() if v is True)
+    return name or str(found.get("cpu_name") or ""), flags
 
 
 def _isa_cap() -> str | None:
@@ -165,9 +182,12 @@ def device_label(device: torch.device) -> str:
 
 def fast_precision(device: torch.device) -> str:
     """The fastest float precision ``device`` runs natively: bf16 on AVX-512 BF16/AMX CPUs and Ampere+ GPUs,
-    fp16 on older GPUs, else fp32."""
+    fp16 on Volta and Turing GPUs (fp16 tensor cores), else fp32 (older GPUs: fp16 without tensor cores is
+    no faster, on many far slower)."""
     if device.type == "cuda":
-        return "bf16" if gpu_supports_bf16(device) else "fp16"
+        if gpu_supports_bf16(device):
+            return "bf16"
+        return "fp16" if torch.cuda.get_device_capability(device) >= (7, 0) else "fp32"
     return "bf16" if device.type == "cpu" and cpu_info().native_bf16 else "fp32"
 
 

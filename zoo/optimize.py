@@ -158,7 +158,7 @@ def optimize_for_inference(
     """A fast inference version of ``model`` with the same call signature; it returns fp32 tensors.
 
     ``dtype`` "auto" (the default) is the device's fastest native precision: bf16 on CPUs with
-    AVX-512 BF16 or AMX and on Ampere+ GPUs, fp16 on older GPUs, else fp32
+    AVX-512 BF16 or AMX and on Ampere+ GPUs, fp16 on Volta and Turing GPUs, else fp32
     (``zoo.hardware.resolve_precision``); the result's ``precision`` says which.
 
     ``backend``: "inductor" folds every batch norm into its conv, converts to channels_last, casts
@@ -167,7 +167,8 @@ def optimize_for_inference(
     "auto" (the default) times those that suit the device and ``dtype`` on ``example_input`` (a
     progress bar while it does; default 8 images at the weights' test size), keeps the fastest and
     remembers the choice (``zoo.backends``); the result's ``backend`` and ``selection`` say which and
-    why. ``example_input`` also triggers the compilation now rather than at the first call.
+    why. A runtime that fails on this model or machine is passed over with a warning naming the error.
+    ``example_input`` also triggers the compilation now rather than at the first call.
     """
     from . import backends
 
@@ -191,7 +192,8 @@ def optimize_for_inference(
         example_input = torch.randn(8, *resolve_data_config(model, use_test_size=True)["input_size"], device=device)
     example = example_input.to(device)
     if backend == "auto":
-        optimized = backends.choose(model, precision, example, device, compile, inductor)
+        options = {"channels_last": channels_last, "compile_mode": compile_mode}  # the inductor path's speed
+        optimized = backends.choose(model, precision, example, device, compile, inductor, options)
     else:
         optimized = backends.build(model, backend, precision, example, inductor)
     optimized.backend = getattr(optimized, "backend", "inductor")
@@ -248,7 +250,7 @@ def quantize_int8(
         raise ConfigError("model", f"int8 quantization runs on x86 CPUs; the model is on {device}")
     if max_batches is not None and max_batches < 1:
         raise ConfigError("max_batches", f"expected a positive integer or None, got {max_batches!r}")
-    if reduce_range not in (None, True, False):
+    if reduce_range is not None and not isinstance(reduce_range, bool):  # 1 == True: refuse it too
         raise ConfigError("reduce_range", f"expected None (by the CPU), True or False, got {reduce_range!r}")
     cpu = cpu_info()
     chosen = cpu.int8_saturates if reduce_range is None else reduce_range

@@ -159,7 +159,7 @@ def _speed_and_run_arguments(p: argparse.ArgumentParser) -> None:
     speed.add_argument(
         "--precision", type=_lower_choice(PRECISIONS), default="auto",
         help=f"{' | '.join(PRECISIONS)}; auto: bf16 on CPUs with bf16 hardware (AVX-512 BF16, AMX) and Ampere+ GPUs, "
-        "fp16 on older GPUs, else fp32",
+        "fp16 on Volta and Turing GPUs, else fp32",
     )  # fmt: skip
     speed.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=True,

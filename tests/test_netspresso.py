@@ -342,6 +342,29 @@ def test_a_detection_checkpoint_s_neck_and_head_are_left_out() -> None:
     assert set(to_zoo(state)[0]) == {"conv1.weight"}
 
 
+def test_each_one_layer_classification_head_becomes_the_fc_and_an_mlp_head_is_left_out(netspresso, caplog) -> None:
+    from omegaconf import OmegaConf
+
+    x = torch.randn(2, 64)
+    for name, layers in (("FC", 1), ("FCConv", 1), ("FC", 2)):
+        params = OmegaConf.create({"num_layers": layers, "intermediate_channels": 32, "act_type": "relu",
+                                   "norm_type": "batch_norm", "dropout_prob": 0.0})  # fmt: skip
+        head = getattr(netspresso.fc, name)(64, 10, params).eval()
+        state = {"backbone.conv1.block.conv.weight": torch.zeros(1),
+                 **{f"head.{k}": v for k, v in head.state_dict().items()}}  # fmt: skip
+        with caplog.at_level(logging.INFO, logger="zoo.layouts"):
+            renamed = to_zoo(state)[0]
+        if layers > 1:  # Linear, act, Dropout, Linear: not the zoo's one Linear
+            assert set(renamed) == {"conv1.weight"} and "left out its head" in caplog.text
+            continue
+        fc = torch.nn.Linear(64, 10)
+        fc.load_state_dict({k.removeprefix("fc."): v for k, v in renamed.items() if k.startswith("fc.")})
+        with torch.no_grad():
+            torch.testing.assert_close(fc(x), head(x)["pred"])
+    old = {"head.classifier.0.weight": torch.ones(10, 64), "head.classifier.0.bias": torch.zeros(10)}  # no Dropout
+    assert set(to_zoo(old)[0]) == {"fc.weight", "fc.bias"}
+
+
 def test_a_registered_model_s_weights_go_to_netspresso_by_name(netspresso, tmp_path: Path) -> None:
     source = zoo.create_model("resnet18").eval()
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "r18.safetensors")

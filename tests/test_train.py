@@ -231,6 +231,39 @@ def test_checkpoints_keep_the_newest_even_beside_a_later_epoch_left_by_an_earlie
     assert newest.is_dir() and not (tmp_path / "checkpoints" / "epoch-9999").exists()
 
 
+def test_a_resumed_run_puts_best_back_where_it_was_at_that_epoch(tmp_path: Path) -> None:
+    from zoo.train.checkpoints import Checkpoints
+
+    weights = {"w": torch.zeros(2)}
+    for keep in (3, 2):  # a continuation (epoch 3, the new best) later abandoned by resuming from epoch 2
+        checkpoints = Checkpoints(tmp_path / f"keep{keep}", keep=keep)
+        checkpoints.save(1, weights, {}, {}, best=True)
+        second = checkpoints.save(2, weights, {}, {}, best=False)
+        checkpoints.save(3, weights, {}, {}, best=True)
+        folder = torch.load(second / "state.pt", weights_only=True)["best_folder"]
+        assert folder == "epoch-0001"
+        if keep == 3:
+            assert checkpoints.restore_best(second, folder) and checkpoints.best.name == "epoch-0001"
+            assert not Checkpoints(tmp_path / "other").restore_best(second, folder)  # another output's folder
+        else:
+            assert not checkpoints.restore_best(second, folder)  # pruned when epoch 3 became best
+            assert checkpoints.best.name == "epoch-0003"
+
+
+def test_resume_refuses_other_data_or_processes(shapes: Path, tmp_path: Path) -> None:
+    fewer = tmp_path / "fewer"
+    shutil.copytree(shapes, fewer)
+    for path in sorted((fewer / "train" / "square").glob("*.png"))[:20]:
+        path.unlink()
+    out = tmp_path / "run"
+    train(parse(args_for(shapes, out, "--epochs", "1")))
+    before = (out / "command.txt").read_text(), (out / "metrics.jsonl").read_text()
+    with pytest.raises(zoo.ConfigError, match=r"--resume: .* was laid out for other data or processes: training "
+                       r"images 181 -> 166; steps per epoch 11 -> 10; the schedule counts"):  # fmt: skip
+        train(parse(args_for(fewer, out, "--epochs", "1", "--resume")))
+    assert ((out / "command.txt").read_text(), (out / "metrics.jsonl").read_text()) == before
+
+
 def test_a_failed_start_leaves_the_output_as_it_was_and_resume_stays_in_its_run(shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(zoo.ZooError):  # the data cannot be read: found after the folder was claimed
         train(parse(args_for(tmp_path / "no-such-data", tmp_path / "typo")))

@@ -3,10 +3,10 @@
 The zoo's keys are torchvision's and timm's (``conv1``, ``bn1``, ``layer1.0.conv1``, ``downsample.0``,
 ``fc``). Recognized besides, by their key names, never by the order of the tensors:
 
-- NetsPresso Trainer: its ``TaskModel`` (``backbone.*``, ``head.classifier.1.*``; necks and other heads are
-  left out) or a bare backbone; ``ConvLayer``'s ``X.block.conv``/``X.block.norm``; ``stages.i.j``;
-  ``downsample.block.*`` (``downsample.1.block.*`` after the pooling of ``replace_stride_with_pooling``);
-  the three-conv stem of ``split_stem_conv`` as ``conv1.k.block.*``.
+- NetsPresso Trainer: its ``TaskModel`` (``backbone.*``; a one-layer ``fc`` or ``fc_conv`` head as ``fc``; necks,
+  other heads and MLP heads are left out) or a bare backbone; ``ConvLayer``'s ``X.block.conv``/``X.block.norm``;
+  ``stages.i.j``; ``downsample.block.*`` (``downsample.1.block.*`` after the pooling of
+  ``replace_stride_with_pooling``); the three-conv stem of ``split_stem_conv`` as ``conv1.k.block.*``.
 - The common CIFAR repositories (bareform/resnet, kuangliu's pytorch-cifar, ...): the stem as ``conv``/``bn``,
   projections as ``shortcut.0/1``, the classifier as ``linear``.
 - Any of them saved from ``torch.compile`` (``_orig_mod.``) or DataParallel/DDP (``module.``).
@@ -55,16 +55,37 @@ def _cifar_key(key: str) -> str:
 # Its ConvLayer is a Sequential named "block" of conv, norm and act; the zoo's blocks name the pairs conv<n>/bn<n>.
 
 
+# A classification head's layer: FC's Linear, or FCConv's 1x1 ConvLayer (".block.conv.")
+_HEAD_LAYER = re.compile(r"^head\.classifier\.(\d+)\.(?:block\.conv\.)?(weight|bias)$")
+
+
 def _from_netspresso(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     kept = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith(("neck.", "head."))}
-    head = {k: v for k, v in state.items() if k.startswith("head.classifier.1.")}  # the fc head: Dropout, Linear
+    head, fc = _netspresso_head(state)
     left = sorted({k.split(".")[0] for k in state if k.startswith(("neck.", "head.")) and k not in head})
-    if left:  # a detection or segmentation model: the zoo builds its backbone only
-        log.info("NetsPresso checkpoint: left out its %s (the zoo builds the backbone)", " and ".join(left))
+    if left:  # a detection or segmentation model, or an MLP head: the zoo builds its backbone only
+        log.info("NetsPresso checkpoint: left out its %s (the zoo builds the backbone and a one-layer classifier)",
+                 " and ".join(left))  # fmt: skip
     pooled = any(".downsample.1.block." in k for k in kept)  # replace_stride_with_pooling: the zoo's "avg" shortcut
     out = {_netspresso_key(k, pooled): v for k, v in kept.items()}
-    out.update({"fc." + k.removeprefix("head.classifier.1."): v for k, v in head.items()})
+    out.update(fc)
     return out
+
+
+def _netspresso_head(state: Mapping[str, torch.Tensor]) -> tuple[set[str], dict[str, torch.Tensor]]:
+    """A one-layer classification head as the zoo's ``fc`` (and the keys it took): FC's Linear at
+    ``head.classifier.1`` after its Dropout (``.0`` in versions without one), or FCConv's 1x1 conv, flattened.
+    A head of more layers (an MLP) has no place in the zoo's classifier: nothing is taken."""
+    layers: dict[int, dict[str, tuple[str, torch.Tensor]]] = {}
+    for key, value in state.items():
+        m = _HEAD_LAYER.match(key)
+        if m:
+            layers.setdefault(int(m.group(1)), {})[m.group(2)] = (key, value)
+    if len(layers) != 1 or "weight" not in next(iter(layers.values())):
+        return set(), {}
+    (layer,) = layers.values()
+    fc = {f"fc.{name}": value.flatten(1) if value.dim() > 2 else value for name, (_, value) in layer.items()}
+    return {key for key, _ in layer.values()}, fc
 
 
 def _netspresso_key(key: str, pooled: bool) -> str:

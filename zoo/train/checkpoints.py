@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -40,7 +40,8 @@ class Checkpoints:
 
     A folder is written under a temporary name and renamed when complete; the
     symlinks flip only then. Each folder is a Hub model folder (model.safetensors,
-    config.json) plus ``state.pt`` (optimizer, schedule, EMA, epoch, RNG) to resume.
+    config.json: the EMA's weights in an EMA run) plus ``state.pt`` to resume (the
+    optimizer, schedule, the raw weights of an EMA run, epoch, RNG, best, layout).
     """
 
     def __init__(self, output: Path, keep: int = 1) -> None:
@@ -66,6 +67,8 @@ class Checkpoints:
             final = self.root / f"epoch-{epoch:04d}.{n}"
         tmp = self.root / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        # the folder best points at once this one is in place: a resumed run puts its best link back there
+        state = {**state, "best_folder": final.name if best else (self.best.name if self.best else None)}
         try:
             save_model_folder(tmp, weights, config, {"epoch": str(epoch)})
             save_torch(tmp / "state.pt", state)
@@ -82,6 +85,15 @@ class Checkpoints:
             if old.resolve() not in keep:
                 shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def restore_best(self, ckpt: Path, folder: str | None) -> bool:
+        """Point ``best`` at ``folder``, the best checkpoint as of ``ckpt`` (a resumed run's), if it is one of this
+        output's; False if it is not (another run's folder, or pruned by a later continuation now abandoned)."""
+        target = ckpt.resolve().parent / folder if folder else None
+        if target is None or not target.is_dir() or not target.is_relative_to(self.root.resolve()):
+            return False
+        _point(self.output / "best", target)
+        return True
 
 
 def _epoch_order(folder: Path) -> tuple[int, int]:
@@ -138,10 +150,15 @@ def replace_run(output: Path) -> None:
             shutil.rmtree(path)
 
 
-def training_state(step: Step, epoch: int, best: dict | None, args: TrainConfig) -> dict[str, Any]:
+def training_state(step: Step, epoch: int, best: dict | None, args: TrainConfig, layout: dict[str, int],
+                   elapsed_s: float) -> dict[str, Any]:  # fmt: skip
+    """What ``resume`` restores. ``layout``: what the schedule's steps were counted from (processes, training
+    images, steps per epoch); ``elapsed_s``: the run's wall time so far, which a time budget counts."""
     return {
         "epoch": epoch,
         "best": best,
+        "layout": layout,
+        "elapsed_s": elapsed_s,
         "model": step.raw.state_dict() if step.ema is not None else None,  # EMA runs save the EMA as the model
         "optimizer": step.optimizer.state_dict(),
         "schedule": step.schedule.state_dict(),
@@ -153,8 +170,23 @@ def training_state(step: Step, epoch: int, best: dict | None, args: TrainConfig)
     }
 
 
-def resume(ckpt: Path, step: Step) -> tuple[int, dict | None]:
+class Resumed(NamedTuple):
+    epoch: int
+    best: dict | None
+    elapsed_s: float | None  # None: a checkpoint from before it was recorded
+
+
+def resume(ckpt: Path, step: Step, layout: dict[str, int], checkpoints: Checkpoints) -> Resumed:
+    """Restore ``step`` from ``ckpt`` and ``best`` to the checkpoint that was best then. A run laid out otherwise
+    (other processes or data: the schedule's steps would not match) is refused before anything changes."""
     state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
+    saved = state.get("layout") or {}  # checkpoints of zoo 0.x before it was recorded: not checked
+    changed = [f"{k.replace('_', ' ')} {saved[k]} -> {v}" for k, v in layout.items() if k in saved and saved[k] != v]
+    if changed:
+        raise ConfigError(
+            "--resume", f"{str(ckpt)!r} was laid out for other data or processes: {'; '.join(changed)}; the schedule "
+            "counts its steps from these. Resume with the same --root and number of processes"
+        )  # fmt: skip
     weights = load_file(ckpt / "model.safetensors")
     if step.ema is not None:
         step.ema.module.load_state_dict(weights)
@@ -166,4 +198,9 @@ def resume(ckpt: Path, step: Step) -> tuple[int, dict | None]:
     if step.scaler is not None and state["scaler"] is not None:
         step.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
-    return int(state["epoch"]), state["best"]
+    best = state["best"]
+    if "best_folder" in state and not checkpoints.restore_best(ckpt, state["best_folder"]) and best is not None:
+        log.warning("the best checkpoint as of %s (epoch %d) is not in %s: best starts again from this run's epochs",
+                    ckpt, best["epoch"], checkpoints.output)  # fmt: skip
+        best = None
+    return Resumed(int(state["epoch"]), best, state.get("elapsed_s"))

@@ -26,7 +26,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SCHEDULE_FLAGS = {"milestones": ("multistep",), "t_max": ("cosine",), "min_lr_factor": ("cosine", "linear")}
 # What a resumed run must keep: the schedule, the model and the optimizer's saved state are laid out from these.
 RESUME_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "milestones", "t_max",
-               "min_lr_factor", "optimizer", "momentum", "nesterov", "weight_decay", "decay_norm_and_bias",
+               "min_lr_factor", "gamma", "optimizer", "momentum", "nesterov", "weight_decay", "decay_norm_and_bias",
                "time_budget", "val_split", "split_seed", "seed", "ema_decay", "freeze_stages", "in_chans",
                "drop_rate", "drop_path_rate", "model_kwargs", "norm")  # fmt: skip
 

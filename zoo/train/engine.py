@@ -29,7 +29,7 @@ from ..layers import SyncBatchNorm2d
 from ..optimize import compile_problem
 from ..weights import DATA_CONFIG_KEYS
 from .augment import Augment
-from .checkpoints import Checkpoints, check_output, replace_run, resume, training_state
+from .checkpoints import Checkpoints, Resumed, check_output, replace_run, resume, training_state
 from .config import TrainConfig
 from .data import Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
 from .distill import Distillation, load_teacher
@@ -266,9 +266,11 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     steps_per_epoch = len(train_batches)
     distill = _distillation(args, data.num_classes, mean, std, procs) if args.teacher else None
     step = _build_step(args, procs, model, frozen, args.epochs * steps_per_epoch, steps_per_epoch, distill)
-    _start_output(args, procs, output)
+    layout = {"processes": procs.world, "training_images": len(data.train), "steps_per_epoch": steps_per_epoch}
     checkpoints = Checkpoints(output, keep=args.keep_checkpoints)
-    start_epoch, best = resume(resume_from, step) if resume_from is not None else (0, None)
+    resumed = resume(resume_from, step, layout, checkpoints) if resume_from is not None else Resumed(0, None, None)
+    start_epoch, best = resumed.epoch, resumed.best
+    _start_output(args, procs, output)
     if resume_from is not None and procs.main:
         log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
     if procs.grouped:
@@ -277,7 +279,11 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
         step.model = torch.compile(step.model, mode=args.compile_mode)
     eval_model = step.ema.module if step.ema is not None else model
     metrics = Metrics(output, start_epoch) if procs.main else None
-    run_start = time.perf_counter() - (metrics.rows[-1]["elapsed_s"] if metrics and metrics.rows else 0.0)
+    # a resumed run's time budget counts the time it has run (from its metrics, for checkpoints that lack it)
+    elapsed = resumed.elapsed_s
+    if elapsed is None:
+        elapsed = metrics.rows[-1]["elapsed_s"] if metrics and metrics.rows else 0.0
+    run_start = time.perf_counter() - elapsed
     step.budget.start = run_start
     if procs.main:
         log.info(
@@ -317,7 +323,8 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
                 pretrained_cfg=eval_model.pretrained_cfg, num_features=getattr(eval_model, "num_features", None),
                 **origin,
             )  # fmt: skip
-            checkpoints.save(epoch, eval_model.state_dict(), config, training_state(step, epoch, best, args), is_best)
+            state = training_state(step, epoch, best, args, layout, row["elapsed_s"])
+            checkpoints.save(epoch, eval_model.state_dict(), config, state, is_best)
             log.info(
                 "epoch %d/%d: train loss %.4f acc %.2f%% | %s | %.0f img/s | best %s",
                 epoch, args.epochs, row["train_loss"], row["train_acc"],

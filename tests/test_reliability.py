@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -370,13 +371,13 @@ def test_convert_writes_nothing_when_the_logits_differ(tmp_path: Path, monkeypat
 # --- data: stated policies, never silent -------------------------------------------------------------------
 
 
-def _folder(root: Path, sizes: dict[str, list[int]]) -> Path:
+def _folder(root: Path, sizes: dict[str, list[int]], split: str = "train") -> Path:
     from PIL import Image
 
     for label, sides in sizes.items():
-        (root / "train" / label).mkdir(parents=True)
+        (root / split / label).mkdir(parents=True)
         for i, side in enumerate(sides):
-            Image.new("RGB", (side, side), (40 * i % 255, 80, 120)).save(root / "train" / label / f"{i:03d}.png")
+            Image.new("RGB", (side, side), (40 * i % 255, 80, 120)).save(root / split / label / f"{i:03d}.png")
     return root
 
 
@@ -416,8 +417,56 @@ def test_mixed_sizes_decoded_into_memory_are_resized_counted_and_logged(tmp_path
         data = load_dataset("imagefolder", root, val_split=0.1, cache_dir=tmp_path / "cache", in_memory=True)
     assert tuple(data.train.images.shape[-2:]) == (32, 32)  # type: ignore[union-attr]
     resized = [r.getMessage() for r in caplog.records if "resized" in r.getMessage()]
-    assert resized and all("to 32x32 (the first image's)" in m for m in resized)
+    assert resized and all("to 32x32 (the training images')" in m for m in resized)
     assert sum(int(m.split()[1]) for m in resized) == 2  # the two odd images, whichever split they fell in
+
+
+def test_validation_images_decoded_into_memory_take_the_training_size(tmp_path: Path) -> None:
+    from zoo.train.data import load_dataset
+
+    root = _folder(tmp_path / "data", {"a": [32] * 6, "b": [32] * 6})
+    _folder(root, {"a": [28] * 3, "b": [28] * 3}, split="val")  # a val/ folder whose images are smaller
+    data = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache", in_memory=True)
+    assert data.train.images.shape[-2:] == data.val.images.shape[-2:] == (32, 32)  # type: ignore[union-attr]
+
+
+def test_an_archive_unpacked_by_another_process_first_is_used(tmp_path: Path, monkeypatch) -> None:
+    import tarfile
+
+    from zoo.train import data
+
+    root = _folder(tmp_path / "data", {"a": [32] * 2})
+    archive = tmp_path / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="images")
+    real = os.replace
+
+    def second(src, dst):  # the other job renames its copy into place a moment before this one does
+        if not Path(dst).exists():
+            shutil.copytree(src, dst)
+        real(src, dst)
+
+    monkeypatch.setattr(data.os, "replace", second)
+    target = data._unpack_once(archive, tmp_path / "cache")
+    assert (target / "images" / "train" / "a").is_dir()
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # this process's copy is gone
+
+
+def test_distributed_evaluation_sees_each_image_once(tmp_path: Path) -> None:
+    from torchvision.transforms import v2
+
+    from zoo.train.data import FileBatches, Split
+
+    root = _folder(tmp_path / "data", {"a": [32] * 7})  # 7 images over 2 ranks: shares of 4 and 3
+    files = sorted(str(p) for p in (root / "train" / "a").iterdir())
+    split = Split(torch.arange(len(files)), files=files)  # each image's label: its index
+    seen = []
+    for rank in (0, 1):
+        batches = FileBatches(split, batch_size=3, train=False, workers=0, rank=rank, world=2,
+                              transform=v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]))  # fmt: skip
+        batches.set_epoch(1)
+        seen += [i for _, y in batches for i in y.tolist()]
+    assert sorted(seen) == list(range(7))
 
 
 def test_skipped_images_are_counted_per_pass(tmp_path: Path) -> None:

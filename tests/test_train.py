@@ -250,6 +250,13 @@ def test_a_resumed_run_puts_best_back_where_it_was_at_that_epoch(tmp_path: Path)
             assert checkpoints.best.name == "epoch-0003"
 
 
+def test_a_streamed_run_at_another_size_records_that_size_and_its_pool(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(parse(args_for(shapes, out, "--epochs", "1", "--no-in-memory", "--image-size", "40", "--workers", "0")))
+    cfg = json.loads((out / "last" / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 40, 40] and cfg["pool_size"] == [10, 10]  # resnet20 reduces by 4: 40 -> 10
+
+
 def test_resume_refuses_other_data_or_processes(shapes: Path, tmp_path: Path) -> None:
     fewer = tmp_path / "fewer"
     shutil.copytree(shapes, fewer)

@@ -174,6 +174,17 @@ def test_bad_fields_are_named_by_their_yaml_path(path: str, value: object, messa
         zoo.create_model_from_config(_mutated(path, value))
 
 
+def test_a_rule_across_stages_names_the_stage_and_a_bare_backbone_takes_its_head() -> None:
+    doc = _mutated("backbone/params/shortcut", "pad")
+    doc["model"]["architecture"]["backbone"]["stage_params"][1]["channels"] = 32
+    with pytest.raises(zoo.ConfigError, match=r"^model\.architecture\.backbone\.stage_params\[1\]\.channels: "
+                       r"shortcut='pad' only adds channels, but stage 1 goes from 64 to 32"):  # fmt: skip
+        zoo.create_model_from_config(doc)
+    bare = {**yaml.safe_load(RESNET18)["model"]["architecture"]["backbone"], "head": {"name": "fc",
+            "params": {"num_classes": 7}}}  # fmt: skip
+    assert zoo.create_model_from_config(bare).num_classes == 7
+
+
 def test_missing_key_and_bad_yaml(tmp_path: Path) -> None:
     doc = yaml.safe_load(RESNET18)
     del doc["model"]["architecture"]["backbone"]["stage_params"][0]["num_blocks"]

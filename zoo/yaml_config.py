@@ -72,6 +72,19 @@ FIELD_PATHS = {
 }  # fmt: skip
 
 
+# ResNetConfig's per-stage fields -> their key in each of stage_params' entries
+STAGE_FIELDS = {"channels": "channels", "layers": "num_blocks"}
+
+
+def _document_path(field: str) -> str:
+    """A ResNetConfig field as the document spells it: ``channels[1]`` -> ``...backbone.stage_params[1].channels``."""
+    name, bracket, index = field.partition("[")
+    if name in STAGE_FIELDS and bracket:
+        return f"{ROOT}.stage_params[{index}.{STAGE_FIELDS[name]}"
+    where = FIELD_PATHS.get(name, f"params.{field}")
+    return f"model.architecture.{where}" if where.startswith("head") else f"{ROOT}.{where}"
+
+
 # --- reading ----------------------------------------------------------------------------------------
 
 
@@ -126,8 +139,8 @@ def _backbone(document: Any) -> tuple[dict[str, Any], Any, str, dict[str, Any]]:
     if not isinstance(document, Mapping):
         raise ConfigError("(document)", f"expected a mapping with model.architecture.backbone, got {document!r}")
     if "model" not in document:
-        if "params" in document or "stage_params" in document:  # a bare backbone section
-            return dict(document), document.get("head"), "classification", {}
+        if "params" in document or "stage_params" in document:  # a bare backbone section, maybe beside its head
+            return {k: v for k, v in document.items() if k != "head"}, document.get("head"), "classification", {}
         raise ConfigError(
             "model", f"missing; a backbone config starts with model.architecture.backbone{suggest('model', document)}"
         )
@@ -225,10 +238,7 @@ def parse(document: Any) -> Document:
     try:
         config = ResNetConfig(**fields)
     except ConfigError as e:  # a cross-field rule: say it in the document's terms
-        where = FIELD_PATHS.get(e.field.split("[")[0], f"params.{e.field}")
-        raise ConfigError(
-            f"{ROOT}.{where}" if not where.startswith("head") else f"model.architecture.{where}", e.problem
-        ) from e
+        raise ConfigError(_document_path(e.field), e.problem) from e
     return Document(config, out_indices, task, head_problem, left)
 
 

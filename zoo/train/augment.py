@@ -1,4 +1,5 @@
-"""Augmentation of whole batches of uint8 images, as tensor ops: no per-image Python on the training path.
+"""Augmentation of whole batches of uint8 images, as tensor ops: flip, translate and cutout with no per-image
+Python (the fast recipes' augmentations); TrivialAugment and random erasing go image by image.
 
 Every draw comes from the generator given, seeded by (seed, epoch, rank), so an epoch is the same whether
 the run was resumed before it or not.

@@ -118,8 +118,9 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
         help=" | ".join(SCHEDULES),
     )  # fmt: skip
     recipe.add_argument(
-        "--warmup-epochs", type=float, default=None, help="warm-up epochs (default: 25%% for onecycle, linear; else 0)"
-    )
+        "--warmup-epochs", type=float, default=None,
+        help="warm-up epochs (default: 25%% for onecycle, linear; 20%% for triangular; else 0)",
+    )  # fmt: skip
     recipe.add_argument(
         "--milestones", type=float, nargs="*", default=None, help="multistep: epochs (default 50%%, 75%%)"
     )
@@ -127,7 +128,8 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument(
         "--min-lr-factor", type=float, default=None, help="cosine, linear: final lr as a fraction of the peak (0)"
     )
-    recipe.add_argument("--t-max", "--t_max", type=int, default=None, help="cosine: period in epochs")
+    recipe.add_argument("--t-max", "--t_max", type=int, default=None,
+                        help="cosine: epochs from the start (warm-up included) to the minimum, held after")  # fmt: skip
     recipe.add_argument("--label-smoothing", type=float, default=0.0)
     recipe.add_argument("--clip-grad", type=float, default=0.0, help="max gradient norm (0: off)")
     recipe.add_argument("--ema-decay", type=float, default=0.0, help="EMA of weights per step (0: off)")

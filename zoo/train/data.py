@@ -137,6 +137,11 @@ def _unpack_once(archive: Path, cache_dir: Path) -> Path:
                                           "file or folder inside the archive")  # fmt: skip
                 tar.extractall(tmp)
         os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if target.is_dir():  # another process unpacked the same archive first: use its copy
+            return target
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -191,7 +196,8 @@ def _load_image_folder(
     if in_memory is None:  # judged on a sample across all classes (the files are in class order)
         in_memory = _small_images(files[:: max(1, len(files) // 32)])
     if in_memory:
-        train, val = (_decode_cached(s, cache_dir) for s in (train, val))
+        train = _decode_cached(train, cache_dir)
+        val = _decode_cached(val, cache_dir, size=(train.images.shape[3], train.images.shape[2]))  # training's size
     return Dataset(train, val, None, classes, in_memory)
 
 
@@ -217,9 +223,10 @@ def read_image(path: str) -> Image.Image | None:
         return None
 
 
-def _decode_cached(split: Split, cache_dir: Path) -> Split:
-    """Decode every image of ``split`` once into a uint8 tensor, cached on disk by content."""
-    digest = hashlib.sha256()
+def _decode_cached(split: Split, cache_dir: Path, size: tuple[int, int] | None = None) -> Split:
+    """Decode every image of ``split`` once into a uint8 tensor, cached on disk by content. ``size`` (width,
+    height): what every image is resized to if it differs; None: the first readable image's size."""
+    digest = hashlib.sha256(repr(size).encode())
     for f in split.files:
         st = os.stat(f)
         digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -229,20 +236,20 @@ def _decode_cached(split: Split, cache_dir: Path) -> Split:
         return Split(data["labels"], data["images"], skipped=int(data["skipped"]))
     from tqdm import tqdm
 
-    images, labels, size, resized = [], [], None, 0
+    images, labels, resized = [], [], 0
     for path, label in tqdm(zip(split.files, split.labels.tolist(), strict=True), total=len(split), desc="decode"):
         im = read_image(path)
         if im is None:
             continue
         size = size or im.size
-        if im.size != size:  # the policy for mixed sizes: resized to the first image's size, counted, logged
+        if im.size != size:  # the policy for mixed sizes: resized to the first image's (train's), counted, logged
             im = im.resize(size, Image.BILINEAR)
             resized += 1
         images.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size[1], size[0], 3))
         labels.append(label)
     skipped = len(split) - len(images)
     if resized:
-        log.warning("resized %d image(s) of another size to %dx%d (the first image's) to decode them into memory; "
+        log.warning("resized %d image(s) of another size to %dx%d (the training images') to decode them into memory; "
                     "--no-in-memory streams each image at its own size instead", resized, *size)  # fmt: skip
     if skipped:
         log.warning("skipped %d unreadable image(s) of %d", skipped, len(split))
@@ -386,9 +393,12 @@ class FileBatches:
         from torch.utils.data.distributed import DistributedSampler
 
         self.dataset = _FileDataset(split, transform)
-        self.sampler = DistributedSampler(
-            self.dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed, drop_last=train
-        )
+        # Training: torch's shuffling sampler (equal shares, the remainder dropped). Evaluation: every world-th
+        # image, each exactly once (DistributedSampler would pad the last shares with repeats, counted twice).
+        self.sampler = (
+            DistributedSampler(self.dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+            if train else range(rank, len(self.dataset), world)
+        )  # fmt: skip
         self.loader = DataLoader(
             self.dataset,
             batch_size=batch_size,
@@ -399,18 +409,19 @@ class FileBatches:
             collate_fn=_collate,
             persistent_workers=False,
         )
-        self.seed, self.channels_last, self.skipped = seed, channels_last, 0
+        self.seed, self.rank, self.channels_last, self.skipped = seed, rank, channels_last, 0
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.sampler.set_epoch(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.loader.generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch))  # worker seeds
+        self.loader.generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.rank))  # worker seeds
         self.skipped = 0  # per pass: the same unreadable files are met again each epoch
         for x, y, skipped in self.loader:
             self.skipped += skipped

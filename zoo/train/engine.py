@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .. import create_model
-from ..data import resolve_data_config
+from ..data import pool_side, resolve_data_config
 from ..errors import ConfigError
 from ..factory import build, resolve
 from ..features import stem_and_stages
@@ -74,9 +74,7 @@ def _batches(
     if train and args.cutout:
         raise ConfigError("--cutout", "squares are cut from in-memory images (up to 64 px); these stream from files: "
                           "use --random-erasing")  # fmt: skip
-    config = resolve_data_config(model, mean=tuple(mean), std=tuple(std))
-    if args.image_size:
-        config["input_size"] = (config["input_size"][0], args.image_size, args.image_size)
+    config = resolve_data_config(model, mean=tuple(mean), std=tuple(std))  # --image-size: set by _build_model
     size = config["input_size"][-2:]
     interpolation = v2.InterpolationMode(config["interpolation"])
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
@@ -201,6 +199,8 @@ def _build_model(
         data_config.update(input_size=tuple(data.train.images.shape[1:]), crop_pct=1.0)
     elif args.image_size:
         data_config["input_size"] = (data_config["input_size"][0], args.image_size, args.image_size)
+    if "input_size" in data_config and getattr(model, "feature_info", None):  # the map pooled at that size
+        data_config["pool_size"] = (pool_side(data_config["input_size"][-1], model.feature_info[-1]["reduction"]),) * 2
     model.pretrained_cfg = {**data_config, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
     return model, frozen, mean, std, origin
 
@@ -274,7 +274,9 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     if resume_from is not None and procs.main:
         log.info("resumed from %s (epoch %d)", resume_from, start_epoch)
     if procs.grouped:
-        step.model = nn.parallel.DistributedDataParallel(model)
+        step.model = nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's weights to the others
+        if step.ema is not None and resume_from is None:  # so the EMA starts from those on every rank
+            step.ema.module.load_state_dict(model.state_dict())
     if args.compile:
         step.model = torch.compile(step.model, mode=args.compile_mode)
     eval_model = step.ema.module if step.ema is not None else model

@@ -1,4 +1,4 @@
-"""The parts of a training recipe: optimizer, learning-rate schedule, weight EMA, sync batch norm."""
+"""The parts of a training recipe: optimizer, learning-rate schedule, weight EMA."""
 
 from __future__ import annotations
 

@@ -104,8 +104,8 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
             if step.distill is not None:
                 loss = step.distill(loss, logits.float(), x)
         nonfinite += (~torch.isfinite(loss.detach())).float()
-        # Looked at every NAN_CHECK_EVERY steps and at the end, not every step: each look is a host sync.
-        if ((i + 1) % NAN_CHECK_EVERY == 0 or i + 1 == len(batches)) and procs.sum(nonfinite).item():
+        # Looked at every NAN_CHECK_EVERY steps and after the loop, not every step: each look is a host sync.
+        if (i + 1) % NAN_CHECK_EVERY == 0 and procs.sum(nonfinite).item():
             bar.close()
             raise _diverged(epoch, i + 1)
         step.optimizer.zero_grad(set_to_none=True)
@@ -139,7 +139,9 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
         if done:
             break
     bar.close()
-    if done and procs.sum(nonfinite).item():  # the budget ended the epoch between two looks
+    # the steps since the last look, however the loop ended (its last batch, the budget, a loader that yielded
+    # fewer batches than it has): nothing non-finite reaches a checkpoint
+    if procs.sum(nonfinite).item():
         raise _diverged(epoch, i + 1)
     elapsed = time.perf_counter() - start
     loss_sum, hits, n = procs.sum(sums).tolist()

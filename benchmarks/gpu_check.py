@@ -7,8 +7,8 @@ On whatever device it finds (CUDA if present, else the CPU at a smaller size, wh
 ``make test`` runs it), in order:
 
 1. ``benchmark``: ``throughput.py`` on resnet50 at two batch sizes in fp32 (TF32 and cuDNN settings
-   recorded in each row), the device's fastest precision (bf16 where it has bf16 hardware; fp16 too on CUDA)
-   through ``optimize_for_inference``, one compiled
+   recorded in each row), the device's fastest precision (bf16 where it has bf16 hardware; fp16 too on
+   CUDA) through ``optimize_for_inference``, one compiled
    row (exactly one graph: no graph breaks) and on CUDA one CUDA-graph row (``reduce-overhead``);
    every row must have run (none out of memory);
 2. ``optimize-parity``: ``optimize_for_inference`` against the eager model, per dtype (fp32 with TF32

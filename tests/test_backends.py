@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import warnings
 
 import pytest
 import torch
@@ -93,21 +94,36 @@ def test_the_key_follows_what_the_speed_depends_on(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_runtime_that_fails_here_is_passed_over_and_named(cache, monkeypatch: pytest.MonkeyPatch) -> None:
-    speed = {"inductor": 5.0, "onnxruntime": 1.0}
+    speed = {"inductor": 5.0, "onnxruntime": 1.0, "openvino": 3.0}
     monkeypatch.setattr(backends, "_time", lambda m, x: speed[getattr(m, "backend", "inductor")])
     real = backends.RuntimeModel
+    broken = {"openvino"}
 
     def runtime(model, backend, precision, example):
-        if backend == "openvino":
+        if backend in broken:
             raise RuntimeError("Exception from src/inference: unsupported opset")
         return real(model, backend, precision, example)
 
     monkeypatch.setattr(backends, "RuntimeModel", runtime)
     model = zoo.create_model("resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
     with pytest.warns(UserWarning, match=r"backend auto: passing over openvino, which failed here \(RuntimeError: "):
-        fast = zoo.optimize_for_inference(model, "fp32", example_input=torch.randn(2, 3, 32, 32))
-    assert fast.backend == "onnxruntime" and fast.selection["milliseconds"] == speed
+        fast = zoo.optimize_for_inference(model, "fp32", example_input=x)
+    assert fast.backend == "onnxruntime" and fast.selection["milliseconds"] == {"inductor": 5.0, "onnxruntime": 1.0}
     assert fast.selection["failed"] == {"openvino": "RuntimeError: Exception from src/inference: unsupported opset"}
+    broken = {"onnxruntime"}  # the remembered winner now fails (other weights, a full disk): chosen again
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        again = zoo.optimize_for_inference(model, "fp32", example_input=x)
+    assert [str(w.message) for w in seen] == [
+        "backend auto: the remembered onnxruntime failed (RuntimeError: Exception from src/inference: unsupported "
+        "opset); timing the other candidates"
+    ]  # once, and not tried again
+    assert (
+        again.backend == "openvino"
+        and again.selection["cached"] is False
+        and "onnxruntime" in again.selection["failed"]
+    )
 
     def broken_inductor(m, x):
         raise RuntimeError("inductor: no C++ compiler")

@@ -205,15 +205,22 @@ def test_a_frozen_package_names_the_cpu_it_needs_and_a_portable_one_runs_anywher
         zoo.export(model, tmp_path / "x.onnx", portable=True)
 
 
-def test_only_a_cpu_package_records_cpu_features_and_portable_is_for_cpus(tmp_path: Path) -> None:
+def test_only_a_cpu_package_records_cpu_features_and_portable_is_for_cpus(tmp_path: Path, monkeypatch) -> None:
     cpu = deploy.package_target(torch.device("cpu"), portable=False)
     assert json.loads(cpu["cpu_features"]) == zoo.cpu_info().features() and cpu["device"] == "cpu"
     assert json.loads(deploy.package_target(torch.device("cpu"), portable=True)["cpu_features"]) == ["AVX2"]
-    assert deploy.package_target(torch.device("cuda"), portable=False) == {"device": "cuda"}  # load_package: no check
+    assert deploy.package_target(torch.device("cuda"), portable=False) == {"device": "cuda"}  # no CPU check
     model = zoo.create_model("resnet20").eval().to("meta")  # another device than the CPU, without a GPU
     with pytest.raises(zoo.ConfigError, match=r"portable: is for CPU packages .*; the model is on meta"):
         zoo.export(model, tmp_path / "x.pt2", format="pt2", portable=True)
     assert not list(tmp_path.iterdir())
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "gpu.pt2", "w") as archive:  # a GPU package's metadata, as AOTInductor files it
+        archive.writestr("gpu/data/aotinductor/model/wrapper_metadata.json", json.dumps({"device": "cuda"}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(zoo.ConfigError, match=r"gpu\.pt2' was compiled for a CUDA GPU and this machine has none"):
+        zoo.load_package(tmp_path / "gpu.pt2")
 
 
 @pytest.fixture(scope="module")

@@ -176,15 +176,20 @@ class _Poisoned(torch.nn.Module):
         return out * float("nan") if self.steps > 14 else out  # epoch 2 of 11 steps each
 
 
-@pytest.mark.parametrize("budget_ends_at", [None, 20], ids=["at-a-look", "budget-between-looks"])
+@pytest.mark.parametrize("budget_ends_at", [None, 20, "short-loader"],
+                         ids=["at-a-look", "budget-between-looks", "loader-yields-fewer"])  # fmt: skip
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
-    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget_ends_at: int | None
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget_ends_at: int | str | None
 ) -> None:
     """The loss turns NaN in epoch 2 (11 steps); 20: the time budget ends that epoch at its 9th step, between two
-    looks at the loss (every 16 steps and at the epoch's end)."""
-    from zoo.train import engine
+    looks at the loss (every 16 steps and after the loop); short-loader: the loader yields 3 batches fewer than
+    its length says, so the loop never reaches its last index."""
+    from zoo.train import data, engine
 
-    if budget_ends_at is not None:
+    if budget_ends_at == "short-loader":
+        real_len = data.TensorBatches.__len__
+        monkeypatch.setattr(data.TensorBatches, "__len__", lambda self: real_len(self) + 3)
+    elif budget_ends_at is not None:
         real = engine.Budget.advance
 
         def out_of_time(self, schedule, procs) -> bool:
@@ -232,7 +237,7 @@ def test_checkpoints_keep_the_newest_even_beside_a_later_epoch_left_by_an_earlie
 
 
 def test_a_resumed_run_puts_best_back_where_it_was_at_that_epoch(tmp_path: Path) -> None:
-    from zoo.train.checkpoints import Checkpoints
+    from zoo.train.checkpoints import Checkpoints, _named_best
 
     weights = {"w": torch.zeros(2)}
     for keep in (3, 2):  # a continuation (epoch 3, the new best) later abandoned by resuming from epoch 2
@@ -245,9 +250,10 @@ def test_a_resumed_run_puts_best_back_where_it_was_at_that_epoch(tmp_path: Path)
         if keep == 3:
             assert checkpoints.restore_best(second, folder) and checkpoints.best.name == "epoch-0001"
             assert not Checkpoints(tmp_path / "other").restore_best(second, folder)  # another output's folder
-        else:
-            assert not checkpoints.restore_best(second, folder)  # pruned when epoch 3 became best
-            assert checkpoints.best.name == "epoch-0003"
+        else:  # pruned when epoch 3 became best: no best until a new epoch earns it
+            assert not checkpoints.restore_best(second, folder) and checkpoints.best is None
+    assert _named_best(second, 2, {"epoch": 1}) == "epoch-0001"  # a checkpoint from before best_folder was kept
+    assert _named_best(second, 2, {"epoch": 2}) == "epoch-0002" and _named_best(second, 2, None) is None
 
 
 def test_a_streamed_run_at_another_size_records_that_size_and_its_pool(shapes: Path, tmp_path: Path) -> None:

@@ -121,14 +121,21 @@ def choose(model: nn.Module, precision: str, example: torch.Tensor, device: torc
     key = cache_key(model, example, precision, device, names, options)
     cache = _cache_file()
     known = _read_cache(cache).get(key)
+    failed: dict[str, str] = {}
     if isinstance(known, dict) and known.get("backend") in names:
-        chosen = build(model, known["backend"], precision, example, inductor)
-        chosen.selection = {**known, "cached": True}
-        return chosen
+        try:
+            chosen = build(model, known["backend"], precision, example, inductor)
+            chosen.selection = {**known, "cached": True}
+            return chosen
+        except Exception as e:  # the remembered runtime fails on these weights or here now: choose among the rest
+            if known["backend"] == "inductor":
+                raise
+            failed[known["backend"]] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"backend auto: the remembered {known['backend']} failed ({failed[known['backend']]}); "
+                          "timing the other candidates", stacklevel=3)  # fmt: skip
     timings: dict[str, float] = {}
     built: dict[str, nn.Module] = {}
-    failed: dict[str, str] = {}
-    for name in tqdm(names, desc="choose backend", unit="backend"):
+    for name in tqdm([n for n in names if n not in failed], desc="choose backend", unit="backend"):
         try:
             built[name] = build(model, name, precision, example, inductor)
             timings[name] = round(_time(built[name], example), 2)

@@ -323,6 +323,9 @@ def load_package(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], Any]:
     code uses that CPU's vector ISA; on a CPU without them it would fail or compute wrongly. Its metadata (labels,
     preprocessing) is the loaded package's ``get_metadata()``."""
     meta = package_metadata(path)
+    if meta.get("device") == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("path", f"{str(path)!r} was compiled for a CUDA GPU and this machine has none; export it "
+                          "from a model on the CPU for CPUs")  # fmt: skip
     needed = json.loads(meta.get("cpu_features", "[]"))
     cpu = cpu_info()
     missing = [f for f in needed if f not in cpu.features()]

@@ -48,6 +48,7 @@ class Checkpoints:
         self.output = output
         self.root = output / "checkpoints"
         self.keep = keep  # most recent epochs kept, besides best
+        self.best_name: str | None = None  # the folder best points at, as this run decided it (not read off the link)
 
     @property
     def last(self) -> Path | None:
@@ -68,7 +69,7 @@ class Checkpoints:
         tmp = self.root / f".{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         # the folder best points at once this one is in place: a resumed run puts its best link back there
-        state = {**state, "best_folder": final.name if best else (self.best.name if self.best else None)}
+        state = {**state, "best_folder": final.name if best else self.best_name}
         try:
             save_model_folder(tmp, weights, config, {"epoch": str(epoch)})
             save_torch(tmp / "state.pt", state)
@@ -79,6 +80,7 @@ class Checkpoints:
         _point(self.output / "last", final)
         if best:
             _point(self.output / "best", final)
+            self.best_name = final.name
         epochs = sorted(self.root.glob("epoch-*"), key=_epoch_order)  # epoch-10000 after epoch-9999
         keep = {final.resolve(), self.best, *(p.resolve() for p in epochs[-self.keep :])}  # a resumed run's newest too
         for old in epochs:
@@ -86,14 +88,19 @@ class Checkpoints:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def restore_best(self, ckpt: Path, folder: str | None) -> bool:
+    def restore_best(self, ckpt: Path, folder: str | None, *, write: bool = True) -> bool:
         """Point ``best`` at ``folder``, the best checkpoint as of ``ckpt`` (a resumed run's), if it is one of this
-        output's; False if it is not (another run's folder, or pruned by a later continuation now abandoned)."""
+        output's; if it is not (none yet, another run's folder, or pruned by a continuation now abandoned), remove
+        the link and return False. ``write``: False on the processes other than the main one, which only read."""
         target = ckpt.resolve().parent / folder if folder else None
-        if target is None or not target.is_dir() or not target.is_relative_to(self.root.resolve()):
-            return False
-        _point(self.output / "best", target)
-        return True
+        found = target is not None and target.is_dir() and target.is_relative_to(self.root.resolve())
+        self.best_name = target.name if found else None
+        if write and found:
+            _point(self.output / "best", target)
+        elif write:
+            with contextlib.suppress(FileNotFoundError):
+                (self.output / "best").unlink()
+        return found
 
 
 def _epoch_order(folder: Path) -> tuple[int, int]:
@@ -176,9 +183,10 @@ class Resumed(NamedTuple):
     elapsed_s: float | None  # None: a checkpoint from before it was recorded
 
 
-def resume(ckpt: Path, step: Step, layout: dict[str, int], checkpoints: Checkpoints) -> Resumed:
-    """Restore ``step`` from ``ckpt`` and ``best`` to the checkpoint that was best then. A run laid out otherwise
-    (other processes or data: the schedule's steps would not match) is refused before anything changes."""
+def resume(ckpt: Path, step: Step, layout: dict[str, int], checkpoints: Checkpoints, main: bool) -> Resumed:
+    """Restore ``step`` from ``ckpt``, and ``best`` (the link: by the ``main`` process) to the checkpoint that was
+    best then. A run laid out otherwise (other processes or data: the schedule's steps would not match) is refused
+    before anything changes."""
     state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
     saved = state.get("layout") or {}  # checkpoints of zoo 0.x before it was recorded: not checked
     changed = [f"{k.replace('_', ' ')} {saved[k]} -> {v}" for k, v in layout.items() if k in saved and saved[k] != v]
@@ -199,8 +207,17 @@ def resume(ckpt: Path, step: Step, layout: dict[str, int], checkpoints: Checkpoi
         step.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     best = state["best"]
-    if "best_folder" in state and not checkpoints.restore_best(ckpt, state["best_folder"]) and best is not None:
-        log.warning("the best checkpoint as of %s (epoch %d) is not in %s: best starts again from this run's epochs",
-                    ckpt, best["epoch"], checkpoints.output)  # fmt: skip
+    folder = state["best_folder"] if "best_folder" in state else _named_best(ckpt, int(state["epoch"]), best)
+    if not checkpoints.restore_best(ckpt, folder, write=main) and best is not None:
+        if main:
+            log.warning("the best checkpoint as of %s (epoch %d) is not in %s: best starts again from this run's "
+                        "epochs", ckpt, best["epoch"], checkpoints.output)  # fmt: skip
         best = None
     return Resumed(int(state["epoch"]), best, state.get("elapsed_s"))
+
+
+def _named_best(ckpt: Path, epoch: int, best: dict | None) -> str | None:
+    """The best folder of a checkpoint written before ``best_folder`` was recorded: by its epoch's name."""
+    if best is None:
+        return None
+    return ckpt.resolve().name if best["epoch"] == epoch else f"epoch-{best['epoch']:04d}"

@@ -200,7 +200,8 @@ def _build_model(
     elif args.image_size:
         data_config["input_size"] = (data_config["input_size"][0], args.image_size, args.image_size)
     if "input_size" in data_config and getattr(model, "feature_info", None):  # the map pooled at that size
-        data_config["pool_size"] = (pool_side(data_config["input_size"][-1], model.feature_info[-1]["reduction"]),) * 2
+        reduction = model.feature_info[-1]["reduction"]
+        data_config["pool_size"] = tuple(pool_side(side, reduction) for side in data_config["input_size"][-2:])
     model.pretrained_cfg = {**data_config, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
     return model, frozen, mean, std, origin
 
@@ -268,7 +269,9 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     step = _build_step(args, procs, model, frozen, args.epochs * steps_per_epoch, steps_per_epoch, distill)
     layout = {"processes": procs.world, "training_images": len(data.train), "steps_per_epoch": steps_per_epoch}
     checkpoints = Checkpoints(output, keep=args.keep_checkpoints)
-    resumed = resume(resume_from, step, layout, checkpoints) if resume_from is not None else Resumed(0, None, None)
+    resumed = Resumed(0, None, None)
+    if resume_from is not None:
+        resumed = resume(resume_from, step, layout, checkpoints, procs.main)
     start_epoch, best = resumed.epoch, resumed.best
     _start_output(args, procs, output)
     if resume_from is not None and procs.main:

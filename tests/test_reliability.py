@@ -484,3 +484,26 @@ def test_skipped_images_are_counted_per_pass(tmp_path: Path) -> None:
         batches.set_epoch(epoch)
         assert sum(len(y) for _, y in batches) == 6
         assert batches.skipped == 1  # the same file met again, not a second unreadable image
+
+
+def test_training_batches_stay_full_when_files_are_unreadable(tmp_path: Path) -> None:
+    """A training batch of unreadable files must still be a step, or under DDP the other processes wait forever."""
+    from torchvision.transforms import v2
+
+    from zoo.train.data import FileBatches, Split
+
+    root = _folder(tmp_path / "data", {"a": [32] * 6})
+    for name in ("x1.png", "x2.png", "x3.png"):  # a third of the files: a batch of three may hold only these
+        (root / "train" / "a" / name).write_bytes(b"not an image")
+    files = sorted(str(p) for p in (root / "train" / "a").iterdir())
+    split = Split(torch.zeros(len(files), dtype=torch.int64), files=files)
+    to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    batches = FileBatches(split, batch_size=3, train=True, workers=0, transform=to_tensor)
+    for epoch in (1, 2):
+        batches.set_epoch(epoch)
+        sizes = [len(y) for _, y in batches]
+        assert sizes == [3, 3, 3] == [3] * len(batches)
+        assert batches.skipped == 3  # each unreadable file counted once a pass, its place taken by a readable one
+    broken = Split(torch.zeros(3, dtype=torch.int64), files=files[-3:])
+    with pytest.raises(Exception, match="no readable image among its 3 training files"):
+        next(iter(FileBatches(broken, batch_size=3, train=True, workers=0, transform=to_tensor)))

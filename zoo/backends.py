@@ -128,11 +128,7 @@ def choose(model: nn.Module, precision: str, example: torch.Tensor, device: torc
             chosen.selection = {**known, "cached": True}
             return chosen
         except Exception as e:  # the remembered runtime fails on these weights or here now: choose among the rest
-            if known["backend"] == "inductor":
-                raise
-            failed[known["backend"]] = f"{type(e).__name__}: {e}"
-            warnings.warn(f"backend auto: the remembered {known['backend']} failed ({failed[known['backend']]}); "
-                          "timing the other candidates", stacklevel=3)  # fmt: skip
+            _pass_over(known["backend"], e, failed, "the remembered {name} failed ({why}); timing the other candidates")
     timings: dict[str, float] = {}
     built: dict[str, nn.Module] = {}
     for name in tqdm([n for n in names if n not in failed], desc="choose backend", unit="backend"):
@@ -140,11 +136,8 @@ def choose(model: nn.Module, precision: str, example: torch.Tensor, device: torc
             built[name] = build(model, name, precision, example, inductor)
             timings[name] = round(_time(built[name], example), 2)
         except Exception as e:
-            if name == "inductor":
-                raise
             built.pop(name, None)
-            failed[name] = f"{type(e).__name__}: {e}"
-            warnings.warn(f"backend auto: passing over {name}, which failed here ({failed[name]})", stacklevel=3)
+            _pass_over(name, e, failed, "passing over {name}, which failed here ({why})")
     best = min(timings, key=timings.__getitem__)
     record = {"backend": best, "precision": precision, "milliseconds": timings, "input_size": list(example.shape)}
     if failed:
@@ -154,6 +147,15 @@ def choose(model: nn.Module, precision: str, example: torch.Tensor, device: torc
     chosen = built[best]
     chosen.selection = {**record, "cached": False}
     return chosen
+
+
+def _pass_over(name: str, error: Exception, failed: dict[str, str], message: str) -> None:
+    """Record a runtime that failed here in ``failed`` and warn with ``message``; the zoo's own path failing is
+    raised: there is nothing to fall back on."""
+    if name == "inductor":
+        raise error
+    failed[name] = f"{type(error).__name__}: {error}"
+    warnings.warn("backend auto: " + message.format(name=name, why=failed[name]), stacklevel=4)
 
 
 def _time(model: nn.Module, x: torch.Tensor) -> float:

@@ -26,13 +26,18 @@ def pool_side(input_side: int, reduction: int) -> int:
     return -(-input_side // reduction)
 
 
+def pool_size(input_size: tuple[int, ...], reduction: int) -> tuple[int, int]:
+    """The (h, w) of the last feature map for an input size ``(c, h, w)`` or ``(h, w)``."""
+    height, width = (pool_side(side, reduction) for side in input_size[-2:])
+    return height, width
+
+
 def default_pretrained_cfg(cfg: ResNetConfig) -> dict[str, Any]:
     """The data config of an architecture with no weights: ImageNet or CIFAR conventions."""
     if cfg.stem == "cifar":
         size, mean, std, crop_pct = 32, CIFAR10_MEAN, CIFAR10_STD, 1.0
     else:
         size, mean, std, crop_pct = 224, IMAGENET_MEAN, IMAGENET_STD, 0.875
-    pool = pool_side(size, cfg.stage_plan()[-1].reduction)
     return {
         "input_size": (cfg.in_chans, size, size),
         "interpolation": "bilinear",
@@ -41,7 +46,7 @@ def default_pretrained_cfg(cfg: ResNetConfig) -> dict[str, Any]:
         "mean": mean if cfg.in_chans == 3 else (sum(mean) / 3,) * cfg.in_chans,
         "std": std if cfg.in_chans == 3 else (sum(std) / 3,) * cfg.in_chans,
         "num_classes": cfg.num_classes,
-        "pool_size": (pool, pool),
+        "pool_size": pool_size((size, size), cfg.stage_plan()[-1].reduction),
         "first_conv": "conv1.0" if cfg.stem == "deep" else "conv1",
         "classifier": "fc",
     }

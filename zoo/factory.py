@@ -15,7 +15,7 @@ from torch import nn
 
 from . import hub, yaml_config
 from .config import ResNetConfig
-from .data import pool_side
+from .data import pool_size
 from .errors import ConfigError, StateDictError, UnknownModelError, WeightsNotFoundError
 from .features import make_backbone
 from .io import load_state_dict, read_json, verify
@@ -324,8 +324,7 @@ def _describe_weights(model: nn.Module, source: Source, in_chans: int, loaded: b
     if arch_cfg["num_classes"] != source.weights.num_classes:
         cfg.pop("label_names", None)
     cfg["num_classes"] = arch_cfg["num_classes"]
-    side = cfg["input_size"][-1]
-    cfg["pool_size"] = (pool_side(side, model.feature_info[-1]["reduction"]),) * 2
+    cfg["pool_size"] = pool_size(cfg["input_size"], model.feature_info[-1]["reduction"])
     if in_chans != 3:  # the first conv was adapted: one mean/std per input channel
         cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
         if cfg.get("test_input_size"):

@@ -353,23 +353,34 @@ class TensorBatches:
 
 
 class _FileDataset(torch.utils.data.Dataset):
-    def __init__(self, split: Split, transform: Any) -> None:
-        self.split, self.transform = split, transform
+    """Samples ``(image, label, unreadable)``. In training an unreadable file is replaced by the next readable one,
+    so every batch is full and every process takes the same steps (a short or missing batch would leave the others
+    waiting in the gradient all-reduce); in evaluation it is left out (``None``), each image counted once."""
+
+    def __init__(self, split: Split, transform: Any, substitute: bool) -> None:
+        self.split, self.transform, self.substitute = split, transform, substitute
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
-        image = read_image(self.split.files[i])
-        return None if image is None else (self.transform(image), int(self.split.labels[i]))
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | None:
+        for step in range(len(self.split) if self.substitute else 1):
+            j = (i + step) % len(self.split)
+            image = read_image(self.split.files[j])
+            if image is not None:
+                return self.transform(image), int(self.split.labels[j]), int(step > 0)
+        if self.substitute:
+            raise ConfigError("--root", f"has no readable image among its {len(self.split)} training files")
+        return None
 
 
-def _collate(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the readable samples; report how many were unreadable (skipped, not fatal)."""
+def _collate(batch: list[tuple[torch.Tensor, int, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; report how many files were unreadable (skipped, not fatal)."""
     good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good) + sum(b[2] for b in good)
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.int64), len(batch)
-    return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), len(batch) - len(good)
+        return torch.empty(0), torch.empty(0, dtype=torch.int64), skipped
+    return torch.stack([b[0] for b in good]), torch.tensor([b[1] for b in good]), skipped
 
 
 class FileBatches:
@@ -392,7 +403,7 @@ class FileBatches:
         from torch.utils.data import DataLoader
         from torch.utils.data.distributed import DistributedSampler
 
-        self.dataset = _FileDataset(split, transform)
+        self.dataset = _FileDataset(split, transform, substitute=train)
         # Training: torch's shuffling sampler (equal shares, the remainder dropped). Evaluation: every world-th
         # image, each exactly once (DistributedSampler would pad the last shares with repeats, counted twice).
         self.sampler = (

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .. import create_model
-from ..data import pool_side, resolve_data_config
+from ..data import pool_size, resolve_data_config
 from ..errors import ConfigError
 from ..factory import build, resolve
 from ..features import stem_and_stages
@@ -200,8 +200,7 @@ def _build_model(
     elif args.image_size:
         data_config["input_size"] = (data_config["input_size"][0], args.image_size, args.image_size)
     if "input_size" in data_config and getattr(model, "feature_info", None):  # the map pooled at that size
-        reduction = model.feature_info[-1]["reduction"]
-        data_config["pool_size"] = tuple(pool_side(side, reduction) for side in data_config["input_size"][-2:])
+        data_config["pool_size"] = pool_size(data_config["input_size"], model.feature_info[-1]["reduction"])
     model.pretrained_cfg = {**data_config, "mean": tuple(mean), "std": tuple(std), "label_names": data.classes}
     return model, frozen, mean, std, origin
 

@@ -8,11 +8,10 @@ Options are strings from closed sets so a config round-trips through YAML/JSON.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
-from .errors import ConfigError, not_one_of, suggest
+from .errors import ConfigError, check_bool, check_choice, check_int, check_rate, suggest
 
 Block = Literal["basic", "bottleneck"]
 Stem = Literal["imagenet", "deep", "cifar"]
@@ -138,28 +137,6 @@ def field_names() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(ResNetConfig))
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:  # type: ignore[operator]
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(name, f"expected {kind}, got {value!r}")
-
-
-def _check_choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
-    # exact type too: 8.0 or True must not pass for 8 or 1
-    if not any(type(value) is type(a) and value == a for a in allowed):
-        raise ConfigError(name, not_one_of(value, allowed))
-
-
-def _check_rate(name: str, value: object) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
-    if not ok or not math.isfinite(value):  # type: ignore[arg-type]
-        raise ConfigError(name, f"expected a probability in [0, 1), got {value!r}")
-
-
 def _validate(cfg: ResNetConfig) -> None:
     """Check every field once; the message names the field, the value and what is allowed."""
     for name in ("layers", "channels"):
@@ -167,18 +144,18 @@ def _validate(cfg: ResNetConfig) -> None:
         if not isinstance(value, tuple) or not value:
             raise ConfigError(name, f"expected a non-empty list of positive integers, got {value!r}")
         for i, item in enumerate(value):
-            _check_int(f"{name}[{i}]", item, 1)
+            check_int(f"{name}[{i}]", item, 1)
     if len(cfg.channels) != len(cfg.layers):
         raise ConfigError(
             "channels",
             f"has {len(cfg.channels)} entries but layers has {len(cfg.layers)}; give one width per stage",
         )
-    _check_choice("block", cfg.block, BLOCKS)
-    _check_choice("stem", cfg.stem, STEMS)
-    _check_int("stem_width", cfg.stem_width, 2 if cfg.stem == "deep" else 1)
-    _check_choice("shortcut", cfg.shortcut, SHORTCUTS)
-    _check_int("groups", cfg.groups, 1)
-    _check_int("width_per_group", cfg.width_per_group, 1)
+    check_choice("block", cfg.block, BLOCKS)
+    check_choice("stem", cfg.stem, STEMS)
+    check_int("stem_width", cfg.stem_width, 2 if cfg.stem == "deep" else 1)
+    check_choice("shortcut", cfg.shortcut, SHORTCUTS)
+    check_int("groups", cfg.groups, 1)
+    check_int("width_per_group", cfg.width_per_group, 1)
     if cfg.block == "bottleneck":
         for i, planes in enumerate(cfg.channels):
             if int(planes * cfg.width_per_group / 64) < 1:
@@ -193,26 +170,25 @@ def _validate(cfg: ResNetConfig) -> None:
             f"groups={cfg.groups}, width_per_group={cfg.width_per_group} need block='bottleneck'; "
             "a basic block has no inner width (widen it through channels)",
         )
-    _check_int("num_classes", cfg.num_classes, 0)
-    _check_int("in_chans", cfg.in_chans, 1)
-    _check_choice("norm_layer", cfg.norm_layer, NORMS)
-    _check_choice("act_layer", cfg.act_layer, ACTS)
+    check_int("num_classes", cfg.num_classes, 0)
+    check_int("in_chans", cfg.in_chans, 1)
+    check_choice("norm_layer", cfg.norm_layer, NORMS)
+    check_choice("act_layer", cfg.act_layer, ACTS)
     stride, least = cfg.output_stride, cfg.stem_stride
-    if not _is_int(stride) or stride < least or stride & (stride - 1):
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < least or stride & (stride - 1):
         allowed = ", ".join(str(least * 2**i) for i in range(4 if least == 4 else 5))
         raise ConfigError(
             "output_stride", f"expected a power of two >= {least}, the stem's stride ({allowed}, ...), got {stride!r}"
         )
-    _check_rate("drop_rate", cfg.drop_rate)
-    _check_rate("drop_path_rate", cfg.drop_path_rate)
+    check_rate("drop_rate", cfg.drop_rate)
+    check_rate("drop_path_rate", cfg.drop_path_rate)
     for name in ("first_stage_shortcut_conv", "zero_init_last"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ConfigError(name, f"expected true or false, got {getattr(cfg, name)!r}")
+        check_bool(name, getattr(cfg, name))
     if cfg.first_stage_shortcut_conv and cfg.shortcut == "pad":
         raise ConfigError(
             "first_stage_shortcut_conv", "needs a projection shortcut, shortcut='conv' or 'avg', not 'pad'"
         )
-    _check_choice("global_pool", cfg.global_pool, POOLS)
+    check_choice("global_pool", cfg.global_pool, POOLS)
     if cfg.global_pool == "" and cfg.num_classes:
         raise ConfigError(
             "global_pool",

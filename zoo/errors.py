@@ -3,7 +3,9 @@
 Every error is a ``ZooError`` and also the builtin a caller would catch without
 knowing the zoo (``ValueError`` for a bad argument, ``LookupError`` for an
 unknown name, ``FileNotFoundError`` for missing weights), so both
-``except zoo.ZooError`` and ``except ValueError`` work.
+``except zoo.ZooError`` and ``except ValueError`` work. The ``check_*`` helpers
+are the one place a config value's type and range are checked (architecture
+options, the YAML schema, the trainer's flags) and their messages worded.
 """
 
 from __future__ import annotations
@@ -97,3 +99,32 @@ def not_one_of(value: object, allowed: Iterable[object]) -> str:
     allowed = list(allowed)
     hint = suggest(value, [a for a in allowed if isinstance(a, str)])
     return f"{value!r} is not one of {', '.join(map(repr, allowed))}{hint}"
+
+
+def check_int(field: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum`` (not a bool, not 8.0), else a ConfigError naming ``field``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(field, f"expected {kind}, got {value!r}")
+    return value
+
+
+def check_choice(field: str, value: object, allowed: Iterable[object]) -> object:
+    """``value`` if it is one of ``allowed``, of the same type too (8.0 or True must not pass for 8 or 1)."""
+    allowed = list(allowed)
+    if not any(type(value) is type(a) and value == a for a in allowed):
+        raise ConfigError(field, not_one_of(value, allowed))
+    return value
+
+
+def check_rate(field: str, value: object) -> float:
+    """``value`` as a float if it is a probability in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:  # NaN too
+        raise ConfigError(field, f"expected a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_bool(field: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(field, f"expected true or false, got {value!r}")
+    return value

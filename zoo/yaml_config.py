@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from .config import ACTS, NORMS, POOLS, SHORTCUTS, ResNetConfig
-from .errors import ConfigError, not_one_of, suggest
+from .errors import ConfigError, check_bool, check_choice, check_int, check_rate, not_one_of, suggest
 
 BLOCK_TYPES = {"basicblock": "basic", "bottleneck": "bottleneck"}
 STEMS = ("imagenet", "cifar")
@@ -107,31 +107,14 @@ def _keys(section: Mapping[str, Any], path: str, allowed: set[str], *, renamed: 
     return out
 
 
-def _int(path: str, value: Any, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(path, f"expected {kind}, got {value!r}")
-    return value
-
-
 def _bool(path: str, value: Any) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ConfigError(path, f"expected true or false, got {value!r}")
-    return value
+    return False if value is None else check_bool(path, value)  # left out: false
 
 
 def _choice(path: str, value: Any, allowed: tuple[str, ...] | dict[str, str]) -> Any:
-    if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(path, not_one_of(value, list(allowed)))
+    """``value``, or the zoo's name for it where ``allowed`` maps the schema's names to the zoo's."""
+    check_choice(path, value, allowed)
     return allowed[value] if isinstance(allowed, dict) else value
-
-
-def _rate(path: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ConfigError(path, f"expected a probability in [0, 1), got {value!r}")
-    return float(value)
 
 
 def _backbone(document: Any) -> tuple[dict[str, Any], Any, str, dict[str, Any]]:
@@ -194,12 +177,12 @@ def parse(document: Any) -> Document:
     fields["first_stage_shortcut_conv"] = _bool(at(".first_stage_shortcut_conv"), p.get("first_stage_shortcut_conv"))
     for key in ("in_chans", "stem_width", "groups", "width_per_group"):
         if key in p:
-            fields[key] = _int(at(f".{key}"), p[key])
+            fields[key] = check_int(at(f".{key}"), p[key])
     for key, allowed in (("act_layer", ACTS), ("global_pool", POOLS)):
         if key in p:
             fields[key] = _choice(at(f".{key}"), p[key], allowed)
     if "drop_path_rate" in p:
-        fields["drop_path_rate"] = _rate(at(".drop_path_rate"), p["drop_path_rate"])
+        fields["drop_path_rate"] = check_rate(at(".drop_path_rate"), p["drop_path_rate"])
     for key in ("zero_init_last", "zero_init_residual"):
         if key in p:
             fields["zero_init_last"] = _bool(at(f".{key}"), p[key])
@@ -229,7 +212,7 @@ def parse(document: Any) -> Document:
         if key in p and key in head_params and p[key] != head_params[key]:
             raise ConfigError(at(f".{key}"), f"{p[key]!r} contradicts head.params.{key}: {head_params[key]!r}")
     if "num_classes" in p:
-        fields["num_classes"] = _int(at(".num_classes"), p["num_classes"], 0)
+        fields["num_classes"] = check_int(at(".num_classes"), p["num_classes"], 0)
     fields.update(head_params)
 
     out_indices = _out_indices(at(".return_stage_idx"), p.get("return_stage_idx"), len(layers))
@@ -259,8 +242,8 @@ def _stages(stages: Any) -> tuple[list[int], list[int], list[bool], list[bool]]:
         for key in ("channels", "num_blocks"):
             if key not in s:
                 raise ConfigError(f"{sp}.{key}", "missing")
-        channels.append(_int(f"{sp}.channels", s["channels"]))
-        layers.append(_int(f"{sp}.num_blocks", s["num_blocks"]))
+        channels.append(check_int(f"{sp}.channels", s["channels"]))
+        layers.append(check_int(f"{sp}.num_blocks", s["num_blocks"]))
         dilate.append(_bool(f"{sp}.replace_stride_with_dilation", s.get("replace_stride_with_dilation")))
         pool.append(_bool(f"{sp}.replace_stride_with_pooling", s.get("replace_stride_with_pooling")))
     return layers, channels, dilate, pool
@@ -343,9 +326,9 @@ def _head(head: Any) -> dict[str, Any]:
             raise ConfigError(at(f".{key}"), f"only applies to a multi-layer head; got {p[key]!r}")
     out: dict[str, Any] = {}
     if "num_classes" in p:
-        out["num_classes"] = _int(at(".num_classes"), p["num_classes"], 0)
+        out["num_classes"] = check_int(at(".num_classes"), p["num_classes"], 0)
     if p.get("dropout_prob"):
-        out["drop_rate"] = _rate(at(".dropout_prob"), p["dropout_prob"])
+        out["drop_rate"] = check_rate(at(".dropout_prob"), p["dropout_prob"])
     return out
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, not_one_of
+from ..errors import ConfigError, check_choice, check_int
 from ..hardware import PRECISIONS
 from ..optimize import COMPILE_MODES
 from .data import DATASETS
@@ -157,23 +157,17 @@ class TrainConfig:
         choices = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,
                    "norm": NORMS, "device": DEVICES}  # fmt: skip
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(flag(name), not_one_of(getattr(self, name), allowed))
-        if self.teacher_tta is not None and self.teacher_tta not in TTA_MODES:
-            raise ConfigError("--teacher-tta", not_one_of(self.teacher_tta, TTA_MODES))
+            check_choice(flag(name), getattr(self, name), allowed)
+        if self.teacher_tta is not None:
+            check_choice("--teacher-tta", self.teacher_tta, TTA_MODES)
         for spec in self.teacher:  # a typo is named now, not after the data has loaded
             _check_teacher(spec)
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError("--compile-mode", not_one_of(self.compile_mode, COMPILE_MODES))
+        check_choice("--compile-mode", self.compile_mode, COMPILE_MODES)
         for name in ("epochs", "batch_size", "eval_every", "keep_checkpoints", "in_chans", "image_size", "t_max"):
-            value = getattr(self, name)
-            if value is None and name in OPTIONAL:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(flag(name), f"expected a positive integer, got {value!r}")
+            if getattr(self, name) is not None or name not in OPTIONAL:
+                check_int(flag(name), getattr(self, name))
         for name in ("workers", "crop_pad", "cutout"):
-            if getattr(self, name) < 0:
-                raise ConfigError(flag(name), f"expected an integer >= 0, got {getattr(self, name)!r}")
+            check_int(flag(name), getattr(self, name), 0)
         if self.in_chans not in (None, 3):  # every dataset the trainer reads decodes to RGB
             raise ConfigError("--in-chans", f"the trainer's images are RGB: expected 3 (or leave it out), got "
                               f"{self.in_chans!r}")  # fmt: skip

@@ -147,12 +147,19 @@ class ResNet(nn.Module):
         self.head_hidden_size = self.num_features
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))  # (B, stem_width, H/4, W/4); cifar: H, W
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv1(x)))  # before the max-pool: feature map 0
+
+    def _stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
         checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
+        for block in stage:
+            x = checkpointed(block, x) if checkpointing else block(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self._stem(x))  # (B, stem_width, H/4, W/4); cifar: H, W
         for stage in self.stages():
-            for block in stage:
-                x = checkpointed(block, x) if checkpointing else block(x)
+            x = self._stage(stage, x)
         return x  # (B, num_features, H/32, W/32) for the ImageNet stem at output_stride 32
 
     def forward_intermediates(
@@ -172,14 +179,12 @@ class ResNet(nn.Module):
             raise ConfigError("output_fmt", not_one_of(output_fmt, ("NCHW",)))
         taken, last = self.feature_info.take_indices(indices)
         intermediates = []
-        x = self.act1(self.bn1(self.conv1(x)))  # index 0: the stem's output, before the max-pool
+        x = self._stem(x)
         if 0 in taken:
             intermediates.append(x)
         x = self.maxpool(x)
-        checkpointing = self.grad_checkpointing and torch.is_grad_enabled()
         for i, stage in enumerate(self.stages()[:last] if stop_early else self.stages(), start=1):
-            for block in stage:
-                x = checkpointed(block, x) if checkpointing else block(x)
+            x = self._stage(stage, x)
             if i in taken:
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)

@@ -253,6 +253,8 @@ def test_a_hub_repo_with_only_a_pickle_loads_verified(tmp_path: Path, monkeypatc
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         model = zoo.create_model("hf-hub:olduser/resnet18-pickle", pretrained=True).eval()
         asked = [path.rsplit("/", 1)[-1] for _, path in server.requests]
+        zoo.create_model("hf-hub:olduser/resnet18-pickle", pretrained=True)
+        assert len(server.requests) == len(asked)  # warm: the cached pickle, no request for the missing safetensors
     assert "model.safetensors" in asked and "pytorch_model.bin" in asked  # safetensors first, then the pickle
     x = x_for("resnet18")
     with torch.no_grad():

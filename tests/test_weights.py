@@ -354,6 +354,16 @@ def test_local_dir_folder(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.fc.weight, source.fc.weight)
 
 
+def test_a_folder_of_a_model_with_other_input_channels_loads_as_saved(tmp_path: Path) -> None:
+    """Its zoo_config says in_chans=1: the weights fit as they are, nothing adapted to 3 channels."""
+    source = zoo.create_model("resnet20", in_chans=1, num_classes=10)
+    config = folder_config("resnet20", source.cfg.to_dict(), source.pretrained_cfg, num_features=64)
+    save_model_folder(tmp_path / "gray", source.state_dict(), config)
+    loaded = zoo.create_model(f"local-dir:{tmp_path / 'gray'}", pretrained=True)
+    torch.testing.assert_close(loaded.conv1.weight, source.conv1.weight)
+    assert loaded.pretrained_cfg["input_size"] == (1, 32, 32) and len(loaded.pretrained_cfg["mean"]) == 1
+
+
 def test_unknown_tag() -> None:
     with pytest.raises(
         zoo.UnknownModelError, match=r"unknown weights resnet50.tv3_in1k; resnet50 has .*resnet50.tv2_in1k"

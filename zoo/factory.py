@@ -156,7 +156,9 @@ def _weights_file(
         if source.name.startswith("local-dir:"):
             raise WeightsNotFoundError(hub._not_found(str(source.folder / names[0]), tried))
     missing: WeightsNotFoundError | None = None
-    for name in names:
+    # Each name from the cache before any request: a repo with only the pickle then loads warm with none.
+    cached = [n for n in names if hub.cached_file(weights.hf_hub_id, n, revision=weights.revision, cache_dir=cache_dir)]
+    for name in cached[:1] + names:
         try:
             return hub.hub_file(
                 weights.hf_hub_id, name, revision=weights.revision, sha256=weights.sha256, cache_dir=cache_dir,
@@ -268,7 +270,8 @@ def build(
         log.info("loaded %s from %s", source.weights_name or source.name, path)
     if source.weights is not None:  # the weights' data config, as timm's, even when they are not loaded
         loaded = bool(pretrained and not checkpoint_path)
-        _describe_weights(model, source, kwargs.get("in_chans", 3), loaded)
+        in_chans = model.get_submodule(model.pretrained_cfg.get("first_conv", "conv1")).weight.shape[1]
+        _describe_weights(model, source, in_chans, loaded)
     model.pretrained_cfg = {**model.pretrained_cfg, "architecture": source.architecture}  # as timm's records
     if features_only:
         out_indices = source.out_indices if out_indices is None else out_indices
@@ -295,9 +298,10 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
     model = probe
     model_keys = {k: v.shape for k, v in model.state_dict().items()}
     head_replaced = head is not None and model_keys.get(f"{classifier}.weight") != head.shape
+    # in_chans: the model's own, which a folder's zoo_config sets as well as the in_chans= option
     state = fit_state_dict(
         state, model_keys, first_conv=first_conv, classifier=classifier,
-        in_chans=kwargs.get("in_chans", 3), head_replaced=head_replaced,
+        in_chans=model_keys[f"{first_conv}.weight"][1], head_replaced=head_replaced,
     )  # fmt: skip
     model.load_state_dict(state, strict=False, assign=True)
     if head_replaced and getattr(model, "num_classes", 0):

@@ -354,6 +354,21 @@ def test_local_dir_folder(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.fc.weight, source.fc.weight)
 
 
+def test_a_timm_style_folder_keeps_its_class_count_and_labels(tmp_path: Path) -> None:
+    """No zoo_config: the top-level num_classes builds the head (as timm), its label_names name the classes, and
+    a head that is not ImageNet's gets no ImageNet names."""
+    source = zoo.create_model("resnet20", num_classes=10)
+    save_model_folder(tmp_path / "f", source.state_dict(), {"architecture": "resnet20", "num_classes": 10,
+                                                            "pretrained_cfg": {}})  # fmt: skip
+    name = f"local-dir:{tmp_path / 'f'}"
+    assert zoo.create_model(name).num_classes == 10
+    assert zoo.create_model(name, pretrained=True).pretrained_cfg["label_names"] == ()
+    labels = [f"class{i}" for i in range(10)]
+    (tmp_path / "f" / "config.json").write_text(json.dumps({"architecture": "resnet20", "num_classes": 10,
+                                                            "label_names": labels, "pretrained_cfg": {}}))  # fmt: skip
+    assert zoo.create_model(name, pretrained=True).pretrained_cfg["label_names"] == tuple(labels)
+
+
 def test_a_folder_of_a_model_with_other_input_channels_loads_as_saved(tmp_path: Path) -> None:
     """Its zoo_config says in_chans=1: the weights fit as they are, nothing adapted to 3 channels."""
     source = zoo.create_model("resnet20", in_chans=1, num_classes=10)

@@ -58,7 +58,9 @@ def _from_folder_config(config: dict[str, Any], name: str) -> Callable[..., nn.M
     if not arch:
         raise ConfigError(name, "its config.json names no 'architecture' and has no 'zoo_config'")
     entry = get_entry(arch)
-    model_args = config.get("model_args", {})
+    # timm's top-level num_classes is the saved head's (timm builds with it unless told otherwise)
+    model_args = {**({"num_classes": config["num_classes"]} if "num_classes" in config else {}),
+                  **config.get("model_args", {})}  # fmt: skip
     return lambda **options: entry.builder(**{**model_args, **options})
 
 
@@ -76,7 +78,11 @@ def _folder_weights(config: dict[str, Any], repo_id: str, revision: str | None =
     fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in known}
     for key in ("hf_hub_id", "revision"):  # where this folder's file is: the caller knows, not the config
         fields.pop(key, None)
-    return Weights(hf_hub_id=repo_id, revision=revision, **{**fields, "num_classes": config.get("num_classes", 1000)})
+    num_classes = config.get("num_classes", 1000)
+    # timm's save_for_hf writes the labels at the top level; with none, ImageNet's only for a 1000-class head
+    labels = config.get("label_names") or fields.get("label_names") or ("imagenet-1k" if num_classes == 1000 else ())
+    fields["label_names"] = tuple(labels) if isinstance(labels, list) else labels
+    return Weights(hf_hub_id=repo_id, revision=revision, **{**fields, "num_classes": num_classes})
 
 
 def _folder_config(config: Any, path: Path) -> dict[str, Any]:

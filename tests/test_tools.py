@@ -403,6 +403,23 @@ def test_push_to_hub_converts_a_pth_and_checks_its_upload_flags_first(tmp_path: 
     assert result.returncode == 2 and "--eval: " in result.stderr and "is not readable JSON" in result.stderr
 
 
+def test_a_folder_that_would_not_load_leaves_the_old_one_in_place(tmp_path: Path) -> None:
+    from zoo.io import folder_config, save_safetensors
+    from zoo.publish import Card, write_folder
+
+    model = zoo.create_model("resnet20", num_classes=10)
+    config = folder_config("resnet20", model.cfg.to_dict(), model.pretrained_cfg)
+    save_safetensors(tmp_path / "good.safetensors", model.state_dict())
+    write_folder(tmp_path / "out", tmp_path / "good.safetensors", config, Card("resnet20.x", "a test"))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    save_safetensors(tmp_path / "bad.safetensors", zoo.create_model("resnet32").state_dict())  # other layers
+    with pytest.raises(zoo.StateDictError):
+        write_folder(tmp_path / "out", tmp_path / "bad.safetensors", config, Card("resnet20.x", "a test"))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+    zoo.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
+
+
 # --- the zoo command ---------------------------------------------------------------------------------------
 
 

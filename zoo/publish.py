@@ -7,7 +7,9 @@ and, once uploaded, with ``zoo.create_model("hf-hub:ORG/NAME", pretrained=True)`
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,6 @@ from . import hub
 from .errors import ConfigError, WeightsNotFoundError, ZooError
 from .io import (
     LEGACY_SUFFIXES,
-    atomic_path,
     atomic_write,
     check_safetensors,
     first_line,
@@ -121,30 +122,34 @@ def write_folder(
     out: str | Path, weights: str | Path, config: dict[str, Any], card: Card, *, extra: dict[str, Path] | None = None
 ) -> Path:
     """A Hub model folder: model.safetensors (verified; a tensors-only pickle is converted), config.json,
-    README.md and ``extra`` files."""
+    README.md and ``extra`` files. Written beside ``out`` and proved to load there first, so a folder already at
+    ``out`` keeps working when the new one does not."""
     from .factory import create_model
 
     out, weights = Path(out), Path(weights)
     if not weights.is_file():
         raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
     out.mkdir(parents=True, exist_ok=True)
-    if weights.suffix in LEGACY_SUFFIXES:
-        save_safetensors(out / "model.safetensors", load_state_dict(weights))
-    else:
-        check_safetensors(weights)
-        with atomic_path(out / "model.safetensors") as tmp:
-            shutil.copyfile(weights, tmp)
-    save_json(out / "config.json", config)
-    model = create_model(f"local-dir:{out}", pretrained=True)  # the folder must load: prove it now
-    params = sum(p.numel() for p in model.parameters())
-    from .counting import count
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if weights.suffix in LEGACY_SUFFIXES:
+            save_safetensors(staging / "model.safetensors", load_state_dict(weights))
+        else:
+            check_safetensors(weights)
+            shutil.copyfile(weights, staging / "model.safetensors")
+        save_json(staging / "config.json", config)
+        model = create_model(f"local-dir:{staging}", pretrained=True)  # the folder must load: prove it now
+        params = sum(p.numel() for p in model.parameters())
+        from .counting import count
 
-    macs = count(model).macs
-    with atomic_write(out / "README.md", "w") as f:
-        f.write(model_card(card, config, params, macs))
-    for name, path in (extra or {}).items():
-        with atomic_path(out / name) as tmp:
-            shutil.copyfile(path, tmp)
+        macs = count(model).macs
+        (staging / "README.md").write_text(model_card(card, config, params, macs))
+        for name, path in (extra or {}).items():
+            shutil.copyfile(path, staging / name)
+        for file in staging.iterdir():  # each replaced whole (a rename); the old ones stand until now
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -507,3 +507,16 @@ def test_training_batches_stay_full_when_files_are_unreadable(tmp_path: Path) ->
     broken = Split(torch.zeros(3, dtype=torch.int64), files=files[-3:])
     with pytest.raises(Exception, match="no readable image among its 3 training files"):
         next(iter(FileBatches(broken, batch_size=3, train=True, workers=0, transform=to_tensor)))
+
+
+def test_tied_and_viewed_tensors_are_saved_apart(tmp_path: Path) -> None:
+    """safetensors refuses tensors that share memory; save_safetensors copies them apart, values kept."""
+    from safetensors.torch import load_file
+
+    from zoo.io import save_safetensors
+
+    t = torch.randn(4, 4)
+    tensors = {"a": t, "tied": t, "rows": t[1:], "transposed": t.t()}
+    save_safetensors(tmp_path / "x.safetensors", tensors)
+    loaded = load_file(tmp_path / "x.safetensors")
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], v) for k, v in tensors.items())

@@ -84,8 +84,16 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 def save_safetensors(
     path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    """Write ``tensors`` as safetensors, atomically. Shared storage is copied apart first."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    """Write ``tensors`` as safetensors, atomically. Shared storage (tied or viewed tensors), which safetensors
+    refuses, is copied apart first."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone(memory_format=torch.contiguous_format) if storage in seen else tensor.contiguous()
+        seen.add(storage)
+    tensors = out
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
 

@@ -40,6 +40,8 @@ def test_a_flag_overrides_its_preset_value_and_is_named(caplog: pytest.LogCaptur
     assert (config.batch_size, config.lr, config.channels_last, config.epochs) == (256, 0.2, False, 26)
     assert "--recipe resnet18-fast, overridden: --batch-size 256 (the recipe's 500)" in caplog.text
     assert "--channels-last False (the recipe's True)" in caplog.text and "--lr" not in caplog.text  # equal: silent
+    # a switch the preset turns on can be turned off again
+    assert parse(["--recipe", "resnet18-fast", "--no-decay-norm-and-bias"]).decay_norm_and_bias is False
     for preset in RECIPES.values():
         assert set(preset) <= set(zoo.train.config.TrainConfig.__dataclass_fields__)
 

@@ -79,7 +79,7 @@ def _data_and_model_arguments(p: argparse.ArgumentParser) -> None:
         help="decode all images once into memory (default: when images are at most 64 px)",
     )  # fmt: skip
     data.add_argument("--workers", "--num_workers", type=int, default=2, help="DataLoader workers (streamed data)")
-    data.add_argument("--pin-memory", "--pin_memory", action="store_true")
+    data.add_argument("--pin-memory", "--pin_memory", action=argparse.BooleanOptionalAction, default=False)
 
     model = p.add_argument_group("model")
     model.add_argument("--model", "--model_name", default="resnet20", help="registered name or YAML config")
@@ -112,7 +112,10 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--momentum", type=float, default=0.9)
     recipe.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True)
     recipe.add_argument("--weight-decay", type=float, default=5e-4)
-    recipe.add_argument("--decay-norm-and-bias", action="store_true", help="also decay norm weights and biases")
+    recipe.add_argument(
+        "--decay-norm-and-bias", action=argparse.BooleanOptionalAction, default=False,
+        help="also decay norm weights and biases",
+    )  # fmt: skip
     recipe.add_argument(
         "--schedule", "--lr_scheduler", type=_lower_choice(SCHEDULES, SCHEDULE_ALIASES), default="onecycle",
         help=" | ".join(SCHEDULES),
@@ -147,7 +150,7 @@ def _recipe_arguments(p: argparse.ArgumentParser) -> None:
     recipe.add_argument("--crop-pad", type=int, default=4, help="small images: random crop after reflect padding")
     recipe.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True)
     recipe.add_argument("--cutout", type=int, default=0, help="side of a square set to the mean colour per image")
-    recipe.add_argument("--trivial-augment", action="store_true")
+    recipe.add_argument("--trivial-augment", action=argparse.BooleanOptionalAction, default=False)
     recipe.add_argument("--random-erasing", type=float, default=0.0, help="probability per image")
     recipe.add_argument("--image-size", type=int, default=None, help="streamed images: training crop size")
     recipe.add_argument("--norm", type=_lower_choice(NORMS), default="model", help=" | ".join(NORMS))

@@ -324,6 +324,7 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> Non
     result = json.loads(report.read_text())
     assert result["top1"] == pytest.approx(summary["best"]["val_acc1"], abs=0.001)  # rounded to 3 places
     assert result["images"] in (59, 60)  # 25% of each class; the unreadable file may fall in either split
+    assert result["images"] + result["skipped_images"] == 60  # scored, and left out unreadable: the split's files
     int8 = result["int8"]  # calibrated on all (<= 512) training images, scored on the same val images
     assert int8["calibration_images"] in (180, 181) and int8["top1"] == pytest.approx(result["top1"], abs=10)
     assert int8["calibration_split"] == "train"

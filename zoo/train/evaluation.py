@@ -17,8 +17,9 @@ from .views import tta_views
 def evaluate(
     model: nn.Module, batches: Any, procs: Processes, precision: str = "fp32", tta: str | None = None
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (%) over ``batches`` (already in the model's memory format), summed
-    over all ranks. ``tta`` (see ``tta_views``) scores the mean logits of several views of each image."""
+    """Loss, top-1 and top-5 accuracy (%) and the images scored, over ``batches`` (already in the model's memory
+    format), summed over all ranks. ``tta`` (see ``tta_views``) scores the mean logits of several views of
+    each image."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=procs.device)  # loss, top-1 hits, top-5 hits, count
     for x, y in batches:
@@ -32,5 +33,5 @@ def evaluate(
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
                              torch.tensor(len(y), device=procs.device)]).double()  # fmt: skip
     loss, top1, top5_hits, n = procs.sum(sums).tolist()
-    n = max(n, 1)
-    return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5_hits / n}
+    scored, n = int(n), max(n, 1)
+    return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5_hits / n, "images": scored}

@@ -120,7 +120,8 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         **_scored_weights(args.model, model, checkpoint, pretrained),
         "dataset": args.dataset,
         "split": args.split,
-        "images": len(split),
+        "images": metrics["images"],  # the scored ones: unreadable files are left out and counted
+        "skipped_images": split.skipped + getattr(batches, "skipped", 0),
         "top1": round(metrics["acc1"], 3),
         "top5": round(metrics["acc5"], 3),
         "loss": round(metrics["loss"], 4),

@@ -80,6 +80,9 @@ def test_cutout_is_refused_for_streamed_images(tmp_path: Path) -> None:
             "--batch-size", "2", "--output", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     with pytest.raises(zoo.ConfigError, match=r"--cutout: squares are cut from in-memory images \(up to 64 px\)"):
         train(parse(args))
+    preset = [a for a in args if a not in ("--cutout", "8")] + ["--recipe", "resnet18-fast", "--overwrite"]
+    with pytest.raises(zoo.ConfigError, match=r"\(--recipe resnet18-fast sets --cutout 12; give --cutout 0\)"):
+        train(parse(preset))
 
 
 def test_the_benchmark_times_the_loader_and_the_step_zoo_train_runs(tmp_path: Path, monkeypatch) -> None:

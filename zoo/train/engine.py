@@ -72,8 +72,9 @@ def _batches(
     from torchvision.transforms import v2
 
     if train and args.cutout:
+        preset = f" (--recipe {args.recipe} sets --cutout {args.cutout}; give --cutout 0)" if args.recipe else ""
         raise ConfigError("--cutout", "squares are cut from in-memory images (up to 64 px); these stream from files: "
-                          "use --random-erasing")  # fmt: skip
+                          f"use --random-erasing{preset}")  # fmt: skip
     config = resolve_data_config(model, mean=tuple(mean), std=tuple(std))  # --image-size: set by _build_model
     size = config["input_size"][-2:]
     interpolation = v2.InterpolationMode(config["interpolation"])

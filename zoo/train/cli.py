@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -210,7 +211,24 @@ def finish_arguments(args: argparse.Namespace) -> TrainConfig:
     match = re.fullmatch(r"ResNet(\d+)", values["model"])
     if match:  # its ResNet18..152 are the CIFAR-stem nets on CIFAR, the ImageNet ones elsewhere
         values["model"] = f"resnet{match[1]}" + ("_cifar" if values["dataset"].startswith("cifar") else "")
-    return TrainConfig.from_mapping(values)
+    config = TrainConfig.from_mapping(values)  # its values checked first
+    for name, (reads, needs) in IGNORED_UNLESS.items():
+        if name in given and not reads(config):
+            raise ConfigError(flag(name), f"has no effect without {needs}")
+    return config
+
+
+# Flags read only in some configurations: one given where it is not read is an error, not a silent no-op.
+_ADAMW_MOMENTUM = "--optimizer sgd (AdamW reads it only under --schedule onecycle, as the beta1 it cycles)"
+IGNORED_UNLESS: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
+    "gamma": (lambda c: c.schedule == "multistep", "--schedule multistep"),
+    "momentum": (lambda c: c.optimizer == "sgd" or c.schedule == "onecycle", _ADAMW_MOMENTUM),
+    "nesterov": (lambda c: c.optimizer == "sgd", "--optimizer sgd"),
+    "compile_mode": (lambda c: c.compile, "--compile"),
+    "teacher_tta": (lambda c: bool(c.teacher), "--teacher"),
+    "distill_weight": (lambda c: bool(c.teacher), "--teacher"),
+    "distill_temperature": (lambda c: bool(c.teacher), "--teacher"),
+}
 
 
 def parse(argv: list[str] | None = None) -> TrainConfig:

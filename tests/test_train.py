@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -100,7 +101,7 @@ def test_resume_is_exact(shapes: Path, tmp_path: Path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_from_last_after_a_kill(shapes: Path, tmp_path: Path) -> None:
+def test_resume_from_last_after_a_kill(shapes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "tools/train.py", *args_for(shapes, out, "--epochs", "3")], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -118,7 +119,9 @@ def test_resume_from_last_after_a_kill(shapes: Path, tmp_path: Path) -> None:
     changed = r"other arguments: --batch-size 16 -> 8; --lr 0.05 -> 0.1\. Resume with the run's own arguments"
     with pytest.raises(zoo.ConfigError, match=changed):
         train(parse(args_for(shapes, out, "--epochs", "3", "--resume", "--batch-size", "8", "--lr", "0.1")))
-    summary = train(parse(args_for(shapes, out, "--epochs", "3", "--resume")))
+    with caplog.at_level(logging.WARNING, logger="zoo.train"):
+        summary = train(parse(args_for(shapes, out, "--epochs", "3", "--resume", "--label-smoothing", "0.1")))
+    assert "--resume: the run goes on training otherwise than it began: --label-smoothing 0.0 -> 0.1" in caplog.text
     assert summary["final"]["epoch"] == 3
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     with pytest.raises(zoo.ConfigError, match="no checkpoint to resume from"):

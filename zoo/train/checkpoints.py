@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ..errors import ConfigError
 from ..io import save_model_folder, save_torch
-from .config import TrainConfig
+from .config import TRAINING_KEYS, TrainConfig
 from .step import Step
 
 log = logging.getLogger("zoo.train")
@@ -121,12 +121,16 @@ def check_output(args: TrainConfig, output: Path) -> Path | None:
         ckpt = Path(args.resume) if isinstance(args.resume, str) else Checkpoints(output).last
         if ckpt is None or not (ckpt / "state.pt").is_file():
             raise ConfigError("--resume", f"no checkpoint to resume from in {str(ckpt or output)!r}")
-        changed = args.resume_differences(torch.load(ckpt / "state.pt", weights_only=True, mmap=True)["args"])
+        saved = torch.load(ckpt / "state.pt", weights_only=True, mmap=True)["args"]
+        changed = args.resume_differences(saved)
         if changed:  # the schedule and the model were laid out from these
             raise ConfigError(
                 "--resume", f"{str(ckpt)!r} belongs to a run with other arguments: {'; '.join(changed)}. "
                 "Resume with the run's own arguments, or start a new run in another --output"
             )  # fmt: skip
+        altered = args.resume_differences(saved, TRAINING_KEYS)
+        if altered:
+            log.warning("--resume: the run goes on training otherwise than it began: %s", "; ".join(altered))
         found = _run_files(output)  # continuing another run's checkpoint in here would mix the two runs
         if found and not ckpt.resolve().is_relative_to(output.resolve()):
             raise ConfigError(

@@ -31,6 +31,12 @@ RESUME_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "schedule", "wa
                "drop_rate", "drop_path_rate", "model_kwargs", "norm")  # fmt: skip
 
 
+# What changes how the resumed epochs train without changing the schedule's layout: allowed, but named.
+TRAINING_KEYS = ("crop_pad", "flip", "cutout", "trivial_augment", "random_erasing", "label_smoothing", "clip_grad",
+                 "teacher", "distill_weight", "distill_temperature", "teacher_tta", "precision", "image_size",
+                 "sync_bn")  # fmt: skip
+
+
 # Fields whose None means "not given" (off, or a default that depends on other fields).
 OPTIONAL = frozenset({"in_chans", "image_size", "t_max", "time_budget", "drop_rate", "drop_path_rate", "min_lr_factor",
                       "warmup_epochs"})  # fmt: skip
@@ -148,10 +154,11 @@ class TrainConfig:
         data = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
-    def resume_differences(self, saved: Mapping[str, Any]) -> list[str]:
-        """What this config changes against a run's saved arguments, in what its schedule and model depend on."""
+    def resume_differences(self, saved: Mapping[str, Any], keys: tuple[str, ...] = RESUME_KEYS) -> list[str]:
+        """What this config changes against a run's saved arguments, in ``keys`` (by default what its schedule and
+        model depend on)."""
         ours = self.to_dict()
-        return [f"{flag(k)} {saved[k]!r} -> {ours[k]!r}" for k in RESUME_KEYS if k in saved and saved[k] != ours[k]]
+        return [f"{flag(k)} {saved[k]!r} -> {ours[k]!r}" for k in keys if k in saved and saved[k] != ours[k]]
 
     def _check(self) -> None:
         choices = {"dataset": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS,

@@ -137,7 +137,8 @@ class FakeHub:
 
     ``faults[filename]`` is one of: ``"server_error"`` (500), ``"truncate"`` (announce the
     full length, send half, drop the connection), ``"corrupt"`` (flip a byte in the body),
-    ``"cdn"`` (a cross-origin 302 to a content-addressed URL, as the Hub's CDN does).
+    ``"cdn"`` (a cross-origin 302 to a content-addressed URL, as the Hub's CDN does), ``"unauthorized"`` (401,
+    as for a bad token).
     """
 
     def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
@@ -273,6 +274,8 @@ class FakeHub:
         meta = {"X-Repo-Commit": commit, "ETag": f'"{sha}"'}
         if fault == "server_error":
             return send(500, {}, b"internal error")
+        if fault == "unauthorized":  # a token the Hub does not accept, on a repo that exists
+            return send(401, {}, b"Invalid credentials in Authorization header")
         if fault == "cdn":
             port = self._server.server_address[1]  # type: ignore[union-attr]
             location = f"http://localhost:{port}/cdn/{sha}"  # another origin: not followed for HEAD

@@ -183,6 +183,12 @@ def test_missing_things_are_named_with_every_place_tried(fake_hub: FakeHub, hf_h
     assert not [f for f in cache_files(hf_home) if "blobs" in f]
 
 
+def test_a_refused_token_is_named_not_taken_for_a_damaged_file(fake_hub: FakeHub, hf_home: Path) -> None:
+    fake_hub.faults["model.safetensors"] = "unauthorized"
+    with pytest.raises(zoo.WeightsNotFoundError, match=r"access refused \(HTTP 401\): check HF_TOKEN"):
+        load_from()
+
+
 def test_server_error_without_cache(fake_hub: FakeHub, hf_home: Path, no_backoff: None) -> None:
     fake_hub.faults["model.safetensors"] = "server_error"
     with pytest.raises(zoo.WeightsNotFoundError, match="unreachable"):

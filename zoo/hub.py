@@ -161,6 +161,10 @@ def hub_file(
     except Exception as e:  # a broken transfer: huggingface_hub removes its partial file
         if isinstance(e, ZooError):
             raise
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(e, hf_errors.HfHubHTTPError) and status in (401, 403):  # a token it refuses, or no access
+            tried.append(f"Hub {endpoint}/{repo_id}: access refused (HTTP {status}): check HF_TOKEN and the repo")
+            raise WeightsNotFoundError(_not_found(where, tried)) from e
         tried.append(f"Hub {endpoint}/{repo_id}: download failed ({type(e).__name__}: {io.first_line(e)})")
         raise WeightsIntegrityError(_not_found(where, tried)) from e
     try:

@@ -25,6 +25,15 @@ def test_out_indices_select_maps() -> None:
     assert hasattr(shallow, "layer2") and not hasattr(shallow, "layer3")  # nothing computed in vain
 
 
+@pytest.mark.parametrize("feature_cls", ["list", "dict", "getter"])
+def test_maps_given_out_of_order_come_in_network_order_as_feature_info_says(feature_cls: str) -> None:
+    model = zoo.create_model("resnet18", features_only=True, out_indices=(3, 1), feature_cls=feature_cls).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 64))
+    feats = list(feats.values()) if isinstance(feats, dict) else feats
+    assert [f.shape[1] for f in feats] == model.feature_info.channels() == [64, 256]
+
+
 def test_backbone_keys_are_the_classifiers() -> None:
     full = zoo.create_model("resnet50").state_dict()
     backbone = zoo.create_model("resnet50", features_only=True).state_dict()

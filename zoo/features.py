@@ -53,7 +53,8 @@ class FeatureInfo(Sequence[dict[str, Any]]):
 
     def resolve(self, out_indices: int | Sequence[int] | None) -> tuple[int, ...]:
         """Validate ``out_indices``: a list (negative counts from the end), an int n (the last n maps, as
-        timm's), or None (all maps)."""
+        timm's), or None (all maps). Returned in network order, the order the maps are computed and returned in
+        by every form of backbone (and by NetsPresso's), whatever order they were given in."""
         n = len(self)
         if out_indices is None:
             return tuple(range(n))
@@ -76,7 +77,7 @@ class FeatureInfo(Sequence[dict[str, Any]]):
             resolved.append(i % n)
         if len(set(resolved)) != len(resolved):
             raise ConfigError("out_indices", f"{tuple(out_indices)!r} names a feature map twice")
-        return tuple(resolved)
+        return tuple(sorted(resolved))
 
     def take_indices(self, indices: int | Sequence[int] | None) -> tuple[tuple[int, ...], int]:
         """timm's ``feature_take_indices``: None -> every map, an int n -> the last n, a list -> those

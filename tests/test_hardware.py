@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -287,3 +288,58 @@ def test_a_train_config_survives_replace() -> None:
     for schedule in ("onecycle", "multistep", "cosine", "linear"):
         config = TrainConfig(schedule=schedule)
         assert replace(config) == config and replace(config, precision="fp32").precision == "fp32"
+
+
+# --- malloc keeps what a model frees ------------------------------------------------------------------------
+
+_PAGE_FAULTS = """
+import resource, sys, torch
+from pathlib import Path
+from zoo.hardware import keep_freed_memory, release_freed_memory
+
+def faults():  # minor page faults of allocating, touching and freeing a 64 MB buffer three times
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        buffer = torch.empty(64 * 2**20, dtype=torch.uint8)
+        buffer.fill_(1)
+        del buffer
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+def rss_mb():
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+faults()
+default = faults()
+kept = keep_freed_memory()
+faults()
+after = faults()
+held = rss_mb()
+release_freed_memory()
+print(default, kept, after, held - rss_mb())
+"""
+
+
+@pytest.mark.skipif(not hardware._glibc(), reason="glibc's malloc only")
+def test_kept_memory_is_reused_without_page_faults_and_can_be_released() -> None:
+    run = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, check=True)
+    default, kept, after, released = run.stdout.split()
+    assert int(default) > 3 * 10_000  # 64 MB is 16,384 pages: mapped afresh and faulted in on every allocation
+    assert kept == "True" and int(after) < 1_000  # reused: the pages stay mapped
+    assert float(released) > 50  # malloc_trim gives the 64 MB back when a measurement asks for it
+    off = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ZOO_KEEP_FREED_MEMORY": "0"})  # fmt: skip
+    assert off.stdout.split()[1] == "False" and int(off.stdout.split()[2]) > 3 * 10_000  # left as it was
+
+
+def test_malloc_is_left_alone_off_glibc_and_the_cpu_paths_ask_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    hardware.keep_freed_memory.cache_clear()
+    monkeypatch.setattr(hardware.platform, "libc_ver", lambda: ("", ""))  # musl
+    try:
+        assert hardware.keep_freed_memory() is False
+    finally:
+        hardware.keep_freed_memory.cache_clear()
+    asked = []
+    monkeypatch.setattr(zoo.optimize, "keep_freed_memory", lambda: asked.append(1))
+    zoo.optimize_for_inference(zoo.create_model("resnet20").eval(), "fp32", backend="inductor", compile=False)
+    assert asked == [1]

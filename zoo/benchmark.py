@@ -23,7 +23,7 @@ from torch import nn
 
 from .deploy import INT8_RUNTIMES
 from .factory import create_model
-from .hardware import DTYPES, cpu_info
+from .hardware import DTYPES, cpu_info, keep_freed_memory, release_freed_memory
 from .optimize import autocast, optimize_for_inference, quantize_int8
 
 INT8 = "int8"  # --optimize only: zoo.quantize_int8, calibrated on random batches (speed does not depend on them)
@@ -58,6 +58,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "commit": git_commit(),
+        "malloc_keeps_freed_memory": device.type == "cpu" and keep_freed_memory(),  # as the zoo's CPU paths run
         **cpu_info().to_dict(),  # the host CPU, also beside a GPU: what decides int8 kernels and bf16
     }
     if device.type == "cuda":  # what decides which kernels an fp32 row ran: TF32 and cuDNN's autotuner
@@ -87,6 +88,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.before = torch.cuda.memory_allocated(self.device) / 2**20
         else:
+            release_freed_memory()  # what earlier blocks left for reuse would hide this block's peak
             with contextlib.suppress(OSError):
                 Path("/proc/self/clear_refs").write_text("5")
             self.before = self._rss("VmRSS:")

@@ -25,7 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm import tqdm
 
 from .errors import ConfigError, MissingExtraError
-from .hardware import DTYPES, cpu_info, resolve_precision
+from .hardware import DTYPES, cpu_info, keep_freed_memory, resolve_precision
 from .layers import FrozenBatchNorm2d
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,8 @@ def optimize_for_inference(
     precision = resolve_precision(dtype, device, flag="dtype")
     backends.check_backend(backend, precision, device)
     log.info("optimize_for_inference: %s on %s", precision, device)
+    if device.type == "cpu":
+        keep_freed_memory()
 
     def inductor() -> nn.Module:
         return _inductor(model, precision, compile, channels_last, compile_mode, device)
@@ -252,6 +254,7 @@ def quantize_int8(
         raise ConfigError("max_batches", f"expected a positive integer or None, got {max_batches!r}")
     if reduce_range is not None and not isinstance(reduce_range, bool):  # 1 == True: refuse it too
         raise ConfigError("reduce_range", f"expected None (by the CPU), True or False, got {reduce_range!r}")
+    keep_freed_memory()
     cpu = cpu_info()
     chosen = cpu.int8_saturates if reduce_range is None else reduce_range
     quantization = {

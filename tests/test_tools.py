@@ -494,3 +494,12 @@ def test_every_zoo_name_the_docs_use_exists() -> None:
     # an attribute of the package, or one of its modules (zoo._weights, the bundled weights' package data)
     missing = sorted(n for n in names if not hasattr(zoo, n) and importlib.util.find_spec(f"zoo.{n}") is None)
     assert not missing, f"the docs use zoo.{missing} which `import zoo` does not have"
+
+
+def test_counting_a_training_model_changes_none_of_its_statistics() -> None:
+    model = zoo.create_model("resnet20")  # in training mode, as create_model returns it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cost = zoo.count(model)
+    assert cost.macs > 0 and model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert zoo.count(zoo.create_model("resnet50"), (3, 16, 16)).macs > 0  # a 1x1 last map: fine in eval mode

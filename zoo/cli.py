@@ -340,7 +340,7 @@ def count_command(parser: argparse.ArgumentParser) -> Runner:
             raise ConfigError("--input-size", f"expected a positive side in pixels, got {args.input_size}")
         try:
             costs = count_models(args.models, args.input_size, stages=args.stages)
-        except RuntimeError as e:  # a side the model cannot run on (smaller than its stem's stride)
+        except (RuntimeError, ValueError) as e:  # a side the model cannot run on (smaller than its stem's stride)
             if args.input_size is None:
                 raise
             raise ConfigError("--input-size", f"{args.input_size} is too small: {str(e).splitlines()[0]}") from e

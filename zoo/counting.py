@@ -66,14 +66,16 @@ def count(
             for module, macs in flops.by_module().items():
                 if module and "." not in module:  # top-level children only
                     per_stage[_stage_of(module)] = per_stage.get(_stage_of(module), 0) + macs
+        # fvcore traces lazily, on the first total: still in eval mode, so batch norms' statistics stay as they are
+        macs, activations = float(flops.total()), int(acts.total())
     model.train(training)  # as the caller left it
     return Cost(
         model=name or type(model).__name__,
         input_size=size,  # type: ignore[arg-type]
         params=sum(p.numel() for p in model.parameters()),
-        macs=float(flops.total()),
+        macs=macs,
         conv_linear_macs=float(by_op.get("conv", 0) + by_op.get("linear", 0) + by_op.get("addmm", 0)),
-        activations=int(acts.total()),
+        activations=activations,
         stages=per_stage,
     )
 

@@ -186,10 +186,16 @@ def _metadata(model: nn.Module, x: torch.Tensor, data_config: dict[str, Any], na
         "interpolation": data_config["interpolation"],
         "crop_pct": json.dumps(data_config["crop_pct"]),
         "crop_mode": data_config["crop_mode"],
-        "label_names": json.dumps(list(cfg.get("label_names") or [])),
+        "label_names": json.dumps(_label_names(model)),
         "output_names": json.dumps(names),
         "producer": f"resnet-zoo {__version__}",
     }
+
+
+def _label_names(model: nn.Module) -> list[str]:
+    """The weights' class names when they name this head's classes (not a head replaced since)."""
+    names = list((getattr(model, "pretrained_cfg", {}) or {}).get("label_names") or [])
+    return names if len(names) == getattr(model, "num_classes", None) else []
 
 
 def _batch_axis(dynamic_batch: bool) -> tuple[dict[int, Any], ...] | None:
@@ -216,12 +222,16 @@ def onnx_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[t
     return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.detach().cpu().numpy()})]
 
 
-def runtime_runner(path: str | os.PathLike[str], runtime: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-    """An ONNX file run by ``runtime`` ("onnxruntime" or "openvino"), called like the model."""
-    runners = {"onnxruntime": onnx_runner, "openvino": openvino_runner}
-    if runtime not in runners:
-        raise ConfigError("runtime", not_one_of(runtime, runners))
-    return runners[runtime](path)
+def runtime_runner(
+    path: str | os.PathLike[str], runtime: str, precision: str | None = None
+) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """An ONNX file run by ``runtime`` ("onnxruntime" or "openvino"), called like the model; ``precision`` is
+    OpenVINO's (None: its default, bf16 where the CPU has it); ONNX Runtime runs the file's fp32."""
+    if runtime == "onnxruntime":
+        return onnx_runner(path)
+    if runtime == "openvino":
+        return openvino_runner(path, precision)
+    raise ConfigError("runtime", not_one_of(runtime, ("onnxruntime", "openvino")))
 
 
 def openvino_precision() -> str:
@@ -349,6 +359,8 @@ class _CastIO(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Any:
         out = self.model(x.to(dtype=self.dtype, memory_format=torch.channels_last))
+        if isinstance(out, dict):  # feature_cls="dict"
+            return {k: o.float() for k, o in out.items()}
         return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
 
 

@@ -96,7 +96,7 @@ def make_runner(model: nn.Module, runtime: str, example: torch.Tensor, precision
     require(runtime, "onnx" if runtime == "onnxruntime" else "openvino")
     with tempfile.TemporaryDirectory(prefix="zoo-predict-") as folder:  # the runtime keeps the graph in memory
         path = export(model, Path(folder) / "model.onnx", example_input=example)
-        run = runtime_runner(path, runtime)
+        run = runtime_runner(path, runtime, precision)  # the precision said on stderr, not OpenVINO's own
     return lambda x: run(x)[0]
 
 
@@ -120,6 +120,10 @@ class Classifier:
         config = resolve_data_config(model, use_test_size=True, **(data_config or {}))  # the flags' overrides
         self.data_config = config
         self.transform = create_transform(config)
+        channels = config["input_size"][0]
+        if channels not in (1, 3):
+            raise ConfigError("--model", f"takes {channels}-channel images; predict reads RGB (3) or grayscale (1)")
+        self.mode = "L" if channels == 1 else "RGB"  # what Pillow decodes each file to
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
         cfg = getattr(model, "pretrained_cfg", None) or {}
         if not self.num_classes:
@@ -162,7 +166,7 @@ class Classifier:
 
         try:
             with Image.open(path) as image:
-                return self.transform(image.convert("RGB"))
+                return self.transform(image.convert(self.mode))
         # Pillow's ways of saying a file is no image it can read: not an image or truncated (OSError), a broken
         # PNG chunk (SyntaxError), a short multi-frame file (EOFError), a decompression bomb, a bad mode
         except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as e:

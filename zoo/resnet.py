@@ -145,7 +145,9 @@ class ResNet(nn.Module):
         else:  # no Linear(n, 0) made and thrown away: torch warns when it initializes an empty one
             self.fc = nn.Identity()
         self.head_hidden_size = self.num_features
-        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+        # a fresh head: the weights' class names no longer name its outputs
+        cfg = {k: v for k, v in self.pretrained_cfg.items() if k != "label_names"}
+        self.pretrained_cfg = {**cfg, "num_classes": num_classes}
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))  # before the max-pool: feature map 0

@@ -375,6 +375,18 @@ def test_a_timm_style_folder_keeps_its_class_count_and_labels(tmp_path: Path) ->
     assert zoo.create_model(name, pretrained=True).pretrained_cfg["label_names"] == tuple(labels)
 
 
+def test_a_grayscale_checkpoint_builds_a_grayscale_model_unless_told_otherwise(tmp_path: Path) -> None:
+    from zoo.io import save_safetensors
+
+    gray = zoo.create_model("resnet20", in_chans=1)
+    save_safetensors(tmp_path / "gray.safetensors", gray.state_dict())
+    model = zoo.create_model("resnet20", checkpoint_path=tmp_path / "gray.safetensors")
+    torch.testing.assert_close(model.conv1.weight, gray.conv1.weight)  # as saved, not cut or rescaled
+    assert model.pretrained_cfg["input_size"][0] == 1
+    asked = zoo.create_model("resnet20", checkpoint_path=tmp_path / "gray.safetensors", in_chans=3)
+    assert asked.conv1.weight.shape[1] == 3  # in_chans given: adapted to it
+
+
 def test_a_folder_of_a_model_with_other_input_channels_loads_as_saved(tmp_path: Path) -> None:
     """Its zoo_config says in_chans=1: the weights fit as they are, nothing adapted to 3 channels."""
     source = zoo.create_model("resnet20", in_chans=1, num_classes=10)

@@ -237,7 +237,9 @@ def build(
             (``{"1": map, ...}`` by index) or "getter" (the whole model asked through ``forward_intermediates``).
         frozen_stages: with ``features_only``: freeze the stem and the first k stages (-1: none).
         norm_eval: with ``features_only``: keep batch norms in eval mode while training.
-        checkpoint_path: load this local file (safetensors, or a tensors-only .pth/.bin) instead.
+        checkpoint_path: load this local file (safetensors, or a tensors-only .pth/.bin) instead. Weights bring
+            their own head size and, when not made for RGB, their input channels, unless ``num_classes`` or
+            ``in_chans`` is given (then the head is replaced, the first conv adapted).
         pretrained_cfg_overlay: overrides of the weights' record; ``dict(file=PATH)`` loads a local file.
         cache_dir: the Hub cache to use instead of ``HF_HUB_CACHE`` / ``HF_HOME``.
         **kwargs: architecture options (``num_classes``, ``in_chans``, ``norm_layer``, ...).
@@ -296,9 +298,15 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
         probe = source.builder(**kwargs)
     cfg = probe.pretrained_cfg
     classifier, first_conv = cfg.get("classifier", "fc"), cfg.get("first_conv", "conv1")
-    head = state.get(f"{classifier}.weight")
+    head, first = state.get(f"{classifier}.weight"), state.get(f"{first_conv}.weight")
+    own = {}  # the weights' own head and, for weights not made for RGB, their input channels, unless told otherwise
     if "num_classes" not in kwargs and head is not None and head.shape[0] != getattr(probe, "num_classes", None):
-        kwargs = {**kwargs, "num_classes": head.shape[0]}  # the weights' own head unless told otherwise
+        own["num_classes"] = head.shape[0]
+    probe_chans = probe.get_submodule(first_conv).weight.shape[1]
+    if "in_chans" not in kwargs and first is not None and first.ndim == 4 and first.shape[1] != 3 == probe_chans:
+        own["in_chans"] = first.shape[1]  # a grayscale checkpoint builds a grayscale model, as timm would
+    if own:
+        kwargs = {**kwargs, **own}
         with torch.device("meta"):
             probe = source.builder(**kwargs)
     model = probe

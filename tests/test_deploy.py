@@ -52,10 +52,12 @@ def test_onnx_matches_eager_for_any_batch_and_carries_its_preprocessing(tmp_path
 def test_the_cli_exports_pretrained_weights_with_their_labels(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "resnet20.onnx"
     assert zoo_main(["export", "resnet20", "--pretrained", "--output", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    assert f"weights: {zoo.registry.get_weights('resnet20')[0]})" in capsys.readouterr().out
     meta = metadata(out)
     assert meta["model_name"] == "resnet20" and meta["weights"] == zoo.registry.get_weights("resnet20")[0]
     assert json.loads(meta["label_names"])[3] == "cat" and json.loads(meta["input_size"]) == [3, 32, 32]
+    assert zoo_main(["export", "resnet20", "--output", str(tmp_path / "random.onnx"), "--no-check"]) == 0
+    assert "weights: random init: give --pretrained or --checkpoint" in capsys.readouterr().out  # said, not silent
     model = zoo.create_model("resnet20", pretrained=True).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():

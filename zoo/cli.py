@@ -198,7 +198,9 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         )  # fmt: skip
         batch = "any batch" if not args.static_batch else f"batch {args.batch_size}"
         precision = explain(args.dtype, dtype, torch.device("cpu"))
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, {precision}, {batch}, {size})")
+        weights = tag or "random init: give --pretrained or --checkpoint for trained weights"
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {args.format}, {precision}, {batch}, {size}; "
+              f"weights: {weights})")  # fmt: skip
         return 0
 
     return run

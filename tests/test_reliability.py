@@ -105,6 +105,11 @@ OTHER_COMMANDS = [  # (a command line with one bad value, what the error must sa
     (["validate", "--model", "resnet20", "--val-split", "1.5"], "--val-split: expected a fraction in (0, 1), got 1.5"),
     (["predict", ".", "--model", "resnet20", "--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
     (["export", "resnet20", "--output", "x.onnx", "--image-size", "0"], "--image-size: expected a positive integer"),
+    (["export", "resnet20", "--output", "x.onnx", "--portable"], "--portable: applies to --format pt2"),
+    (
+        ["export", "resnet20", "--output", "x.onnx", "--crop-pct", "2"],
+        "--crop-pct: expected a fraction in (0, 1], got 2.0",
+    ),
     (["export", "resnet20", "--output", "x.onnx", "--format", "tflite"], "invalid choice: 'tflite'"),
     (["download", "resnet5O.tv_in1k"], "unknown model 'resnet5O'"),
     (["config", "resnet5O"], "unknown model 'resnet5O'"),

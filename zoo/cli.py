@@ -185,6 +185,8 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
                               torch.device("cpu"), names=flags)  # fmt: skip
         if args.checkpoint is not None and not Path(args.checkpoint).is_file():
             raise ConfigError("--checkpoint", f"{args.checkpoint!r} is not a file")
+        if args.portable and args.format != "pt2":  # before the weights are fetched
+            raise ConfigError("--portable", f"applies to --format pt2 (an AOTInductor package), not {args.format!r}")
         pretrained = (args.pretrained or names_weights(args.name)) and args.checkpoint is None
         model = create_model(args.name, pretrained=pretrained, features_only=args.features_only,
                              checkpoint_path=args.checkpoint)  # fmt: skip

@@ -107,6 +107,7 @@ def preprocessing_overrides(
     if interpolation is not None:
         overrides["interpolation"] = interpolation
     if crop_pct is not None:
+        check_crop_pct("--crop-pct", crop_pct)
         overrides["crop_pct"] = crop_pct
     if image_size is not None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:

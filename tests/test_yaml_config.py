@@ -103,7 +103,8 @@ def test_every_registered_model_round_trips(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["resnet50d", "resnet20", "resnext50_32x4d"])
 def test_same_outputs_from_the_written_config(name: str, tmp_path: Path) -> None:
-    reference = zoo.create_model(name, output_stride=16 if name != "resnet20" else 32, drop_rate=0.1).eval()
+    # dilated (output_stride 16) where NetsPresso builds the same network: not resnet50d's pooling shortcut
+    reference = zoo.create_model(name, output_stride=16 if name == "resnext50_32x4d" else 32, drop_rate=0.1).eval()
     path = zoo.save_config(reference, tmp_path / "net.yaml")
     model = zoo.create_model_from_config(path).eval()
     model.load_state_dict(reference.state_dict())  # same keys, same shapes
@@ -263,3 +264,18 @@ def test_mutated_configs_build_and_run_or_raise_config_errors(doc: dict) -> None
     with torch.no_grad():
         out = model(torch.randn(2, in_chans, 64, 64))
     assert out.shape[0] == 2 and torch.isfinite(out).all()
+
+
+def test_what_netspresso_would_build_otherwise_is_refused_both_ways(tmp_path: Path) -> None:
+    """A pooling shortcut in a dilated stage (NetsPresso pools 1x1 there, the zoo 2x2 as timm) and instance norm
+    (NetsPresso: a batch-norm stem, no affine weights) would be other networks under the same document."""
+    with pytest.raises(zoo.ConfigError, match=r"stage_params\[3\].replace_stride_with_pooling: in a dilated stage"):
+        zoo.save_config(zoo.create_model("resnet50d", output_stride=16), tmp_path / "x.yaml")
+    document = zoo.model_config("resnet50d")
+    document["model"]["architecture"]["backbone"]["stage_params"][3]["replace_stride_with_dilation"] = True
+    with pytest.raises(zoo.ConfigError, match=r"stage_params\[3\].replace_stride_with_pooling: in a dilated stage"):
+        zoo.create_model_from_config(document)
+    document = zoo.model_config("resnet18")
+    document["model"]["architecture"]["backbone"]["params"]["norm_type"] = "instance_norm"
+    with pytest.raises(zoo.ConfigError, match=r"params.norm_type: instance_norm: NetsPresso Trainer builds"):
+        zoo.create_model_from_config(document)

@@ -222,7 +222,25 @@ def parse(document: Any) -> Document:
         config = ResNetConfig(**fields)
     except ConfigError as e:  # a cross-field rule: say it in the document's terms
         raise ConfigError(_document_path(e.field), e.problem) from e
+    problem = _not_netspresso(config)
+    if problem is not None:
+        raise problem
     return Document(config, out_indices, task, head_problem, left)
+
+
+def _not_netspresso(cfg: ResNetConfig) -> ConfigError | None:
+    """Where NetsPresso Trainer would build another network from the same document than the zoo does: such a
+    document is refused, both ways, rather than read as the zoo's network under NetsPresso's name."""
+    if cfg.norm_layer == "instance_norm":
+        return ConfigError(f"{ROOT}.params.norm_type", "instance_norm: NetsPresso Trainer builds a batch-norm stem "
+                           "and instance norms without affine weights, the zoo affine instance norms throughout; "
+                           "not the same network (its checkpoints would not load)")  # fmt: skip
+    for i, plan in enumerate(cfg.stage_plan()):
+        if i > 0 and plan.stride == 1 and cfg.shortcut == "avg":  # a dilated stage with a pooling shortcut
+            return ConfigError(f"{ROOT}.stage_params[{i}].replace_stride_with_pooling", "in a dilated stage: "
+                               "NetsPresso Trainer pools 1x1 there (no pooling), the zoo 2x2 as timm does; not the "
+                               "same network")  # fmt: skip
+    return None
 
 
 def _part(name: str, section: Any) -> str:
@@ -350,7 +368,11 @@ def load(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Documen
 
 
 def to_document(cfg: ResNetConfig) -> dict[str, Any]:
-    """The NetsPresso-schema document of ``cfg``; the zoo's extensions only where they differ from defaults."""
+    """The NetsPresso-schema document of ``cfg``; the zoo's extensions only where they differ from defaults.
+    A config NetsPresso Trainer would build otherwise from it has no document (a ConfigError says why)."""
+    problem = _not_netspresso(cfg)
+    if problem is not None:
+        raise ConfigError("model", f"has no NetsPresso-schema form: {problem}")
     default = ResNetConfig()
     plan = cfg.stage_plan()
     params: dict[str, Any] = {

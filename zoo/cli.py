@@ -236,6 +236,7 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         from .factory import create_model
         from .hardware import explain
         from .predict import IMAGE_SUFFIXES, Classifier, find_images
+        from .registry import is_model, list_pretrained, split_name
 
         _positive("--topk", args.topk)
         _positive("--batch-size", args.batch_size)
@@ -248,6 +249,9 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
             raise ConfigError("--checkpoint", f"{args.checkpoint!r} does not exist")
         if checkpoint is not None and checkpoint.is_dir():  # a folder carries its architecture and label names
             model = create_model(f"local-dir:{checkpoint}", pretrained=True)
+        elif checkpoint is None and is_model(args.model) and not list_pretrained(split_name(args.model)[0]):
+            raise ConfigError("--model", f"{args.model!r} has no published weights to predict with; give --checkpoint "
+                              "(a weights file, or a `zoo train` run's checkpoint folder)")  # fmt: skip
         else:
             model = create_model(args.model, pretrained=checkpoint is None, checkpoint_path=checkpoint)
         overrides = preprocessing(args, model.pretrained_cfg["input_size"][0])

@@ -358,9 +358,9 @@ def test_predict_reads_grayscale_images_for_a_one_channel_model(tmp_path: Path) 
 
 def test_a_replaced_head_loses_the_weights_class_names_everywhere() -> None:
     model = zoo.create_model("resnet20.c10", pretrained=True)
-    assert len(deploy._label_names(model)) == 10
+    assert len(zoo.data.label_names(model)) == 10
     model.reset_classifier(10)  # fresh, even with as many classes: its outputs are no longer airplane, ...
-    assert "label_names" not in model.pretrained_cfg and deploy._label_names(model) == []
+    assert "label_names" not in model.pretrained_cfg and zoo.data.label_names(model) == ()
 
 
 def test_the_pt2_wrapper_keeps_a_dict_backbone_a_dict_of_fp32() -> None:

@@ -336,11 +336,13 @@ def test_kept_memory_is_reused_without_page_faults_and_can_be_released() -> None
 
 def test_malloc_is_left_alone_off_glibc_and_the_cpu_paths_ask_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
     hardware.keep_freed_memory.cache_clear()
+    hardware._glibc.cache_clear()
     monkeypatch.setattr(hardware.platform, "libc_ver", lambda: ("", ""))  # musl
     try:
         assert hardware.keep_freed_memory() is False
     finally:
         hardware.keep_freed_memory.cache_clear()
+        hardware._glibc.cache_clear()
     asked = []
     monkeypatch.setattr(zoo.optimize, "keep_freed_memory", lambda: asked.append(1))
     zoo.optimize_for_inference(zoo.create_model("resnet20").eval(), "fp32", backend="inductor", compile=False)

@@ -32,6 +32,12 @@ def pool_size(input_size: tuple[int, ...], reduction: int) -> tuple[int, int]:
     return height, width
 
 
+def label_names(model: Any) -> tuple[str, ...]:
+    """The weights' class names when they name this model's outputs, else none (a head replaced since)."""
+    names = tuple((getattr(model, "pretrained_cfg", None) or {}).get("label_names") or ())
+    return names if len(names) == getattr(model, "num_classes", None) else ()
+
+
 def default_pretrained_cfg(cfg: ResNetConfig) -> dict[str, Any]:
     """The data config of an architecture with no weights: ImageNet or CIFAR conventions."""
     if cfg.stem == "cifar":

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .data import resolve_data_config
+from .data import label_names, resolve_data_config
 from .errors import ConfigError, ExportError, ZooError, not_one_of, require
 from .hardware import DTYPES, cpu_info, resolve_precision
 from .io import atomic_path, is_disk_full
@@ -186,16 +186,10 @@ def _metadata(model: nn.Module, x: torch.Tensor, data_config: dict[str, Any], na
         "interpolation": data_config["interpolation"],
         "crop_pct": json.dumps(data_config["crop_pct"]),
         "crop_mode": data_config["crop_mode"],
-        "label_names": json.dumps(_label_names(model)),
+        "label_names": json.dumps(list(label_names(model))),
         "output_names": json.dumps(names),
         "producer": f"resnet-zoo {__version__}",
     }
-
-
-def _label_names(model: nn.Module) -> list[str]:
-    """The weights' class names when they name this head's classes (not a head replaced since)."""
-    names = list((getattr(model, "pretrained_cfg", {}) or {}).get("label_names") or [])
-    return names if len(names) == getattr(model, "num_classes", None) else []
 
 
 def _batch_axis(dynamic_batch: bool) -> tuple[dict[int, Any], ...] | None:

@@ -162,9 +162,9 @@ def _weights_file(
         if source.name.startswith("local-dir:"):
             raise WeightsNotFoundError(hub._not_found(str(source.folder / names[0]), tried))
     missing: WeightsNotFoundError | None = None
-    # Each name from the cache before any request: a repo with only the pickle then loads warm with none.
-    cached = [n for n in names if hub.cached_file(weights.hf_hub_id, n, revision=weights.revision, cache_dir=cache_dir)]
-    for name in cached[:1] + names:
+    # The cached names first (in their order), before any request: a repo with only the pickle loads warm with none.
+    cached = {n for n in names if hub.cached_file(weights.hf_hub_id, n, revision=weights.revision, cache_dir=cache_dir)}
+    for name in sorted(names, key=lambda n: n not in cached):
         try:
             return hub.hub_file(
                 weights.hf_hub_id, name, revision=weights.revision, sha256=weights.sha256, cache_dir=cache_dir,
@@ -278,8 +278,7 @@ def build(
         log.info("loaded %s from %s", source.weights_name or source.name, path)
     if source.weights is not None:  # the weights' data config, as timm's, even when they are not loaded
         loaded = bool(pretrained and not checkpoint_path)
-        in_chans = model.get_submodule(model.pretrained_cfg.get("first_conv", "conv1")).weight.shape[1]
-        _describe_weights(model, source, in_chans, loaded)
+        _describe_weights(model, source, _in_chans(model), loaded)
     model.pretrained_cfg = {**model.pretrained_cfg, "architecture": source.architecture}  # as timm's records
     if features_only:
         out_indices = source.out_indices if out_indices is None else out_indices
@@ -302,8 +301,7 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
     own = {}  # the weights' own head and, for weights not made for RGB, their input channels, unless told otherwise
     if "num_classes" not in kwargs and head is not None and head.shape[0] != getattr(probe, "num_classes", None):
         own["num_classes"] = head.shape[0]
-    probe_chans = probe.get_submodule(first_conv).weight.shape[1]
-    if "in_chans" not in kwargs and first is not None and first.ndim == 4 and first.shape[1] != 3 == probe_chans:
+    if "in_chans" not in kwargs and first is not None and first.ndim == 4 and first.shape[1] != 3 == _in_chans(probe):
         own["in_chans"] = first.shape[1]  # a grayscale checkpoint builds a grayscale model, as timm would
     if own:
         kwargs = {**kwargs, **own}
@@ -314,8 +312,8 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
     head_replaced = head is not None and model_keys.get(f"{classifier}.weight") != head.shape
     # in_chans: the model's own, which a folder's zoo_config sets as well as the in_chans= option
     state = fit_state_dict(
-        state, model_keys, first_conv=first_conv, classifier=classifier,
-        in_chans=model_keys[f"{first_conv}.weight"][1], head_replaced=head_replaced,
+        state, model_keys, first_conv=first_conv, classifier=classifier, in_chans=_in_chans(model),
+        head_replaced=head_replaced,
     )  # fmt: skip
     model.load_state_dict(state, strict=False, assign=True)
     if head_replaced and getattr(model, "num_classes", 0):
@@ -325,6 +323,11 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
     if left:  # fit_state_dict should have named them; this guards builders with unusual modules
         raise StateDictError(f"not loaded from the weights: {', '.join(left[:8])}")
     return model
+
+
+def _in_chans(model: nn.Module) -> int:
+    """The input channels a model was built for: its first conv's (set by in_chans= or by a saved config)."""
+    return model.get_submodule(model.pretrained_cfg.get("first_conv", "conv1")).weight.shape[1]
 
 
 def _describe_weights(model: nn.Module, source: Source, in_chans: int, loaded: bool) -> None:

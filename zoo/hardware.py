@@ -243,9 +243,9 @@ def keep_freed_memory() -> bool:
     newly zeroed pages. Kept (no mmap, no trimming of the heap), a resnet50 batch ran 3-12% faster (Zen 4,
     benchmarks/README.md), at the cost of the process keeping its peak memory, as jemalloc or tcmalloc would.
     ``ZOO_KEEP_FREED_MEMORY=0`` leaves malloc as it is; other C libraries (musl, macOS, Windows) are left alone."""
-    if os.environ.get("ZOO_KEEP_FREED_MEMORY", "1") == "0" or not _glibc():
+    libc = _glibc()
+    if os.environ.get("ZOO_KEEP_FREED_MEMORY", "1") == "0" or libc is None:
         return False
-    libc = ctypes.CDLL(None)  # the process's own C library
     kept = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX) == 1
     log.info("malloc keeps freed memory for reuse (ZOO_KEEP_FREED_MEMORY=0 to leave it): %s", kept)
     return kept
@@ -254,9 +254,13 @@ def keep_freed_memory() -> bool:
 def release_freed_memory() -> None:
     """Return the free memory malloc holds to the OS now (glibc's malloc_trim), so that a peak measured next
     counts what the next block allocates, not what earlier ones left for reuse."""
-    if _glibc():
-        ctypes.CDLL(None).malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
-def _glibc() -> bool:
-    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The process's own C library if it is glibc (looked up once: platform.libc_ver reads the interpreter's
+    binary), else None."""
+    return ctypes.CDLL(None) if sys.platform == "linux" and platform.libc_ver()[0] == "glibc" else None

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import create_transform, resolve_data_config
+from .data import create_transform, label_names, resolve_data_config
 from .errors import ConfigError, not_one_of, require
 from .hardware import resolve_precision
 from .train.views import tta_views
@@ -130,8 +130,7 @@ class Classifier:
             name = cfg.get("weights") or cfg.get("architecture") or type(model).__name__
             raise ConfigError("--model", f"{name} has no classifier head (num_classes=0); nothing to predict")
         self.topk = self._checked_topk(topk)  # before the runner: an export can take a while
-        names = tuple(cfg.get("label_names") or ())
-        self.labels = names if len(names) == self.num_classes else tuple(str(i) for i in range(self.num_classes))
+        self.labels = label_names(model) or tuple(str(i) for i in range(self.num_classes))
         self.batch_size, self.tta = batch_size, tta
         device = next(model.parameters()).device
         self.precision = runner_precision(runtime, precision, device)  # checked before the runner's work

@@ -289,6 +289,27 @@ def test_predict_reads_folders_skips_unreadable_files_and_refuses_bad_input(
     )
 
 
+def test_predict_takes_the_architecture_from_a_model_folder_and_refuses_another(
+    validation_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from zoo.io import folder_config, save_model_folder
+
+    source = zoo.create_model("resnet20", pretrained=True)
+    folder = save_model_folder(tmp_path / "best", source.state_dict(),
+                               folder_config("resnet20", source.cfg.to_dict(), source.pretrained_cfg))  # fmt: skip
+    image = str(validation_images[0])
+    outputs = []
+    for model in ([], ["--model", "resnet20"], ["--model", "resnet20.c10"]):  # the tag names weights, not architecture
+        assert zoo_main(["predict", image, "--checkpoint", str(folder), "--format", "json", *model]) == 0, model
+        outputs.append(json.loads(capsys.readouterr().out)["topk"])
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert zoo_main(["predict", image, "--checkpoint", str(folder), "--model", "resnet56"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model: 'resnet56' disagrees with the folder {str(folder)!r}, which holds a resnet20" in err, err
+    assert zoo_main(["predict", image]) == 2  # neither: which model?
+    assert "--model: is required unless --checkpoint is a model folder" in capsys.readouterr().err
+
+
 def test_predict_skips_what_pillow_cannot_read_and_checks_its_flags_first(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -294,18 +294,20 @@ def test_a_failed_start_leaves_the_output_as_it_was_and_resume_stays_in_its_run(
         train(parse(args_for(shapes, tmp_path / "a", "--epochs", "1", "--resume", "--weight-decay", "0.1")))
 
 
-def test_torchrun_two_processes(shapes: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [(), ("--no-in-memory", "--workers", "0")], ids=["in-memory", "streamed"])
+def test_torchrun_two_processes(shapes: Path, tmp_path: Path, extra: tuple[str, ...]) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "tools/train.py", *args_for(shapes, out, "--epochs", "1", "--sync-bn", "--time-budget", "60")],
+         "tools/train.py", *args_for(shapes, out, "--epochs", "1", "--sync-bn", "--time-budget", "60", *extra)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]  # rank 0 alone writes
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["epoch"] == 1
+    assert summary["skipped_images"] == 1  # decoded once, or met by one rank: counted over the ranks, once
     assert "2 process(es)" in result.stderr + result.stdout
     (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert 150 <= row["img_per_s"] * row["epoch_s"] <= 200  # images of both ranks, counted once (180 train images)

@@ -351,7 +351,8 @@ def _summary(args: TrainConfig, procs: Processes, output: Path, data: Dataset, b
              epochs_run: int, best: dict | None, metrics: Metrics | None, checkpoints: Checkpoints,
              eval_model: nn.Module, mean_std: tuple[Any, Any]) -> dict[str, Any]:  # fmt: skip
     """summary.json: epochs, best, last row, wall time, skipped images; the test split scored once, if any."""
-    skipped = data.train.skipped + data.val.skipped + sum(getattr(b, "skipped", 0) for b in batches)
+    streamed = torch.tensor(sum(getattr(b, "skipped", 0) for b in batches))  # each rank met its own share's
+    skipped = data.train.skipped + data.val.skipped + int(procs.sum(streamed))
     summary: dict[str, Any] = {"model": args.model, "dataset": args.dataset, "epochs": epochs_run, "best": best,
                                "skipped_images": skipped, "precision": args.precision,
                                "device": device_label(procs.device)}  # fmt: skip

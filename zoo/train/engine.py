@@ -316,6 +316,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
         evaluated = epoch % args.eval_every == 0 or epoch == args.epochs or stats["done"]
         if evaluated:
             row.update(_validate(step, model, val_batches, procs, args.precision))
+            validated_s = time.perf_counter() - finished
             chosen = row["ema_val_acc1"] if step.ema is not None else row["val_acc1"]
             is_best = best is None or chosen > best["val_acc1"]
             if is_best:
@@ -336,8 +337,9 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc1']:.2f}%" if "val_acc1" in row else "not evaluated",
                 row["img_per_s"], f"{best['val_acc1']:.2f}% (epoch {best['epoch']})" if best else "-",
             )  # fmt: skip
-        if evaluated:  # the final validation and checkpoint will take about as long
-            step.budget.reserve = time.perf_counter() - finished
+        if evaluated:  # the final validation and checkpoint will take about as long, and the test split at that pace
+            test_share = len(data.test) / len(data.val) if data.test is not None and len(data.val) else 0.0
+            step.budget.reserve = time.perf_counter() - finished + validated_s * test_share
         procs.barrier()
         if stats["done"]:
             if procs.main and epoch < args.epochs:

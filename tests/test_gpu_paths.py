@@ -188,3 +188,40 @@ def test_the_gpu_self_check_passes_in_its_small_cpu_form(tmp_path: Path) -> None
     ]  # fmt: skip
     assert report["steps"][2]["details"]["steps"] == 20
     assert (tmp_path / "summary.txt").read_text().count("PASS") == 4
+
+
+def test_the_gpu_trip_trains_packs_within_the_return_limits_and_unpacks(tmp_path: Path) -> None:
+    """tools/gpu_trip.sh on the CPU with a small image folder in place of the CIFAR tarball: what comes back is at
+    most 8 files under the piece size, and unpacks here into a folder the zoo loads."""
+    import tarfile
+
+    from PIL import Image
+
+    trip, out = tmp_path / "trip", tmp_path / "out"
+    (trip / "src").mkdir(parents=True)
+    out.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for c in range(3):
+        folder = trip / "src" / "train" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(16):
+            pixels = (torch.rand(32, 32, 3, generator=generator) * 80 + 60 * c).to(torch.uint8)
+            Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    with tarfile.open(trip / "cifar10-train-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(trip / "src" / "train", arcname="train")
+    env = {"OUT": str(out), "TRIP": str(trip), "WORK": str(tmp_path / "work"), "EPOCHS": "1", "BUDGET": "5",
+           "CHECK": "0", "PART": "8M", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # fmt: skip
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # python3: this interpreter's
+    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_trip.sh"), "run", "--batch-size", "16"], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    back = [p for p in out.rglob("*") if p.is_file()]
+    assert len(back) <= 8 and all(p.stat().st_size <= 8 << 20 for p in back), back
+    assert len([p for p in back if ".part-" in p.name]) == 6  # 45 MB of weights in 8 MiB pieces
+    assert "epoch 1/1" in (out / "train.log").read_text() and "batch/s" not in (out / "train.log").read_text()
+    done = subprocess.run(["bash", str(ROOT / "tools" / "gpu_trip.sh"), "unpack", str(out), str(tmp_path / "here")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and "resnet18.tar: OK" in done.stdout, done.stdout + done.stderr
+    run = tmp_path / "here" / "resnet18"
+    model = zoo.create_model(f"local-dir:{run / 'best'}", pretrained=True)
+    assert model.num_classes == 3 and json.loads((run / "summary.json").read_text())["epochs"] == 1

@@ -257,3 +257,17 @@ def test_bad_options_raise_config_errors(kwargs: dict, message: str) -> None:
 def test_pad_shortcut_cannot_shrink() -> None:
     with pytest.raises(zoo.ConfigError, match=r"channels\[1\]: shortcut='pad' only adds channels"):
         zoo.ResNetConfig(channels=(64, 32, 256, 512), shortcut="pad")
+
+
+def test_every_error_in_the_readme_table_is_a_top_level_zoo_error_and_its_builtin() -> None:
+    import builtins
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \|", readme, flags=re.M)
+    assert len(rows) >= 10
+    for name, builtin in rows:
+        error = getattr(zoo, name)  # importable as the README names it: zoo.<name>
+        assert issubclass(error, zoo.ZooError) and issubclass(error, getattr(builtins, builtin)), name
+        assert name in zoo.__all__, name

@@ -215,6 +215,12 @@ def test_int8_follows_the_float_model_for_any_batch_size(reduce_range: bool | No
     torch.testing.assert_close(compiled, ours, atol=tolerance * reference.abs().max().item(), rtol=0)
 
 
+def test_loading_the_int8_quantizer_logs_nothing() -> None:
+    done = run_script("-c", "import zoo.optimize as o; o._import_pt2e(); print('loaded')", timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr[-2000:]
+    assert "Enum subclass" not in done.stderr, done.stderr[-2000:]  # torchao's import, as torch 2.14 logs it
+
+
 def test_int8_features_only_and_bad_input() -> None:
     backbone = zoo.create_model("resnet18", features_only=True, out_indices=(2, 4)).eval()
     int8 = quantize_int8(backbone, [torch.randn(2, 3, 64, 64)], compile=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import textwrap
 from pathlib import Path
 
@@ -279,3 +280,13 @@ def test_what_netspresso_would_build_otherwise_is_refused_both_ways(tmp_path: Pa
     document["model"]["architecture"]["backbone"]["params"]["norm_type"] = "instance_norm"
     with pytest.raises(zoo.ConfigError, match=r"params.norm_type: instance_norm: NetsPresso Trainer builds"):
         zoo.create_model_from_config(document)
+
+
+def test_the_readme_example_builds(tmp_path: Path) -> None:
+    """The README's YAML block, saved as a file as a reader would: two stages, the maps of both."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n(model:.*?)```", readme, flags=re.S)
+    (tmp_path / "example.yaml").write_text(block)
+    assert zoo.create_model(str(tmp_path / "example.yaml"))(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    backbone = zoo.create_model(str(tmp_path / "example.yaml"), features_only=True)
+    assert [tuple(f.shape[1:]) for f in backbone(torch.randn(1, 3, 64, 64))] == [(64, 16, 16), (128, 8, 8)]

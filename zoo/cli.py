@@ -213,8 +213,11 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
     from .predict import RUNTIMES
 
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (read recursively)")
-    parser.add_argument("--model", default=None,
-                        help="model name; its default weights unless --checkpoint (not needed with a model folder)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name; its default weights unless --checkpoint (not needed with a model folder)",
+    )
     parser.add_argument(
         "--checkpoint", default=None,
         help="a weights file for --model, or a model folder (e.g. runs/x/best), which names its own architecture",
@@ -252,11 +255,15 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
             model = create_model(f"local-dir:{checkpoint}", pretrained=True)
             architecture = model.pretrained_cfg.get("architecture")
             if args.model is not None and split_name(args.model)[0] != architecture:
-                raise ConfigError("--model", f"{args.model!r} disagrees with the folder {str(checkpoint)!r}, which "
-                                  f"holds a {architecture}; leave --model out or give --model {architecture}")
+                raise ConfigError(
+                    "--model",
+                    f"{args.model!r} disagrees with the folder {str(checkpoint)!r}, which "
+                    f"holds a {architecture}; leave --model out or give --model {architecture}",
+                )
         elif args.model is None:
-            raise ConfigError("--model", "is required unless --checkpoint is a model folder (which names its own "
-                              "architecture)")
+            raise ConfigError(
+                "--model", "is required unless --checkpoint is a model folder (which names its own architecture)"
+            )
         elif checkpoint is None and is_model(args.model) and not list_pretrained(split_name(args.model)[0]):
             raise ConfigError("--model", f"{args.model!r} has no published weights to predict with; give --checkpoint "
                               "(a weights file, or a `zoo train` run's checkpoint folder)")  # fmt: skip

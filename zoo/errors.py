@@ -71,6 +71,10 @@ class MissingExtraError(ZooError, ImportError):
     """An optional dependency is not installed; the message names the pip command that brings it."""
 
 
+class TrainingDiverged(ZooError, FloatingPointError):
+    """The loss became NaN or infinite (the trainer keeps the last good checkpoint)."""
+
+
 def require(module: str, extra: str) -> object:
     """Import ``module`` from the optional extra ``extra``, or raise a MissingExtraError naming the install."""
     import importlib

@@ -174,7 +174,7 @@ def _weights_file(
             missing = e
     raise WeightsNotFoundError(
         f"{missing}\nOn a machine with network, prefetch them with `zoo download {source.weights_name}` "
-        "and copy the Hub cache (HF_HOME) here, or pass checkpoint_path="
+        "and copy the Hub cache (HF_HOME) here, or give a weights file: checkpoint_path= (zoo's commands: --checkpoint)"
     ) from missing
 
 

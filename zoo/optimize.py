@@ -215,12 +215,18 @@ def _inductor(model: nn.Module, precision: str, compile: bool, channels_last: bo
 
 
 def _import_pt2e() -> tuple[Any, Any, Any]:
+    # torchao 0.18 registers an Enum as a pytree constant on import, which torch 2.14 logs a deprecation for
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
     try:
         # Importing the x86 quantizer also registers inductor's int8 fusion and weight-prepack passes.
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as e:
         raise MissingExtraError(f"int8 quantization needs torchao ({e}): pip install 'resnet-zoo[int8]'") from e
+    finally:
+        pytree_log.setLevel(level)
     return x86, prepare_pt2e, convert_pt2e
 
 

@@ -16,17 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ZooError
+from ..errors import TrainingDiverged
 from ..optimize import autocast
 from .distill import Distillation
 from .processes import Processes
 from .recipe import ModelEma
 
 log = logging.getLogger("zoo.train")
-
-
-class TrainingDiverged(ZooError, FloatingPointError):
-    """The loss became NaN or infinite."""
 
 
 # --- one epoch ------------------------------------------------------------------------------------

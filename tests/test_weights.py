@@ -196,6 +196,18 @@ def test_server_error_without_cache(fake_hub: FakeHub, hf_home: Path, no_backoff
     assert not [f for f in cache_files(hf_home) if "blobs" in f]
 
 
+def test_an_unreachable_hub_is_not_asked_for_the_pickle_fallback_too(
+    hf_home: Path, monkeypatch: pytest.MonkeyPatch, no_backoff: None
+) -> None:
+    config = json.dumps({"architecture": "resnet20", "num_classes": 10, "pretrained_cfg": {}}).encode()
+    with FakeHub({"testorg/down": {"config.json": config, "model.safetensors": tiny_weights(10)[0]}}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        server.faults["model.safetensors"] = "server_error"  # answers config.json, fails at the weights
+        with pytest.raises(zoo.WeightsNotFoundError, match="unreachable"):
+            zoo.create_model("hf-hub:testorg/down", pretrained=True)
+        assert not [path for _, path in server.requests if path.endswith("pytorch_model.bin")], server.requests
+
+
 def test_truncated_download_leaves_no_partial_file(fake_hub: FakeHub, hf_home: Path, no_backoff: None) -> None:
     fake_hub.faults["model.safetensors"] = "truncate"
     with pytest.raises(zoo.WeightsIntegrityError, match="download failed"):

@@ -172,6 +172,8 @@ def _weights_file(
             )  # fmt: skip
         except WeightsNotFoundError as e:  # its message lists every place tried so far
             missing = e
+            if isinstance(e, hub.HubUnreachable):  # the next name would wait as long for the same silence
+                break
     raise WeightsNotFoundError(
         f"{missing}\nOn a machine with network, prefetch them with `zoo download {source.weights_name}` "
         "and copy the Hub cache (HF_HOME) here, or give a weights file: checkpoint_path= (zoo's commands: --checkpoint)"

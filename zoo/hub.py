@@ -84,6 +84,10 @@ def _hf() -> Any:
     return huggingface_hub
 
 
+class HubUnreachable(WeightsNotFoundError):
+    """The Hub did not answer (after huggingface_hub's own retries, about 25 s): no use asking it for another file."""
+
+
 def _evict(path: Path) -> None:
     """Remove a bad cache entry: the snapshot link and this repo's blob it names. One link only: the blob may
     itself link into a store shared with other repos (Xet), whose file their blobs still need."""
@@ -154,7 +158,7 @@ def hub_file(
         path = Path(hf.hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), endpoint=endpoint))
     except hf_errors.LocalEntryNotFoundError as e:  # network down or server failing; EntryNotFoundError is its base
         tried.append(f"Hub {endpoint}/{repo_id}: unreachable ({io.first_line(e.__cause__ or e)})")
-        raise WeightsNotFoundError(_not_found(where, tried)) from e
+        raise HubUnreachable(_not_found(where, tried)) from e
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as e:
         tried.append(f"Hub {endpoint}/{repo_id}: {type(e).__name__}: {io.first_line(e)}")
         raise WeightsNotFoundError(_not_found(where, tried)) from e

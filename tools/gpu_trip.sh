@@ -17,7 +17,7 @@ data=cifar10-train-jpeg.tar.gz
 
 prepare() {
     mkdir -p "$trip"
-    cp "${DATA:-../shared/data/$data}" "$trip/$data"
+    install -m 0644 "${DATA:-../shared/data/$data}" "$trip/$data"  # writable: a second prepare replaces it
     # The machine's image has torch, torchvision, safetensors, huggingface_hub, pyyaml, tqdm and pillow, not fvcore
     # (the benchmark's FLOP counts); these are pure Python, built here as wheels for any Python 3.
     python3 -m pip wheel -q --no-deps -w "$trip" fvcore==0.1.5.post20221221 iopath==0.1.10 yacs==0.1.8 termcolor

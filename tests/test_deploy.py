@@ -207,6 +207,25 @@ def test_a_frozen_package_names_the_cpu_it_needs_and_a_portable_one_runs_anywher
         zoo.export(model, tmp_path / "x.onnx", portable=True)
 
 
+def test_a_portable_package_is_fp32_unless_told_even_built_on_a_bf16_cpu(tmp_path: Path, monkeypatch) -> None:
+    """Built on a bf16 machine for CPUs not known: bf16 would be emulated, 10-80x slower, on AVX2-only ones."""
+    monkeypatch.setenv("ZOO_CPU_FLAGS", "avx avx2 fma f16c avx512f avx512bw avx512vl avx512_bf16")
+    built = []
+
+    def record(model, x, out, dynamic_batch, props, portable):  # what would be compiled, without compiling it
+        built.append((props["precision"], portable))
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(deploy, "_export_pt2", record)
+    model = zoo.create_model("resnet20").eval()
+    for portable, dtype in ((False, "auto"), (True, "auto"), (True, "bf16")):
+        with pytest.raises(zoo.ExportError, match="recorded"):
+            zoo.export(model, tmp_path / "m.pt2", format="pt2", portable=portable, dtype=dtype)
+    assert built == [("bf16", False), ("fp32", True), ("bf16", True)]
+    with pytest.raises(zoo.ConfigError, match=r"^data_config: unknown data config keys \['img_size'\]"):
+        zoo.export(model, tmp_path / "m.onnx", data_config={"img_size": 64})  # the argument it came in
+
+
 def test_only_a_cpu_package_records_cpu_features_and_portable_is_for_cpus(tmp_path: Path, monkeypatch) -> None:
     cpu = deploy.package_target(torch.device("cpu"), portable=False)
     assert json.loads(cpu["cpu_features"]) == zoo.cpu_info().features() and cpu["device"] == "cpu"

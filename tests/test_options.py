@@ -175,7 +175,7 @@ def test_data_configs_are_checked_and_squash_resizes_both_sides() -> None:
         ({"input_size": 224}, r"input_size: expected \(channels, height, width\) of positive ints, got 224"),
         ({"crop_mode": "border"}, r"crop_mode: 'border' is not one of 'center', 'squash'"),
         ({"interpolation": "lanczos"}, r"interpolation: 'lanczos' is not one of"),
-        ({"size": 3}, r"overrides: unknown data config keys \['size'\]"),
+        ({"size": 3}, r"size: unknown data config keys \['size'\]; the keys are crop_mode"),
     ):
         with pytest.raises(zoo.ConfigError, match=message):
             zoo.resolve_data_config(model, **override)

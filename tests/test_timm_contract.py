@@ -292,3 +292,32 @@ def test_a_folder_the_zoo_writes_loads_in_timm_with_its_outputs(tmp_path: Path) 
         theirs.pretrained_cfg["tag"] == "mine"
         and json.loads((tmp_path / "folder" / "config.json").read_text())["pretrained_cfg"]["tag"] == "mine"
     )
+
+
+def test_create_model_takes_timms_own_keyword_conventions() -> None:
+    """What timm's train.py passes: options left as None keep their defaults, the layer-config switches, and
+    pretrained_cfg as a tag or a record."""
+    common = dict(drop_path_rate=None, drop_rate=None, global_pool=None, num_classes=None, in_chans=None,
+                  scriptable=False, exportable=False, no_jit=False, pretrained_cfg=None)  # fmt: skip
+    ours, theirs = zoo.create_model("resnet18", **common), timm.create_model("resnet18", **common)
+    assert ours.num_classes == theirs.num_classes == 1000
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    assert zoo.create_model("resnet50", pretrained_cfg="tv_in1k").pretrained_cfg["tag"] == "tv_in1k"
+    assert zoo.create_model("resnet50", pretrained_cfg={"crop_pct": 1.0}).pretrained_cfg["crop_pct"] == 1.0
+    with pytest.raises(zoo.ConfigError, match=r"pretrained_cfg: expected a tag name or a mapping, got int"):
+        zoo.create_model("resnet50", pretrained_cfg=3)
+
+
+def test_an_architecture_filter_excludes_its_tags_as_timms_does() -> None:
+    kwargs = {"filter": "resnet50*", "pretrained": True, "exclude_filters": "resnet50"}
+    ours = zoo.list_models(**kwargs)
+    assert ours and not [n for n in ours if n.split(".")[0] == "resnet50"]
+    assert not [n for n in timm.list_models(**kwargs) if n.split(".")[0] == "resnet50"]
+
+
+def test_an_overlay_restates_the_data_config_of_a_model_without_weights() -> None:
+    model = zoo.create_model("resnet18_cifar", pretrained_cfg_overlay={"mean": (0.5,) * 3, "std": (0.5,) * 3})
+    assert zoo.resolve_data_config(model)["mean"] == (0.5, 0.5, 0.5)
+    assert timm.data.resolve_data_config(model=model)["mean"] == (0.5, 0.5, 0.5)
+    with pytest.raises(zoo.ConfigError, match=r"'resnet18_cifar' has no weights for \['hf_hub_id'\] to describe"):
+        zoo.create_model("resnet18_cifar", pretrained_cfg_overlay={"hf_hub_id": "someone/r18"})

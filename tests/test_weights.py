@@ -485,3 +485,45 @@ def test_a_file_in_the_overlay_and_a_checkpoint_path_together(tmp_path: Path) ->
     model = zoo.create_model("resnet20", checkpoint_path=tmp_path / "model.safetensors",
                              pretrained_cfg_overlay={"file": tmp_path / "other.safetensors"})  # fmt: skip
     torch.testing.assert_close(model.fc.weight, source.fc.weight)  # checkpoint_path wins, as documented
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float16, 5e-3), (torch.bfloat16, 5e-2)])
+def test_a_half_precision_checkpoint_builds_an_fp32_model(tmp_path: Path, dtype: torch.dtype, tolerance: float) -> None:
+    source = zoo.create_model("resnet20", pretrained=True).eval()
+    path = tmp_path / "half.safetensors"
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in source.state_dict().items()}, path)
+    model = zoo.create_model("resnet20", checkpoint_path=path).eval()
+    assert {t.dtype for t in model.state_dict().values() if t.is_floating_point()} == {torch.float32}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got, want = model(x), source(x)  # an fp32 image in, as for any model (it failed: Half weights, Float input)
+    assert (got - want).abs().max() <= tolerance * want.abs().max()  # the weights' rounding only
+
+
+def test_an_overlay_that_moves_the_weights_loads_them_not_the_bundled_copy(
+    hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, state = tiny_weights(10)
+    with FakeHub({"someone/resnet20-tuned": {"model.safetensors": data}}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        model = zoo.create_model("resnet20", pretrained=True,
+                                 pretrained_cfg_overlay={"hf_hub_id": "someone/resnet20-tuned"})  # fmt: skip
+    torch.testing.assert_close(model.fc.weight, state["fc.weight"])  # not resnet20's bundled (and pinned) weights
+    assert model.pretrained_cfg["hf_hub_id"] == "someone/resnet20-tuned"
+
+
+def test_a_folders_crop_mode_is_kept_and_an_overlay_file_needs_pretrained(tmp_path: Path) -> None:
+    source = zoo.create_model("resnet20", pretrained=True)
+    config = folder_config("resnet20", source.cfg.to_dict(), {**source.pretrained_cfg, "crop_mode": "squash"})
+    save_model_folder(tmp_path / "f", source.state_dict(), config)
+    model = zoo.create_model(f"local-dir:{tmp_path / 'f'}", pretrained=True)
+    assert model.pretrained_cfg["crop_mode"] == zoo.resolve_data_config(model)["crop_mode"] == "squash"
+    overlaid = zoo.create_model("resnet20", pretrained=True, pretrained_cfg_overlay={"crop_mode": "squash"})
+    assert zoo.resolve_data_config(overlaid)["crop_mode"] == "squash"  # as timm takes it
+    with pytest.raises(zoo.ConfigError, match=r"crop_mode: 'zoom' is not one of 'center', 'squash'"):
+        zoo.create_model("resnet20", pretrained=True, pretrained_cfg_overlay={"crop_mode": "zoom"})
+    file = tmp_path / "f" / "model.safetensors"
+    fresh = zoo.create_model("resnet20", pretrained_cfg_overlay={"file": file})  # as timm: a file is pretrained=True's
+    assert not torch.equal(fresh.fc.weight, source.fc.weight)
+    torch.testing.assert_close(zoo.create_model("resnet20", pretrained=True, pretrained_cfg_overlay={"file": file})
+                               .fc.weight, source.fc.weight)  # fmt: skip

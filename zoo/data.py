@@ -81,12 +81,21 @@ def resolve_data_config(
         "crop_pct": crop_pct,
         "crop_mode": cfg.get("crop_mode", "center"),
     }
-    unknown = set(overrides) - set(config)
-    if unknown:
-        raise ConfigError("overrides", f"unknown data config keys {sorted(unknown)}; keys are {sorted(config)}")
+    check_data_config_keys(overrides)
     config = {**config, **overrides}
     _check(config)
     return config
+
+
+DATA_CONFIG = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")  # what resolve_data_config gives
+
+
+def check_data_config_keys(config: dict[str, Any], field: str | None = None) -> None:
+    """Refuse keys a data config does not have, naming ``field`` (the argument they came in; else the keys)."""
+    unknown = sorted(set(config) - set(DATA_CONFIG))
+    if unknown:
+        keys = ", ".join(sorted(DATA_CONFIG))
+        raise ConfigError(field or ", ".join(unknown), f"unknown data config keys {unknown}; the keys are {keys}")
 
 
 def preprocessing_overrides(

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .data import label_names, resolve_data_config
+from .data import check_data_config_keys, label_names, resolve_data_config
 from .errors import ConfigError, ExportError, ZooError, not_one_of, require
 from .hardware import DTYPES, cpu_info, resolve_precision
 from .io import atomic_path, is_disk_full
@@ -71,11 +71,12 @@ def export(
         portable: pt2 only. False (the default): frozen, the weights pre-packed for this CPU and its widest
             vector code, as fast as ``optimize_for_inference``, for this kind of CPU only (the metadata's
             ``cpu_features``; :func:`load_package` checks them). True: unfrozen AVX2 code, for any x86-64 CPU
-            with AVX2 (build once, ship to machines you do not know).
+            with AVX2 (build once, ship to machines you do not know), in fp32 unless ``dtype`` says otherwise.
     """
     if portable and format != "pt2":
         raise ConfigError("portable", f"applies to format 'pt2' (an AOTInductor package), not {format!r}")
     model = model.eval()
+    check_data_config_keys(data_config or {}, "data_config")
     data_config = resolve_data_config(model, use_test_size=True, **(data_config or {}))
     device = next(model.parameters()).device
     x = example_input if example_input is not None else torch.randn(2, *data_config["input_size"])
@@ -83,6 +84,8 @@ def export(
     path = Path(path)
     if portable and device.type != "cpu":
         raise ConfigError("portable", f"is for CPU packages (AVX2 code for any x86-64 CPU); the model is on {device}")
+    if portable and dtype == "auto":  # for CPUs not known: fp32, which every AVX2 CPU computes natively
+        dtype = "fp32"
     dtype = check_options(format, dtype, path, len(x), dynamic_batch, device, names={"batch": "example_input"})
     names = output_names(model)
     with torch.no_grad():

@@ -201,7 +201,23 @@ def create_model(model_name: str, pretrained: bool = False, **options: Any) -> n
         **options: see :func:`build`: ``features_only``, ``out_indices``, ``checkpoint_path``, ...,
             and architecture options (``num_classes``, ``in_chans``, ``norm_layer``, ...).
     """
+    options = _timm_options(options)
+    tag = options.pop("pretrained_cfg", None)
+    if isinstance(tag, str):  # timm's pretrained_cfg="tag": the weights of that tag
+        model_name = f"{split_name(model_name)[0]}.{tag}" if isinstance(model_name, str) else model_name
+    elif tag is not None:  # a dict (or timm's PretrainedCfg): read as an overlay of the weights' record
+        tag = tag.to_dict() if hasattr(tag, "to_dict") else tag
+        if not isinstance(tag, Mapping):
+            raise ConfigError("pretrained_cfg", f"expected a tag name or a mapping, got {type(tag).__name__}")
+        options["pretrained_cfg_overlay"] = {**tag, **(options.get("pretrained_cfg_overlay") or {})}
     return build(resolve(model_name, cache_dir=options.get("cache_dir")), pretrained, **options)
+
+
+def _timm_options(options: dict[str, Any]) -> dict[str, Any]:
+    """timm.create_model's conventions: an option given as None keeps its default (timm's train.py passes
+    ``drop_path_rate=None``...), and ``scriptable``, ``exportable`` and ``no_jit`` are accepted (the zoo's
+    layers are scriptable and exportable, with no JIT-only parts)."""
+    return {k: v for k, v in options.items() if v is not None and k not in ("scriptable", "exportable", "no_jit")}
 
 
 def create_model_from_config(
@@ -213,7 +229,7 @@ def create_model_from_config(
     A config names no weights: ``pretrained=True`` needs ``checkpoint_path=``.
     """
     name = str(path_or_mapping) if not isinstance(path_or_mapping, Mapping) else "<config>"
-    return build(_config_source(name, path_or_mapping), pretrained, **options)
+    return build(_config_source(name, path_or_mapping), pretrained, **_timm_options(options))
 
 
 def build(
@@ -258,9 +274,18 @@ def build(
     if unknown:
         raise ConfigError("pretrained_cfg_overlay", f"unknown keys {unknown}; allowed: {', '.join(allowed)}")
     file = overlay.pop("file", None)
-    checkpoint_path = checkpoint_path or file
+    checkpoint_path = checkpoint_path or (file if pretrained else None)  # as timm: the overlay's file is weights
     if overlay and source.weights is not None:
         source = replace(source, weights=replace(source.weights, **overlay))
+        if {"hf_hub_id", "revision", "filename"} & set(overlay):  # weights elsewhere: not the bundled copy, nor its pin
+            source = replace(source, folder=None, weights=replace(source.weights, sha256=overlay.get("sha256")))
+    elif overlay:  # no weights: the overlay can only restate the data config of the architecture
+        restatable = sorted(DATA_CONFIG_KEYS & set(Weights.__dataclass_fields__) - {"num_classes"})
+        not_data = sorted(set(overlay) - set(restatable))
+        if not_data:
+            raise ConfigError("pretrained_cfg_overlay", f"{source.name!r} has no weights for {not_data} to describe; "
+                              f"without weights it takes only {', '.join(restatable)}")  # fmt: skip
+        Weights(hf_hub_id="", **overlay)  # checked as a weights record's would be
     document = source.document
     if document is not None and document.backbone_only and not features_only:
         features_only = True  # a detection/segmentation/pose file: the backbone NetsPresso Trainer builds for it
@@ -281,7 +306,8 @@ def build(
     if source.weights is not None:  # the weights' data config, as timm's, even when they are not loaded
         loaded = bool(pretrained and not checkpoint_path)
         _describe_weights(model, source, _in_chans(model), loaded)
-    model.pretrained_cfg = {**model.pretrained_cfg, "architecture": source.architecture}  # as timm's records
+    data_overlay = overlay if source.weights is None else {}
+    model.pretrained_cfg = {**model.pretrained_cfg, **data_overlay, "architecture": source.architecture}
     if features_only:
         out_indices = source.out_indices if out_indices is None else out_indices
         model = make_backbone(model, out_indices, feature_cls=feature_cls or "list", frozen_stages=frozen_stages,
@@ -317,6 +343,8 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
         state, model_keys, first_conv=first_conv, classifier=classifier, in_chans=_in_chans(model),
         head_replaced=head_replaced,
     )  # fmt: skip
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}  # fp16/bf16 weights still build an fp32 model
+    state = {k: v.to(dtypes[k]) if v.is_floating_point() and k in dtypes else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     if head_replaced and getattr(model, "num_classes", 0):
         log.info("the weights' head has %d classes; re-initialized a %d-class head", head.shape[0], model.num_classes)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import create_transform, label_names, resolve_data_config
+from .data import check_data_config_keys, create_transform, label_names, resolve_data_config
 from .errors import ConfigError, not_one_of, require
 from .hardware import resolve_precision
 from .train.views import tta_views
@@ -117,6 +117,7 @@ class Classifier:
         if batch_size < 1:
             raise ConfigError("--batch-size", f"expected a positive integer, got {batch_size}")
         tta_views(torch.zeros(1, 3, 2, 2), tta)  # an unknown mode is refused before any work
+        check_data_config_keys(data_config or {}, "data_config")
         config = resolve_data_config(model, use_test_size=True, **(data_config or {}))  # the flags' overrides
         self.data_config = config
         self.transform = create_transform(config)

@@ -183,5 +183,6 @@ def list_pretrained(pattern: str | Iterable[str] = "*", *, exclude: str | Iterab
         f"{arch}.{tag}"
         for arch in list_models(pretrained=True, include_tags=False)
         for tag in _weights[arch]
-        if (_matches(f"{arch}.{tag}", include) or _matches(arch, include)) and not _matches(f"{arch}.{tag}", excluded)
+        if (_matches(f"{arch}.{tag}", include) or _matches(arch, include))
+        and not (_matches(f"{arch}.{tag}", excluded) or _matches(arch, excluded))  # as timm: an arch excludes its tags
     ]

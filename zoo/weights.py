@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, check_crop_pct, check_input_size
-from .errors import ConfigError, StateDictError
+from .data import CROP_MODES, IMAGENET_MEAN, IMAGENET_STD, check_crop_pct, check_input_size
+from .errors import ConfigError, StateDictError, not_one_of
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Weights:
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
     test_crop_pct: float | None = None
+    crop_mode: str = "center"  # timm's: "center" (short side, then crop) or "squash" (both sides)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     license: str = "unknown"
@@ -65,6 +66,8 @@ class Weights:
         for name in ("crop_pct", "test_crop_pct"):
             if getattr(self, name) is not None:
                 check_crop_pct(name, getattr(self, name))
+        if self.crop_mode not in CROP_MODES:
+            raise ConfigError("crop_mode", not_one_of(self.crop_mode, CROP_MODES))
         if self.sha256 is not None and not re.fullmatch("[0-9a-f]{64}", str(self.sha256)):
             # a typo'd or upper-case pin would evict a good file at every load
             raise ConfigError("sha256", f"expected 64 lower-case hex digits, got {self.sha256!r}")

@@ -120,8 +120,10 @@ def test_resume_from_last_after_a_kill(shapes: Path, tmp_path: Path, caplog: pyt
     with pytest.raises(zoo.ConfigError, match=changed):
         train(parse(args_for(shapes, out, "--epochs", "3", "--resume", "--batch-size", "8", "--lr", "0.1")))
     with caplog.at_level(logging.WARNING, logger="zoo.train"):
-        summary = train(parse(args_for(shapes, out, "--epochs", "3", "--resume", "--label-smoothing", "0.1")))
-    assert "--resume: the run goes on training otherwise than it began: --label-smoothing 0.0 -> 0.1" in caplog.text
+        summary = train(parse(args_for(shapes, out, "--epochs", "3", "--resume", "--label-smoothing", "0.1",
+                                       "--no-in-memory")))  # fmt: skip
+    assert ("--resume: the run goes on training otherwise than it began: --label-smoothing 0.0 -> 0.1; "
+            "--in-memory None -> False") in caplog.text  # fmt: skip (streamed files: another augmentation)
     assert summary["final"]["epoch"] == 3
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     with pytest.raises(zoo.ConfigError, match="no checkpoint to resume from"):
@@ -760,3 +762,62 @@ def test_a_tag_is_scored_with_its_weights_and_credited_only_to_them(cifar_sample
         path.write_text(json.dumps(record))
         done = subprocess.run([*push, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2 and refusal in done.stderr, (name, done.stderr)
+
+
+def test_decoded_images_follow_their_labels_and_a_val_folder_needs_class_folders(tmp_path: Path) -> None:
+    from zoo.train.data import load_dataset
+
+    rng = random.Random(0)
+    for split, names in (("train", ("b", "c")), ("val", ("b", "c"))):
+        for name in names:
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+            for i in range(4):
+                draw("circle", rng).save(tmp_path / "d" / split / name / f"{i}.png")
+    cache = tmp_path / "cache"
+    first = load_dataset("imagefolder", tmp_path / "d", cache_dir=cache, in_memory=True)
+    assert first.val.labels.tolist() == [0] * 4 + [1] * 4
+    (tmp_path / "d" / "train" / "a").mkdir()  # a class that sorts first: b and c move up one index
+    draw("square", rng).save(tmp_path / "d" / "train" / "a" / "0.png")
+    again = load_dataset("imagefolder", tmp_path / "d", cache_dir=cache, in_memory=True)
+    assert again.classes == ["a", "b", "c"] and again.val.labels.tolist() == [1] * 4 + [2] * 4  # not the cache's
+    flat = tmp_path / "flat"
+    shutil.copytree(tmp_path / "d" / "train", flat / "train")
+    (flat / "val").mkdir()
+    draw("circle", rng).save(flat / "val" / "b_0.png")  # ImageNet's raw val/ layout: no class folders
+    with pytest.raises(zoo.ConfigError, match=r"--root: .*val' has no images in class folders \(val/<class>/\*"):
+        load_dataset("imagefolder", flat, cache_dir=cache, in_memory=True)
+
+
+def test_a_crop_pad_as_wide_as_the_images_is_refused_before_the_run_begins(shapes: Path, tmp_path: Path) -> None:
+    with pytest.raises(zoo.ConfigError, match=r"--crop-pad: expected less than the 32-pixel side, got 32"):
+        train(parse(args_for(shapes, tmp_path / "run", "--crop-pad", "32")))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_onecycle_with_no_momentum_keeps_none() -> None:
+    from zoo.train.recipe import make_optimizer, make_schedule
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = make_optimizer("sgd", model, lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False)
+    schedule = make_schedule("onecycle", optimizer, total_steps=10, warmup_steps=2, momentum=0.0)
+    for _ in range(10):
+        assert all(g["momentum"] == 0.0 for g in optimizer.param_groups)
+        optimizer.step()
+        schedule.step()
+
+
+def test_validate_scores_a_streamed_run_at_its_size_and_refuses_another_models_name(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run trained from the files at another size than the images' (fine-tuning at 48 px on 32 px images) is
+    scored from the files too, as the trainer scored it; --model must name the folder's architecture."""
+    out = tmp_path / "run"
+    summary = train(parse(args_for(shapes, out, "--epochs", "1", "--no-in-memory", "--workers", "0",
+                                   "--image-size", "48", "--precision", "fp32")))  # fmt: skip
+    common = ["--checkpoint", str(out / "best"), "--dataset", "imagefolder", "--root", str(shapes), "--val-split",
+              "0.25", "--cache-dir", str(tmp_path / "cache"), "--precision", "fp32", "--workers", "0"]  # fmt: skip
+    report = tmp_path / "val.json"
+    assert validate_main(["--model", "resnet20", *common, "--output", str(report)]) == 0, capsys.readouterr().err
+    assert json.loads(report.read_text())["top1"] == pytest.approx(summary["best"]["val_acc1"], abs=1e-3)
+    assert validate_main(["--model", "resnet56", *common]) == 2
+    assert "--model: 'resnet56' disagrees with the folder" in capsys.readouterr().err

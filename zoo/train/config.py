@@ -34,7 +34,7 @@ RESUME_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "schedule", "wa
 # What changes how the resumed epochs train without changing the schedule's layout: allowed, but named.
 TRAINING_KEYS = ("crop_pad", "flip", "cutout", "trivial_augment", "random_erasing", "label_smoothing", "clip_grad",
                  "teacher", "distill_weight", "distill_temperature", "teacher_tta", "precision", "image_size",
-                 "sync_bn")  # fmt: skip
+                 "sync_bn", "in_memory")  # fmt: skip
 
 
 # Fields whose None means "not given" (off, or a default that depends on other fields).

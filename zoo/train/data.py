@@ -172,6 +172,9 @@ def _scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], li
             if p.suffix.lower() in IMAGE_EXTENSIONS:
                 files.append(str(p))
                 labels.append(label)
+    if not files:  # e.g. ImageNet's raw val/ layout, all files in one folder: nothing to score, said now
+        raise ConfigError("--root", f"{str(folder)!r} has no images in class folders ({folder.name}/<class>/*; "
+                          f"suffixes {' '.join(sorted(IMAGE_EXTENSIONS))})")  # fmt: skip
     return classes, files, labels
 
 
@@ -227,9 +230,9 @@ def _decode_cached(split: Split, cache_dir: Path, size: tuple[int, int] | None =
     """Decode every image of ``split`` once into a uint8 tensor, cached on disk by content. ``size`` (width,
     height): what every image is resized to if it differs; None: the first readable image's size."""
     digest = hashlib.sha256(repr(size).encode())
-    for f in split.files:
+    for f, label in zip(split.files, split.labels.tolist(), strict=True):  # labels too: a class added moves them
         st = os.stat(f)
-        digest.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        digest.update(f"{f}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     cache = cache_dir / "decoded" / f"{digest.hexdigest()[:24]}.pt"
     if cache.is_file():
         data = torch.load(cache, weights_only=True)
@@ -316,6 +319,8 @@ class TensorBatches:
         augment = augment or Augment()
         if train and augment.cutout > side:
             raise ConfigError("--cutout", f"a {augment.cutout}-pixel square does not fit {side}-pixel images")
+        if train and augment.crop_pad >= side:  # reflect padding mirrors at most side - 1 pixels
+            raise ConfigError("--crop-pad", f"expected less than the {side}-pixel side, got {augment.crop_pad}")
         self.split, self.batch_size, self.train, self.augment = split, batch_size, train, augment
         self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std).view(1, -1, 1, 1) * 255

@@ -123,6 +123,7 @@ def make_schedule(
             # each phase at least one step long, or OneCycleLR divides by zero
             pct_start=min(max(warmup_steps, 2) / total_steps, (total_steps - 1) / total_steps),
             anneal_strategy="cos",
+            cycle_momentum=momentum > 0,  # --momentum 0 is plain SGD: nothing to cycle
             base_momentum=max(0.0, momentum - 0.05),
             max_momentum=min(0.99, momentum + 0.05),  # 1 or more: the steps would grow without end
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from ..factory import names_weights, weights_file
 from ..hardware import PRECISIONS, cpu_info, device_label, resolve_precision
 from ..io import sha256_of
 from ..optimize import _import_pt2e, quantize_int8
+from ..registry import split_name
 from .config import flag
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .ensemble import Ensemble
@@ -90,6 +92,10 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     pretrained = checkpoint is None and (args.pretrained or any(names_weights(n) for n in args.model))
     if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
         model = create_model(f"local-dir:{checkpoint}", pretrained=True)
+        architecture = model.pretrained_cfg.get("architecture")
+        if [split_name(n)[0] for n in args.model] != [architecture]:  # it would be scored and reported as --model
+            raise ConfigError("--model", f"{' '.join(args.model)!r} disagrees with the folder {str(checkpoint)!r}, "
+                              f"which holds a {architecture}; give --model {architecture}")  # fmt: skip
     elif len(args.model) == 1:
         model = create_model(args.model[0], pretrained=pretrained, checkpoint_path=checkpoint)
     else:
@@ -97,10 +103,11 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     procs = Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(args.precision, procs.device, flag="--precision")
     model.to(procs.device)
-    data = load_dataset(
-        args.dataset, args.root, val_split=args.val_split, split_seed=args.split_seed, download=args.download,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+    load = partial(
+        load_dataset, args.dataset, args.root, val_split=args.val_split, split_seed=args.split_seed,
+        download=args.download, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
     )  # fmt: skip
+    data = load()
     split = getattr(data, args.split)
     if split is None:
         raise ConfigError("--split", f"{args.dataset} at {args.root!r} has no {args.split} split")
@@ -112,6 +119,8 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         crop_pct=args.crop_pct, image_size=args.image_size,
     )  # fmt: skip
     config = resolve_data_config(model, use_test_size=True, **overrides)
+    if split.images is not None and not _as_decoded(split, config) and args.dataset == "imagefolder":
+        split = getattr(load(in_memory=False), args.split)  # another size or crop: from the files, transformed
     batches = _eval_batches(split, config, args)
     start = time.perf_counter()
     metrics = evaluate(model, batches, procs, precision, tta=args.tta)
@@ -185,17 +194,23 @@ def _scored_weights(
     return {"weights": tags, "weights_sha256": sha256_of(weights_file(names[0]))}
 
 
+def _as_decoded(split: Split, config: dict[str, Any]) -> bool:
+    """Whether decoded images are what the model takes: its size, the full image (the transform: normalizing)."""
+    return split.images is not None and split.images.shape[-1] == config["input_size"][-1] and config["crop_pct"] == 1
+
+
 def _eval_batches(split: Split, config: dict[str, Any], args: ValidateConfig) -> Any:
-    side = config["input_size"][-1]
-    if split.images is not None and split.images.shape[-1] == side and config["crop_pct"] == 1.0:
-        # Images already at the model's size, full crop: the transform is only the normalization.
+    if _as_decoded(split, config):
         return TensorBatches(split, batch_size=args.batch_size, train=False, mean=config["mean"], std=config["std"])
     if split.files:
         return FileBatches(
             split, batch_size=args.batch_size, train=False, transform=create_transform(config), workers=args.workers
         )
+    side, crop = config["input_size"][-1], config["crop_pct"]  # CIFAR's arrays: no files to transform
     raise ConfigError(
-        "--model", f"expects {side}px inputs; this in-memory dataset has {split.images.shape[-1]}px images"
+        "--checkpoint" if args.checkpoint else "--model",
+        f"takes {side}px inputs at crop {crop}; {args.dataset}'s {split.images.shape[-1]}px images are scored "
+        "as they are (full crop, their size)",
     )  # type: ignore[union-attr]
 
 

@@ -821,3 +821,20 @@ def test_validate_scores_a_streamed_run_at_its_size_and_refuses_another_models_n
     assert json.loads(report.read_text())["top1"] == pytest.approx(summary["best"]["val_acc1"], abs=1e-3)
     assert validate_main(["--model", "resnet56", *common]) == 2
     assert "--model: 'resnet56' disagrees with the folder" in capsys.readouterr().err
+
+
+def test_validate_refuses_a_folder_whose_classes_come_in_another_order(
+    shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from zoo.io import folder_config, save_model_folder
+
+    model = zoo.create_model("resnet20", num_classes=3)
+    classes = sorted(p.name for p in (shapes / "train").iterdir())
+    for names, code in ((classes, 0), (classes[::-1], 2)):  # the model's index 0 is the data's last class
+        config = folder_config("resnet20", model.cfg.to_dict(), {**model.pretrained_cfg, "label_names": names})
+        folder = save_model_folder(tmp_path / "-".join(names), model.state_dict(), config)
+        assert validate_main(["--model", "resnet20", "--checkpoint", str(folder), "--dataset", "imagefolder",
+                              "--root", str(shapes), "--val-split", "0.25", "--cache-dir", str(tmp_path / "c")]) == code
+    assert f"--root: has the model's classes in another order ({', '.join(classes)}, ... against" in (
+        capsys.readouterr().err
+    )

@@ -833,8 +833,9 @@ def test_validate_refuses_a_folder_whose_classes_come_in_another_order(
     for names, code in ((classes, 0), (classes[::-1], 2)):  # the model's index 0 is the data's last class
         config = folder_config("resnet20", model.cfg.to_dict(), {**model.pretrained_cfg, "label_names": names})
         folder = save_model_folder(tmp_path / "-".join(names), model.state_dict(), config)
-        assert validate_main(["--model", "resnet20", "--checkpoint", str(folder), "--dataset", "imagefolder",
-                              "--root", str(shapes), "--val-split", "0.25", "--cache-dir", str(tmp_path / "c")]) == code
+        args = ["--model", "resnet20", "--checkpoint", str(folder), "--dataset", "imagefolder", "--root", str(shapes),
+                "--val-split", "0.25", "--cache-dir", str(tmp_path / "c")]  # fmt: skip
+        assert validate_main(args) == code
     assert f"--root: has the model's classes in another order ({', '.join(classes)}, ... against" in (
         capsys.readouterr().err
     )

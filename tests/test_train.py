@@ -836,6 +836,8 @@ def test_validate_refuses_a_folder_whose_classes_come_in_another_order(
         args = ["--model", "resnet20", "--checkpoint", str(folder), "--dataset", "imagefolder", "--root", str(shapes),
                 "--val-split", "0.25", "--cache-dir", str(tmp_path / "c")]  # fmt: skip
         assert validate_main(args) == code
-    assert f"--root: has the model's classes in another order ({', '.join(classes)}, ... against" in (
+    assert f"--root: the data has the model's classes in another order ({', '.join(classes)}, ... against" in (
         capsys.readouterr().err
     )
+    with pytest.raises(zoo.ConfigError, match=r"--teacher: the data has the model's classes in another order"):
+        train(parse(args_for(shapes, tmp_path / "kd", "--teacher", str(folder))))  # the last: reversed

@@ -7,6 +7,7 @@ architecture without weights; a weight tag overrides them with its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .config import ResNetConfig
@@ -36,6 +37,14 @@ def label_names(model: Any) -> tuple[str, ...]:
     """The weights' class names when they name this model's outputs, else none (a head replaced since)."""
     names = tuple((getattr(model, "pretrained_cfg", None) or {}).get("label_names") or ())
     return names if len(names) == getattr(model, "num_classes", None) else ()
+
+
+def check_class_order(model: Any, classes: Sequence[str], field: str) -> None:
+    """Refuse data whose classes are the model's named classes in another order: each would be taken for another."""
+    names = label_names(model)
+    if names and sorted(names) == sorted(classes) and list(names) != list(classes):
+        raise ConfigError(field, f"the data has the model's classes in another order ({', '.join(classes[:4])}, ... "
+                          f"against {', '.join(names[:4])}, ...): each would be taken for another")  # fmt: skip
 
 
 def default_pretrained_cfg(cfg: ResNetConfig) -> dict[str, Any]:

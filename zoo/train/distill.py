@@ -15,19 +15,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import create_model
+from ..data import check_class_order
 from ..errors import ConfigError
 from .ensemble import Ensemble
 from .views import tta_views
 
 
-def load_teacher(spec: str, num_classes: int) -> nn.Module:
+def load_teacher(spec: str, classes: Sequence[str]) -> nn.Module:
     """A teacher from a registered name with pretrained weights (``resnet56.c10``) or a model folder
-    (a training checkpoint such as ``runs/x/best``, or a Hub-layout folder)."""
+    (a training checkpoint such as ``runs/x/best``, or a Hub-layout folder), for data of these ``classes``."""
     path = Path(spec)
     model = create_model(f"local-dir:{path}" if path.is_dir() else spec, pretrained=True)
-    classes = getattr(model, "num_classes", None)
-    if classes != num_classes:
-        raise ConfigError("--teacher", f"{spec!r} predicts {classes} classes, the dataset has {num_classes}")
+    predicts = getattr(model, "num_classes", None)
+    if predicts != len(classes):
+        raise ConfigError("--teacher", f"{spec!r} predicts {predicts} classes, the dataset has {len(classes)}")
+    check_class_order(model, classes, "--teacher")
     return model
 
 

@@ -103,8 +103,8 @@ def _model_options(args: TrainConfig, num_classes: int) -> dict[str, Any]:
     return options
 
 
-def _distillation(args: TrainConfig, num_classes: int, mean, std, procs: Processes) -> Distillation:
-    teachers = [load_teacher(spec, num_classes).to(procs.device) for spec in args.teacher]
+def _distillation(args: TrainConfig, classes: list[str], mean, std, procs: Processes) -> Distillation:
+    teachers = [load_teacher(spec, classes).to(procs.device) for spec in args.teacher]
     if args.channels_last:
         teachers = [t.to(memory_format=torch.channels_last) for t in teachers]
     return Distillation(
@@ -265,7 +265,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     train_batches = _batches(args, data.train, True, model, mean, std, procs, batch_size)
     val_batches = _batches(args, data.val, False, model, mean, std, procs)
     steps_per_epoch = len(train_batches)
-    distill = _distillation(args, data.num_classes, mean, std, procs) if args.teacher else None
+    distill = _distillation(args, data.classes, mean, std, procs) if args.teacher else None
     step = _build_step(args, procs, model, frozen, args.epochs * steps_per_epoch, steps_per_epoch, distill)
     layout = {"processes": procs.world, "training_images": len(data.train), "steps_per_epoch": steps_per_epoch}
     checkpoints = Checkpoints(output, keep=args.keep_checkpoints)

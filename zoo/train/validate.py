@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .. import create_model
-from ..data import create_transform, label_names, preprocessing_overrides, resolve_data_config
+from ..data import check_class_order, create_transform, preprocessing_overrides, resolve_data_config
 from ..errors import ConfigError, not_one_of
 from ..factory import names_weights, weights_file
 from ..hardware import PRECISIONS, cpu_info, device_label, resolve_precision
@@ -114,10 +114,7 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     classes = getattr(model, "num_classes", None)
     if classes is not None and classes != data.num_classes:
         raise ConfigError("--model", f"has {classes} classes, the dataset {data.num_classes}")
-    names = label_names(model)
-    if names and sorted(names) == sorted(data.classes) and list(names) != list(data.classes):
-        raise ConfigError("--root", f"has the model's classes in another order ({', '.join(data.classes[:4])}, ... "
-                          f"against {', '.join(names[:4])}, ...): each would be scored as another")  # fmt: skip
+    check_class_order(model, data.classes, "--root")
     overrides = preprocessing_overrides(
         model.pretrained_cfg["input_size"][0], mean=args.mean, std=args.std, interpolation=args.interpolation,
         crop_pct=args.crop_pct, image_size=args.image_size,

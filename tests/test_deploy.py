@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+import torchvision
 
 import zoo
 import zoo.predict
@@ -224,6 +225,18 @@ def test_a_portable_package_is_fp32_unless_told_even_built_on_a_bf16_cpu(tmp_pat
     assert built == [("bf16", False), ("fp32", True), ("bf16", True)]
     with pytest.raises(zoo.ConfigError, match=r"^data_config: unknown data config keys \['img_size'\]"):
         zoo.export(model, tmp_path / "m.onnx", data_config={"img_size": 64})  # the argument it came in
+
+
+def test_a_model_from_elsewhere_exports_with_the_data_config_it_is_given(tmp_path: Path) -> None:
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    with pytest.raises(zoo.ConfigError, match=r"model: has no pretrained_cfg .*: give pretrained_cfg=, or input_size, "
+                       r"mean, std \(zoo.export and predict: in data_config=\)"):  # fmt: skip
+        zoo.export(model, tmp_path / "tv.onnx")
+    config = {"input_size": (3, 64, 64), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    path = zoo.export(model, tmp_path / "tv.onnx", data_config=config)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    got = [json.loads(meta[k]) for k in ("input_size", "mean", "crop_pct", "output_names")]
+    assert got == [[3, 64, 64], [0.5] * 3, 0.875, ["output"]]  # timm's defaults where not told; "output": its own
 
 
 def test_only_a_cpu_package_records_cpu_features_and_portable_is_for_cpus(tmp_path: Path, monkeypatch) -> None:

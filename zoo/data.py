@@ -78,8 +78,12 @@ def resolve_data_config(
     replace single entries (``crop_pct=1.0``).
     """
     cfg = dict(pretrained_cfg if pretrained_cfg is not None else getattr(model, "pretrained_cfg", {}) or {})
-    if not cfg:
-        raise ConfigError("model", "resolve_data_config needs a model with a pretrained_cfg, or pretrained_cfg=")
+    if not cfg:  # a model from elsewhere (torchvision's): the caller says what it takes; the rest as timm defaults
+        missing = [k for k in ("input_size", "mean", "std") if k not in overrides]
+        if missing:
+            raise ConfigError("model", f"has no pretrained_cfg to read its data config from: give pretrained_cfg=, "
+                              f"or {', '.join(missing)} (zoo.export and predict: in data_config=)")  # fmt: skip
+        cfg = {"interpolation": "bilinear", "crop_pct": 0.875, "crop_mode": "center", **overrides}
     size = cfg.get("test_input_size") if use_test_size and cfg.get("test_input_size") else cfg["input_size"]
     crop_pct = cfg.get("test_crop_pct") if use_test_size and cfg.get("test_crop_pct") else cfg["crop_pct"]
     config = {

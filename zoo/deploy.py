@@ -162,12 +162,15 @@ def _failures(exporter: str) -> Iterator[None]:
 
 
 def output_names(model: nn.Module) -> list[str]:
-    """``logits`` for a classifier; one name per feature map for a ``features_only`` backbone (its module)."""
+    """``logits`` for a classifier, ``features`` for one without a head; one name per feature map for a
+    ``features_only`` backbone (its module); ``output`` for a model from elsewhere."""
     from .features import Backbone
 
     if isinstance(model, Backbone):
         return list(model.feature_info.module_name())
-    return ["logits"] if getattr(model, "num_classes", 0) else ["features"]
+    if not hasattr(model, "num_classes"):  # a model from elsewhere: what it returns is not known here
+        return ["output"]
+    return ["logits"] if model.num_classes else ["features"]
 
 
 def _as_list(out: Any) -> list[torch.Tensor]:

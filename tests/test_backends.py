@@ -89,6 +89,8 @@ def test_the_key_follows_what_the_speed_depends_on(monkeypatch: pytest.MonkeyPat
                 setattr(parent, name, torch.nn.SiLU())
     assert key(other_act) != base  # the same tensors, another activation
     assert key(zoo.create_model("resnet20", num_classes=100).eval()) != base
+    maps = [key(zoo.create_model("resnet20", features_only=True, out_indices=i)) for i in ((1, 3), (2, 3))]
+    assert maps[0] != maps[1]  # the same modules and tensors, other maps out
     monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
     assert key() != base
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .deploy import output_names
 from .errors import ConfigError, MissingExtraError, not_one_of
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ def cache_key(model: nn.Module, example: torch.Tensor, precision: str, device: t
         "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,
         "modules": [type(m).__name__ for m in model.modules()],  # activations, pools: nothing in the state dict
         "tensors": [f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items()],
+        "outputs": output_names(model),  # a backbone's maps: the same modules may return others (out_indices)
     }
     facts = {"architecture": architecture, "input": [list(example.shape), str(example.dtype)], "precision": precision,
              "options": options or {}, "threads": torch.get_num_threads(), "device": device_label(device),

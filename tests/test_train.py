@@ -841,3 +841,16 @@ def test_validate_refuses_a_folder_whose_classes_come_in_another_order(
     )
     with pytest.raises(zoo.ConfigError, match=r"--teacher: the data has the model's classes in another order"):
         train(parse(args_for(shapes, tmp_path / "kd", "--teacher", str(folder))))  # the last: reversed
+
+
+def test_validate_takes_a_yaml_models_folder_with_its_yaml_name(shapes: Path, tmp_path: Path) -> None:
+    """A run of a model built from YAML names no registered architecture: its --model is the YAML file's path."""
+    from zoo.io import folder_config, save_model_folder
+
+    config = ROOT / "configs" / "resnet18_cifar.yaml"
+    model = zoo.create_model(str(config), num_classes=3)
+    folder = save_model_folder(tmp_path / "best", model.state_dict(),
+                               folder_config(model.pretrained_cfg["architecture"], model.cfg.to_dict(),
+                                             model.pretrained_cfg))  # fmt: skip
+    assert validate_main(["--model", str(config), "--checkpoint", str(folder), "--dataset", "imagefolder", "--root",
+                          str(shapes), "--val-split", "0.25", "--cache-dir", str(tmp_path / "c")]) == 0  # fmt: skip

@@ -254,7 +254,7 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         if checkpoint is not None and checkpoint.is_dir():  # a folder carries its architecture and label names
             model = create_model(f"local-dir:{checkpoint}", pretrained=True)
             architecture = model.pretrained_cfg.get("architecture")
-            if args.model is not None and split_name(args.model)[0] != architecture:
+            if args.model is not None and is_model(args.model) and split_name(args.model)[0] != architecture:
                 raise ConfigError(
                     "--model",
                     f"{args.model!r} disagrees with the folder {str(checkpoint)!r}, which "

@@ -19,7 +19,7 @@ from ..factory import names_weights, weights_file
 from ..hardware import PRECISIONS, cpu_info, device_label, resolve_precision
 from ..io import sha256_of
 from ..optimize import _import_pt2e, quantize_int8
-from ..registry import split_name
+from ..registry import is_model, split_name
 from .config import flag
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .ensemble import Ensemble
@@ -93,7 +93,8 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
         model = create_model(f"local-dir:{checkpoint}", pretrained=True)
         architecture = model.pretrained_cfg.get("architecture")
-        if [split_name(n)[0] for n in args.model] != [architecture]:  # it would be scored and reported as --model
+        named = [split_name(n)[0] if is_model(n) else architecture for n in args.model]  # a YAML path: not comparable
+        if named != [architecture]:  # it would be scored and reported as --model
             raise ConfigError("--model", f"{' '.join(args.model)!r} disagrees with the folder {str(checkpoint)!r}, "
                               f"which holds a {architecture}; give --model {architecture}")  # fmt: skip
     elif len(args.model) == 1:

@@ -183,6 +183,7 @@ def test_validate_and_predict_score_it_with_its_own_normalization(
     assert [g["index"] for g in got] == probs.argmax(1).tolist()
     assert all(abs(g["score"] - p) < 1e-5 for g, p in zip(got, probs.max(1).values.tolist(), strict=True))
     assert "carries no preprocessing" in out.err
+    assert "names no classes: labelled as resnet18_cifar's published weights label theirs" not in out.err  # none
 
 
 def test_export_records_the_normalization_given(tmp_path: Path) -> None:

@@ -340,6 +340,9 @@ def test_predict_takes_the_architecture_from_a_model_folder_and_refuses_another(
     assert f"--model: 'resnet56' disagrees with the folder {str(folder)!r}, which holds a resnet20" in err, err
     assert zoo_main(["predict", image]) == 2  # neither: which model?
     assert "--model: is required unless --checkpoint is a model folder" in capsys.readouterr().err
+    assert zoo_main(["predict", image, "--model", "resnet20", "--checkpoint", str(folder / "model.safetensors")]) == 0
+    err = capsys.readouterr().err  # a file names no classes: whose names label its outputs is said
+    assert "names no classes: labelled as resnet20's published weights label theirs (airplane, automobile, bird" in err
 
 
 def test_predict_skips_what_pillow_cannot_read_and_checks_its_flags_first(

@@ -237,6 +237,7 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         import json
         from pathlib import Path
 
+        from .data import label_names
         from .factory import create_model
         from .hardware import explain
         from .predict import IMAGE_SUFFIXES, Classifier, find_images
@@ -275,6 +276,10 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         if checkpoint is not None and checkpoint.is_file():
             print(f"predict: {assumed_preprocessing(str(checkpoint), classifier.data_config, overrides)}",
                   file=sys.stderr)  # fmt: skip
+            names = label_names(model)
+            if names:  # a file carries no class names either: those of the architecture's published weights
+                print(f"predict: {checkpoint} names no classes: labelled as {args.model}'s published weights label "
+                      f"theirs ({', '.join(names[:3])}, ...); the indices are its own", file=sys.stderr)  # fmt: skip
         device = next(model.parameters()).device
         print(f"predict: {args.runtime} runtime, {explain(args.precision, classifier.precision, device)}",
               file=sys.stderr)  # fmt: skip

@@ -395,16 +395,17 @@ def measure_group(
         start = repeat % len(ordered) if ordered else 0
         for i, step in ordered[start:] + ordered[:start]:
             result = results[i]
-            if repeat == 0:
-                memory.reset()  # the peak of one timed round, above what the group holds already
             try:
+                if repeat == 0:  # the peak of one call, above what the group holds already; measured untimed, as
+                    memory.reset()  # on a CPU the reset gives freed memory back, which that call faults in again
+                    step()
+                    _sync(device)
+                    result.peak_mb = memory.peak_mb()
                 ips, lat = time_round(step, iters, device, result.setting.batch_size, result.setting.mode == "latency")
             except torch.cuda.OutOfMemoryError:
                 _out_of_memory(result, device)
                 del steps[i]
                 continue
-            if repeat == 0:
-                result.peak_mb = memory.peak_mb()
             result.img_per_s.append(ips)
             result.latencies_ms += lat
     if profile:  # after the timed rounds: the profiler's overhead never reaches a speed

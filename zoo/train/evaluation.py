@@ -30,8 +30,8 @@ def evaluate(
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == y[:, None]
         # summed where they are: no host sync per batch
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum(),
-                             torch.tensor(len(y), device=procs.device)]).double()  # fmt: skip
+        sums[:3] += torch.stack([F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(), hits.any(1).sum()])
+        sums[3] += len(y)  # not torch.tensor(n, device=cuda): a copy from the host that waits for the GPU
     loss, top1, top5_hits, n = procs.sum(sums).tolist()
     scored, n = int(n), max(n, 1)
     return {"loss": loss / n, "acc1": 100 * top1 / n, "acc5": 100 * top5_hits / n, "images": scored}

@@ -121,7 +121,8 @@ def train_one_epoch(step: Step, batches: Any, procs: Processes, epoch: int, epoc
         if step.ema is not None:
             step.ema.update(step.raw)
         n = len(y)
-        sums += torch.stack([loss.detach() * n, (logits.argmax(1) == y).sum(), torch.tensor(n, device=procs.device)])
+        sums[:2] += torch.stack([loss.detach() * n, (logits.argmax(1) == y).sum()])
+        sums[2] += n  # a Python number: torch.tensor(n, device=cuda) would copy from the host and wait for the GPU
         if procs.main and (i % 10 == 0 or i + 1 == len(batches)):
             elapsed = time.perf_counter() - start
             bar.set_postfix(

@@ -215,6 +215,15 @@ STEPS: dict[str, Callable[[torch.device, Path], dict[str, Any]]] = {
 }
 
 
+def _report(out: Path, device: torch.device, environment: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    from zoo.io import atomic_write, save_json
+
+    save_json(out / "results.json", {"device": device.type, "environment": environment, "steps": results})
+    with atomic_write(out / "summary.txt", "w") as f:
+        f.write(f"{environment['device_name']} | torch {environment['torch']} | commit {environment['commit']}\n")
+        f.writelines(f"{'PASS' if r['ok'] else 'FAIL'} {r['step']} ({r['seconds']} s)\n" for r in results)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/gpu-check", help="folder for results.json and summary.txt")
@@ -223,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results: list[dict[str, Any]] = []
+    environment = benchmark.environment(device)
     for name in args.steps:
         start = time.perf_counter()
         try:
@@ -234,13 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"step": name, "ok": ok, "seconds": seconds, "details": details, "error": error})
         print(f"{'PASS' if ok else 'FAIL'} {name} ({seconds} s)" + (f": {error.splitlines()[0]}" if error else ""),
               flush=True)  # fmt: skip
-    environment = benchmark.environment(device)
-    from zoo.io import atomic_write, save_json
-
-    save_json(out / "results.json", {"device": device.type, "environment": environment, "steps": results})
-    with atomic_write(out / "summary.txt", "w") as f:
-        f.write(f"{environment['device_name']} | torch {environment['torch']} | commit {environment['commit']}\n")
-        f.writelines(f"{'PASS' if r['ok'] else 'FAIL'} {r['step']} ({r['seconds']} s)\n" for r in results)
+        _report(out, device, environment, results)  # after each step: a kill keeps the steps done
     failed = [r["step"] for r in results if not r["ok"]]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

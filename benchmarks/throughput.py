@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ceiling: dict[str, dict[str, float]] = {}  # GFLOP/s per precision: each row is held against its own
     profiles: list[dict[str, Any]] = []
     memory = PeakMemory(device)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill also writes what is done
+    on_term = signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill also writes what is done
     print(f"{env['device_name']}: {', '.join(env['cpu_features']) or 'no AVX2'}; --dtype {args.dtype_requested} "
           f"-> {args.dtype}", flush=True)  # fmt: skip
     try:
@@ -391,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: writing the rows finished so far", file=sys.stderr)
         return 130
     finally:  # an interrupt, or any failure: what was measured is kept
+        signal.signal(signal.SIGTERM, on_term)  # a caller (gpu_check) is killed as it expects to be again
         write(out, rows, ceiling, ratios, profiles, env)
     header = [
         "model",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,16 @@ def test_a_frozen_package_names_the_cpu_it_needs_and_a_portable_one_runs_anywher
     portable = zoo.export(model, tmp_path / "portable.pt2", format="pt2", dtype="fp32", portable=True)
     assert json.loads(deploy.package_metadata(portable)["cpu_features"]) == ["AVX2"]
     assert deploy.package_metadata(portable)["AOTI_CPU_ISA"] == "AVX2"  # its generated code: AVX2 vectors
+    if shutil.which("objdump"):  # and its compiled code no AVX-512 (-march=native would allow it anywhere)
+        import zipfile
+
+        with zipfile.ZipFile(portable) as archive:
+            libraries = [n for n in archive.namelist() if n.endswith(".so")]
+            archive.extractall(tmp_path / "unpacked", libraries)
+        for library in libraries:
+            code = subprocess.run(["objdump", "-d", str(tmp_path / "unpacked" / library)], capture_output=True,
+                                  text=True, check=True).stdout  # fmt: skip
+            assert "zmm" not in code and "ymm" in code, library
     monkeypatch.setenv("ZOO_CPU_FLAGS", "avx avx2 fma f16c")  # an AVX2-only CPU, as an AMD Zen 3
     if zoo.cpu_info().features() != json.loads(meta["cpu_features"]):  # this machine has more than AVX2
         with pytest.raises(zoo.ConfigError, match=r"was compiled for a CPU with AVX2, .*; this one \(.*\(AVX2\)\) lacks "

@@ -19,8 +19,9 @@ prepare() {
     mkdir -p "$trip"
     install -m 0644 "${DATA:-../shared/data/$data}" "$trip/$data"  # writable: a second prepare replaces it
     # The machine's image has torch, torchvision, safetensors, huggingface_hub, pyyaml, tqdm and pillow, not fvcore
-    # (the benchmark's FLOP counts); these are pure Python, built here as wheels for any Python 3.
-    python3 -m pip wheel -q --no-deps -w "$trip" fvcore==0.1.5.post20221221 iopath==0.1.10 yacs==0.1.8 termcolor
+    # (the benchmark's FLOP counts) and what it imports; pure Python, built here as wheels for any Python 3.
+    python3 -m pip wheel -q --no-deps -w "$trip" fvcore==0.1.5.post20221221 iopath==0.1.10 yacs==0.1.8 termcolor \
+        portalocker tabulate
     du -sh "$trip"
 }
 
@@ -38,18 +39,18 @@ run() {
     local trained=0 checked=0
     python3 tools/train.py --recipe resnet18-fast --epochs "$epochs" --time-budget "$budget" --dataset imagefolder \
         --root "$trip/$data" --cache-dir "$work/cache" --output "$work/resnet18" --overwrite "$@" 2>&1 |
-        tr '\r' '\n' | grep -v -E '(batch|it)/s' | tee "$OUT/train.log" || trained=$?
-    if [ "${CHECK:-1}" = 1 ]; then  # its own files stay there: only two come back
-        timeout "${CHECK_SECONDS:-200}" python3 benchmarks/gpu_check.py --out "$work/gpu-check" || checked=$?
-        mkdir -p "$OUT/gpu-check"
-        cp "$work/gpu-check/results.json" "$work/gpu-check/summary.txt" "$OUT/gpu-check/" || true
-    fi
-    if [ -f "$work/resnet18/best/model.safetensors" ]; then
+        sed -u 's/\r/\n/g' | grep --line-buffered -v -E '(batch|it)/s' | tee "$OUT/train.log" || trained=$?
+    if [ -f "$work/resnet18/best/model.safetensors" ]; then  # packed now: whatever the check does, these come back
         # best/ without its optimizer state, and the run's record: in pieces under the size limit, with a checksum
         tar -C "$work" -cf "$work/resnet18.tar" resnet18/best/model.safetensors resnet18/best/config.json \
             resnet18/metrics.csv resnet18/summary.json resnet18/args.json resnet18/command.txt
         (cd "$work" && sha256sum resnet18.tar) >"$OUT/resnet18.tar.sha256"
         split -b "${PART:-15M}" -d "$work/resnet18.tar" "$OUT/resnet18.tar.part-"
+    fi
+    if [ "${CHECK:-1}" = 1 ]; then  # its results are written after each step; only its two reports come back
+        timeout -k 10 "${CHECK_SECONDS:-200}" python3 benchmarks/gpu_check.py --out "$work/gpu-check" || checked=$?
+        mkdir -p "$OUT/gpu-check"
+        cp "$work/gpu-check/results.json" "$work/gpu-check/summary.txt" "$OUT/gpu-check/" || true
     fi
     ls -lR "$OUT"
     echo "training exit $trained, gpu_check exit $checked"

@@ -309,8 +309,8 @@ def _export_pt2(
     the generated code uses its widest vector ISA, as the fast path does. Portable: neither (weights as they are,
     AVX2 code), so any x86-64 CPU with AVX2 runs it, at the speed of an unfrozen graph."""
     configs: dict[str, Any] = {"aot_inductor.metadata": props, "freezing": not portable}
-    if portable:
-        configs["cpp.simdlen"] = 256  # AVX2 vectors
+    if portable:  # AVX2 vectors, and the compiler told the ISA (it would be told -march=native, AVX-512 here)
+        configs.update({"cpp.simdlen": 256, "cpp.march": "x86-64-v3"})
     with torch.no_grad():
         program = torch.export.export(model, (x,), dynamic_shapes=_batch_axis(dynamic_batch))
         torch._inductor.aoti_compile_and_package(program, package_path=str(out), inductor_configs=configs)

@@ -76,6 +76,17 @@ def test_frozen_stages_get_no_gradient_and_stay_in_eval() -> None:
     assert not model.bn1.training and not model.layer2[0].bn1.training and model.layer3[0].bn1.training
 
 
+@pytest.mark.parametrize("feature_cls", ["list", "getter"])
+def test_frozen_stages_stay_frozen_after_a_sync_batch_norm_conversion(feature_cls: str) -> None:
+    """Detection code converts a backbone's norms to SyncBatchNorm after building it; the stem's norm is swapped
+    for a new module, which must stay in eval mode with its statistics as loaded."""
+    model = zoo.create_model("resnet18", features_only=True, frozen_stages=1, feature_cls=feature_cls)
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).train()
+    root = model.model if feature_cls == "getter" else model
+    assert isinstance(root.bn1, torch.nn.SyncBatchNorm) and not root.bn1.training and not root.layer1[0].bn1.training
+    assert root.layer2[0].bn1.training  # not frozen: trains
+
+
 def test_frozen_stages_past_the_last_map_freeze_what_is_there() -> None:
     backbone = zoo.create_model("resnet18", features_only=True, out_indices=(1,), frozen_stages=3)
     backbone.train()  # layer2..4 are not in this backbone: nothing to put in eval mode there

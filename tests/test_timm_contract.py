@@ -321,3 +321,17 @@ def test_an_overlay_restates_the_data_config_of_a_model_without_weights() -> Non
     assert timm.data.resolve_data_config(model=model)["mean"] == (0.5, 0.5, 0.5)
     with pytest.raises(zoo.ConfigError, match=r"'resnet18_cifar' has no weights for \['hf_hub_id'\] to describe"):
         zoo.create_model("resnet18_cifar", pretrained_cfg_overlay={"hf_hub_id": "someone/r18"})
+
+
+def test_a_backbones_feature_info_answers_timms_accessors() -> None:
+    """effdet and other necks ask feature_info by index and by key, as timm's FeatureInfo answers."""
+    ours = zoo.create_model("resnet18", features_only=True, out_indices=(2, 3, 4)).feature_info
+    theirs = timm.create_model("resnet18", features_only=True, out_indices=(2, 3, 4)).feature_info
+    for call in (lambda f: f.channels(), lambda f: f.reduction(), lambda f: f.module_name(), lambda f: f.channels(1),
+                 lambda f: f.reduction([0, 2]), lambda f: f.get("num_chs"), lambda f: f.get("module", 0),
+                 lambda f: f.get_dicts(keys=["num_chs", "reduction"]), lambda f: f.get_dicts(keys=["module"], idx=2),
+                 lambda f: f.get_dicts(idx=[0, 1])):  # fmt: skip
+        got, want = call(ours), call(theirs)
+        if isinstance(want, list) and isinstance(want[0], dict):  # timm's entries carry its "index" besides
+            want = [{k: v for k, v in w.items() if k in got[0]} for w in want]
+        assert got == want

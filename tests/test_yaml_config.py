@@ -102,6 +102,15 @@ def test_every_registered_model_round_trips(name: str, tmp_path: Path) -> None:
     assert cfg == get_entry(name).config
 
 
+@pytest.mark.parametrize("shortcut", ["avg", "pad", "conv"])
+def test_a_one_stage_network_keeps_its_shortcut_through_yaml(shortcut: str, tmp_path: Path) -> None:
+    """One stage has no later stage to carry replace_stride_with_pooling: the shortcut is written as itself."""
+    model = zoo.create_model("resnet50d", layers=(2,), channels=(64,), shortcut=shortcut)
+    path = zoo.save_config(model, tmp_path / "one.yaml")
+    assert load(path).config == model.cfg
+    zoo.create_model_from_config(path).load_state_dict(model.state_dict())  # the same keys
+
+
 @pytest.mark.parametrize("name", ["resnet50d", "resnet20", "resnext50_32x4d"])
 def test_same_outputs_from_the_written_config(name: str, tmp_path: Path) -> None:
     # dilated (output_stride 16) where NetsPresso builds the same network: not resnet50d's pooling shortcut

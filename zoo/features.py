@@ -22,10 +22,14 @@ from .layers import BATCH_NORMS, checkpointed
 class FeatureInfo(Sequence[dict[str, Any]]):
     """One dict per feature map: ``num_chs``, ``reduction`` (stride) and ``module`` name."""
 
-    def __init__(self, entries: Sequence[dict[str, Any]], out_indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, entries: Sequence[dict[str, Any]], out_indices: Sequence[int] | None = None,
+        whole: Sequence[dict[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
         self._entries = tuple(dict(e) for e in entries)
         # which maps of the whole model these are (timm's ``feature_info.out_indices`` of a backbone)
         self.out_indices = tuple(range(len(self._entries)) if out_indices is None else out_indices)
+        self._whole = self._entries if whole is None else tuple(dict(e) for e in whole)  # every map of the model
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         return self._entries[index]
@@ -39,17 +43,26 @@ class FeatureInfo(Sequence[dict[str, Any]]):
     def __repr__(self) -> str:
         return f"FeatureInfo({list(self._entries)})"
 
-    def channels(self) -> list[int]:
-        return [e["num_chs"] for e in self._entries]
+    # timm's accessors: None, these maps; ``idx`` (an int or a list of them), maps of the whole model by index
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get_dicts([key], idx)[key] if isinstance(idx, int) else [e[key] for e in self.get_dicts(idx=idx)]
 
-    def reduction(self) -> list[int]:
-        return [e["reduction"] for e in self._entries]
+    def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> Any:
+        def pick(entry: dict[str, Any]) -> dict[str, Any]:
+            return dict(entry) if keys is None else {k: entry[k] for k in keys}
 
-    def module_name(self) -> list[str]:
-        return [e["module"] for e in self._entries]
+        if isinstance(idx, int):
+            return pick(self._whole[idx])
+        return [pick(e) for e in (self._entries if idx is None else [self._whole[i] for i in idx])]
 
-    def get_dicts(self) -> list[dict[str, Any]]:
-        return [dict(e) for e in self._entries]
+    def channels(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("module", idx)
 
     def resolve(self, out_indices: int | Sequence[int] | None) -> tuple[int, ...]:
         """Validate ``out_indices``: a list (negative counts from the end), an int n (the last n maps, as
@@ -89,7 +102,7 @@ class FeatureInfo(Sequence[dict[str, Any]]):
         return taken, max(taken)
 
     def select(self, indices: Sequence[int]) -> FeatureInfo:
-        return FeatureInfo([self._entries[i] for i in indices], [self.out_indices[i] for i in indices])
+        return FeatureInfo([self._entries[i] for i in indices], [self.out_indices[i] for i in indices], self._whole)
 
 
 def stem_and_stages(model: nn.Module, k: int) -> list[str]:
@@ -132,26 +145,27 @@ class Backbone(nn.Module):
         self.pretrained_cfg = {k: v for k, v in cfg.items() if k not in _HEAD_KEYS}
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self._frozen: list[nn.Module] = []  # the stem and stages kept frozen; set by the subclass
+        # The stem and stages kept frozen, by name: a module swapped in since (sync BN) is kept frozen too.
+        self._frozen: list[str] = []  # set by the subclass
 
     @property
     def default_cfg(self) -> dict[str, Any]:
         """Alias of ``pretrained_cfg`` (timm's older name)."""
         return self.pretrained_cfg
 
-    def _freeze(self, model: nn.Module, kept: set[str]) -> None:
-        """Freeze the stem and the first ``frozen_stages`` stages of ``model`` that ``kept`` still holds."""
+    def _freeze(self, model: nn.Module, kept: set[str], prefix: str = "") -> None:
+        """Freeze the stem and the first ``frozen_stages`` stages of ``model`` that ``kept`` still holds
+        (``prefix``: where ``model`` sits in this backbone)."""
         for name in stem_and_stages(model, self.frozen_stages):
             if name in kept:
-                module = getattr(model, name)
-                module.requires_grad_(False)
-                self._frozen.append(module)
+                getattr(model, name).requires_grad_(False)
+                self._frozen.append(prefix + name)
 
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         if mode:
-            for module in self._frozen:
-                module.eval()
+            for name in self._frozen:
+                self.get_submodule(name).eval()
             if self.norm_eval:
                 for m in self.modules():
                     if isinstance(m, BATCH_NORMS):
@@ -230,7 +244,7 @@ class FeatureGetter(Backbone):
         self.out_indices = model.prune_intermediate_layers(all_info.resolve(out_indices))
         self.feature_info = all_info.select(self.out_indices)
         self.model = model
-        self._freeze(model, set(dict(model.named_children())))
+        self._freeze(model, set(dict(model.named_children())), prefix="model.")
         self.train(model.training)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -388,8 +388,8 @@ def to_document(cfg: ResNetConfig) -> dict[str, Any]:
                 "drop_path_rate", "zero_init_last"):  # fmt: skip
         if getattr(cfg, key) != getattr(default, key):
             params[key] = getattr(cfg, key)
-    if cfg.shortcut == "pad":
-        params["shortcut"] = "pad"
+    if cfg.shortcut == "pad" or (cfg.shortcut == "avg" and len(cfg.layers) == 1):  # one stage: no flag to say it
+        params["shortcut"] = cfg.shortcut
     dilated = [i > 0 and p.stride == 1 for i, p in enumerate(plan)]
     if not any(dilated) and cfg.output_stride != max(32, plan[-1].reduction):
         params["output_stride"] = cfg.output_stride  # a cap the stages do not reach: keep it as given

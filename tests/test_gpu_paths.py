@@ -233,3 +233,21 @@ def test_the_gpu_trip_trains_packs_within_the_return_limits_and_unpacks(tmp_path
     run = tmp_path / "here" / "resnet18"
     model = zoo.create_model(f"local-dir:{run / 'best'}", pretrained=True)
     assert model.num_classes == 3 and json.loads((run / "summary.json").read_text())["epochs"] == 1
+
+
+def test_on_a_gpu_exports_allow_for_tf32_and_training_lets_cudnn_pick(monkeypatch) -> None:
+    from zoo import deploy
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default
+    assert deploy.tolerance("fp32", cpu) == 1e-4 and deploy.tolerance("fp32", cuda) == 5e-3
+    assert deploy.tolerance("bf16", cuda) == 5e-2
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # true fp32 convolutions: fp32's tolerance
+    assert deploy.tolerance("fp32", cuda) == 1e-4
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert Processes.start("auto").device == torch.device("cuda", 0)
+    assert torch.backends.cudnn.benchmark  # fixed training shapes: cuDNN times its algorithms once, as timm's

@@ -56,6 +56,9 @@ class Processes:
         dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(dev)
+            # Training batches keep one shape (drop_last): cuDNN may time its algorithms once and keep the fastest,
+            # as timm's train.py and the benchmark's train row let it. (A GPU run is not bit-exact anyway.)
+            torch.backends.cudnn.benchmark = True
         else:
             keep_freed_memory()  # each step's activations reused, not page-faulted in again (6-9% of a step)
         # Under torchrun (which sets RANK) the group exists even for one process: --sync-bn and the

@@ -238,7 +238,7 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         from pathlib import Path
 
         from .data import label_names
-        from .factory import create_model
+        from .factory import check_folder_architecture, create_model
         from .hardware import explain
         from .predict import IMAGE_SUFFIXES, Classifier, find_images
         from .registry import is_model, list_pretrained, split_name
@@ -254,13 +254,7 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
             raise ConfigError("--checkpoint", f"{args.checkpoint!r} does not exist")
         if checkpoint is not None and checkpoint.is_dir():  # a folder carries its architecture and label names
             model = create_model(f"local-dir:{checkpoint}", pretrained=True)
-            architecture = model.pretrained_cfg.get("architecture")
-            if args.model is not None and is_model(args.model) and split_name(args.model)[0] != architecture:
-                raise ConfigError(
-                    "--model",
-                    f"{args.model!r} disagrees with the folder {str(checkpoint)!r}, which "
-                    f"holds a {architecture}; leave --model out or give --model {architecture}",
-                )
+            check_folder_architecture(model, checkpoint, [args.model] if args.model else [])
         elif args.model is None:
             raise ConfigError(
                 "--model", "is required unless --checkpoint is a model folder (which names its own architecture)"

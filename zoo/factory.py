@@ -20,7 +20,7 @@ from .errors import ConfigError, StateDictError, UnknownModelError, WeightsNotFo
 from .features import make_backbone
 from .io import load_state_dict, read_json, verify
 from .layouts import to_zoo
-from .registry import get_entry, get_weights, split_name
+from .registry import get_entry, get_weights, is_model, split_name
 from .resnet import ResNet
 from .weights import DATA_CONFIG_KEYS, Weights, fit_state_dict
 
@@ -353,6 +353,15 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
     if left:  # fit_state_dict should have named them; this guards builders with unusual modules
         raise StateDictError(f"not loaded from the weights: {', '.join(left[:8])}")
     return model
+
+
+def check_folder_architecture(model: nn.Module, folder: str | os.PathLike[str], names: Sequence[str]) -> None:
+    """Refuse ``--model`` names other than the architecture a model folder names (its model would be run and
+    reported under them). A name that is not registered, a YAML path, cannot be compared and passes."""
+    architecture = model.pretrained_cfg.get("architecture")
+    if names and [split_name(n)[0] if is_model(n) else architecture for n in names] != [architecture]:
+        raise ConfigError("--model", f"{' '.join(names)!r} disagrees with the folder {str(folder)!r}, which holds a "
+                          f"{architecture}; give --model {architecture}")  # fmt: skip
 
 
 def _in_chans(model: nn.Module) -> int:

@@ -15,11 +15,10 @@ import torch
 from .. import create_model
 from ..data import check_class_order, create_transform, preprocessing_overrides, resolve_data_config
 from ..errors import ConfigError, not_one_of
-from ..factory import names_weights, weights_file
+from ..factory import check_folder_architecture, names_weights, weights_file
 from ..hardware import PRECISIONS, cpu_info, device_label, resolve_precision
 from ..io import sha256_of
 from ..optimize import _import_pt2e, quantize_int8
-from ..registry import is_model, split_name
 from .config import flag
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
 from .ensemble import Ensemble
@@ -92,11 +91,7 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     pretrained = checkpoint is None and (args.pretrained or any(names_weights(n) for n in args.model))
     if checkpoint is not None and checkpoint.is_dir():  # a training checkpoint folder or a Hub folder
         model = create_model(f"local-dir:{checkpoint}", pretrained=True)
-        architecture = model.pretrained_cfg.get("architecture")
-        named = [split_name(n)[0] if is_model(n) else architecture for n in args.model]  # a YAML path: not comparable
-        if named != [architecture]:  # it would be scored and reported as --model
-            raise ConfigError("--model", f"{' '.join(args.model)!r} disagrees with the folder {str(checkpoint)!r}, "
-                              f"which holds a {architecture}; give --model {architecture}")  # fmt: skip
+        check_folder_architecture(model, checkpoint, args.model)
     elif len(args.model) == 1:
         model = create_model(args.model[0], pretrained=pretrained, checkpoint_path=checkpoint)
     else:

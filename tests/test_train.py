@@ -316,6 +316,23 @@ def test_resume_refuses_other_data_or_processes(shapes: Path, tmp_path: Path) ->
                        r"images 181 -> 166; steps per epoch 11 -> 10; the schedule counts"):  # fmt: skip
         train(parse(args_for(fewer, out, "--epochs", "1", "--resume")))
     assert ((out / "command.txt").read_text(), (out / "metrics.jsonl").read_text()) == before
+    renamed = tmp_path / "renamed"  # as many images, and a class of other images in the folders' order
+    shutil.copytree(shapes, renamed)
+    (renamed / "train" / "square").rename(renamed / "train" / "star")
+    with pytest.raises(zoo.ConfigError, match=r"--resume: .* was trained on other classes \(circle, square, triangle, "
+                       r"\.\.\. against the data's circle, star, triangle, \.\.\.\): each output would be taken"):  # fmt: skip
+        train(parse(args_for(renamed, out, "--epochs", "1", "--resume")))
+    assert ((out / "command.txt").read_text(), (out / "metrics.jsonl").read_text()) == before
+
+
+def test_resume_from_moved_data_names_the_move(shapes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(shapes, moved)
+    out = tmp_path / "run"
+    train(parse(args_for(shapes, out, "--epochs", "1")))
+    with caplog.at_level(logging.INFO, logger="zoo.train"):
+        train(parse(args_for(moved, out, "--epochs", "1", "--resume")))  # the same images and classes: it goes on
+    assert f"--root {str(shapes)!r} -> {str(moved)!r}" in caplog.text and "resumed from" in caplog.text
 
 
 def test_a_failed_start_leaves_the_output_as_it_was_and_resume_stays_in_its_run(shapes: Path, tmp_path: Path) -> None:

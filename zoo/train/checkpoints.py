@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import ConfigError
-from ..io import save_model_folder, save_torch
+from ..io import read_json, save_model_folder, save_torch
 from .config import TRAINING_KEYS, TrainConfig
 from .step import Step
 
@@ -187,10 +187,11 @@ class Resumed(NamedTuple):
     elapsed_s: float | None  # None: a checkpoint from before it was recorded
 
 
-def resume(ckpt: Path, step: Step, layout: dict[str, int], checkpoints: Checkpoints, main: bool) -> Resumed:
+def resume(ckpt: Path, step: Step, layout: dict[str, int], classes: list[str], checkpoints: Checkpoints,
+           main: bool) -> Resumed:  # fmt: skip
     """Restore ``step`` from ``ckpt``, and ``best`` (the link: by the ``main`` process) to the checkpoint that was
-    best then. A run laid out otherwise (other processes or data: the schedule's steps would not match) is refused
-    before anything changes."""
+    best then. A run laid out otherwise (other processes or data: the schedule's steps would not match) or trained
+    on other ``classes`` (its outputs would name other ones) is refused before anything changes."""
     state = torch.load(ckpt / "state.pt", weights_only=True, map_location="cpu")
     saved = state.get("layout") or {}  # checkpoints of zoo 0.x before it was recorded: not checked
     changed = [f"{k.replace('_', ' ')} {saved[k]} -> {v}" for k, v in layout.items() if k in saved and saved[k] != v]
@@ -198,6 +199,13 @@ def resume(ckpt: Path, step: Step, layout: dict[str, int], checkpoints: Checkpoi
         raise ConfigError(
             "--resume", f"{str(ckpt)!r} was laid out for other data or processes: {'; '.join(changed)}; the schedule "
             "counts its steps from these. Resume with the same --root and number of processes"
+        )  # fmt: skip
+    trained_on = read_json(ckpt / "config.json", "--resume").get("pretrained_cfg", {}).get("label_names")
+    if trained_on is not None and list(trained_on) != list(classes):
+        raise ConfigError(
+            "--resume", f"{str(ckpt)!r} was trained on other classes ({', '.join(trained_on[:4])}, ... against the "
+            f"data's {', '.join(classes[:4])}, ...): each output would be taken for another class. Resume with the "
+            "run's own --root"
         )  # fmt: skip
     weights = load_file(ckpt / "model.safetensors")
     if step.ema is not None:

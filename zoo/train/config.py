@@ -32,9 +32,10 @@ RESUME_KEYS = ("model", "dataset", "epochs", "batch_size", "lr", "schedule", "wa
 
 
 # What changes how the resumed epochs train without changing the schedule's layout: allowed, but named.
+# A moved --root among them: what it holds is checked by the layout and the classes when resuming.
 TRAINING_KEYS = ("crop_pad", "flip", "cutout", "trivial_augment", "random_erasing", "label_smoothing", "clip_grad",
                  "teacher", "distill_weight", "distill_temperature", "teacher_tta", "precision", "image_size",
-                 "sync_bn", "in_memory")  # fmt: skip
+                 "sync_bn", "in_memory", "root")  # fmt: skip
 
 
 # Fields whose None means "not given" (off, or a default that depends on other fields).

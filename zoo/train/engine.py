@@ -271,7 +271,7 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
     checkpoints = Checkpoints(output, keep=args.keep_checkpoints)
     resumed = Resumed(0, None, None)
     if resume_from is not None:
-        resumed = resume(resume_from, step, layout, checkpoints, procs.main)
+        resumed = resume(resume_from, step, layout, data.classes, checkpoints, procs.main)
     start_epoch, best = resumed.epoch, resumed.best
     _start_output(args, procs, output)
     if resume_from is not None and procs.main:

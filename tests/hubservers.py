@@ -138,7 +138,7 @@ class FakeHub:
     ``faults[filename]`` is one of: ``"server_error"`` (500), ``"truncate"`` (announce the
     full length, send half, drop the connection), ``"corrupt"`` (flip a byte in the body),
     ``"cdn"`` (a cross-origin 302 to a content-addressed URL, as the Hub's CDN does), ``"unauthorized"`` (401,
-    as for a bad token).
+    as for a bad token), ``"forbidden"`` (403, as for a token without access to the repo).
     """
 
     def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
@@ -276,6 +276,8 @@ class FakeHub:
             return send(500, {}, b"internal error")
         if fault == "unauthorized":  # a token the Hub does not accept, on a repo that exists
             return send(401, {}, b"Invalid credentials in Authorization header")
+        if fault == "forbidden":  # a token the Hub accepts, without access to this repo
+            return send(403, {"X-Error-Message": "Forbidden"}, b"Forbidden")
         if fault == "cdn":
             port = self._server.server_address[1]  # type: ignore[union-attr]
             location = f"http://localhost:{port}/cdn/{sha}"  # another origin: not followed for HEAD

@@ -183,10 +183,14 @@ def test_missing_things_are_named_with_every_place_tried(fake_hub: FakeHub, hf_h
     assert not [f for f in cache_files(hf_home) if "blobs" in f]
 
 
-def test_a_refused_token_is_named_not_taken_for_a_damaged_file(fake_hub: FakeHub, hf_home: Path) -> None:
-    fake_hub.faults["model.safetensors"] = "unauthorized"
-    with pytest.raises(zoo.WeightsNotFoundError, match=r"access refused \(HTTP 401\): check HF_TOKEN"):
+@pytest.mark.parametrize(("fault", "status"), [("unauthorized", 401), ("forbidden", 403)])
+def test_a_refused_token_is_named_not_taken_for_a_damaged_file_or_a_silent_hub(
+    fake_hub: FakeHub, hf_home: Path, fault: str, status: int
+) -> None:
+    fake_hub.faults["model.safetensors"] = fault  # a 403 on the HEAD: huggingface_hub wraps it as a cache miss
+    with pytest.raises(zoo.WeightsNotFoundError, match=rf"access refused \(HTTP {status}\): check HF_TOKEN") as info:
         load_from()
+    assert not isinstance(info.value.__cause__, hub.HubUnreachable)
 
 
 def test_server_error_without_cache(fake_hub: FakeHub, hf_home: Path, no_backoff: None) -> None:
@@ -237,6 +241,96 @@ def test_damaged_cache_is_fetched_again(fake_hub: FakeHub, hf_home: Path, caplog
     torch.testing.assert_close(model.fc.weight, fake_hub.state["fc.weight"])  # type: ignore[attr-defined]
 
 
+def test_an_entry_another_process_evicts_meanwhile_is_fetched_again(
+    fake_hub: FakeHub, hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_from()
+    found = hub.cached_file
+
+    def found_then_evicted(*args, **kwargs):  # between this process's lookup and its check
+        path = found(*args, **kwargs)
+        if path is not None:
+            hub._evict(path, hub._identity(path))
+        return path
+
+    monkeypatch.setattr(hub, "cached_file", found_then_evicted)
+    gets = sum(m == "GET" for m, _ in fake_hub.requests)
+    model = load_from()
+    assert sum(m == "GET" for m, _ in fake_hub.requests) == gets + 1
+    torch.testing.assert_close(model.fc.weight, fake_hub.state["fc.weight"])  # type: ignore[attr-defined]
+
+
+def test_a_good_copy_another_process_put_there_is_not_evicted_for_the_damaged_one_hashed_before(
+    fake_hub: FakeHub, hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_from()
+    (blob,) = [p for p in hf_home.rglob("*") if p.parent.name == "blobs"]
+    good = blob.read_bytes()
+    blob.write_bytes(good[:-9] + bytes([good[-9] ^ 0xFF]) + good[-8:])  # damaged on disk
+    hashed = zoo.io.sha256_of
+
+    def hashed_while_another_process_replaces_it(path):  # it evicted the damaged file and downloaded a good one
+        with open(path, "rb"):  # still being read meanwhile
+            digest = hashed(path)
+            blob.unlink()
+            blob.write_bytes(good)
+        return digest
+
+    monkeypatch.setattr(zoo.io, "sha256_of", hashed_while_another_process_replaces_it)
+    gets = sum(m == "GET" for m, _ in fake_hub.requests)
+    load_from()
+    monkeypatch.undo()
+    assert blob.read_bytes() == good  # kept, and found by huggingface_hub: no second download
+    assert sum(m == "GET" for m, _ in fake_hub.requests) == gets
+
+
+def test_a_damaged_file_in_a_read_only_cache_is_named_not_fetched_again(
+    fake_hub: FakeHub, hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    load_from()
+    (blob,) = [p for p in hf_home.rglob("*") if p.parent.name == "blobs"]
+    blob.write_bytes(blob.read_bytes()[:1000])
+    unlink = Path.unlink
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:  # a shared cluster cache, mounted read-only
+        if self.is_relative_to(hf_home):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    seen = len(fake_hub.requests)
+    with pytest.raises(zoo.WeightsIntegrityError, match=rf"damaged and could not be removed .* Delete {blob}, or set "
+                       "HF_HUB_CACHE to a cache the zoo can write"):  # fmt: skip
+        load_from()
+    assert len(fake_hub.requests) == seen  # a download would have handed back the same file
+
+
+def test_huggingface_hub_switched_offline_in_code_is_obeyed_and_left_so(
+    fake_hub: FakeHub, hf_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what a program may do for every library it uses
+    with pytest.raises(zoo.WeightsNotFoundError, match="not asked, HF_HUB_OFFLINE is set"):
+        load_from()
+    assert fake_hub.requests == [] and constants.HF_HUB_OFFLINE is True
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [({"hf_hub_id": "testorg/resnet 20"}, r"repo_id: 'testorg/resnet 20' is not a Hub repo id"),
+     ({"filename": "../model.safetensors"}, r"filename: '../model.safetensors' is not a file name in a Hub repo")],
+)  # fmt: skip
+def test_a_bad_repo_id_or_file_name_is_refused_before_the_cache_is_looked_at(
+    fake_hub: FakeHub, overlay: dict, message: str
+) -> None:
+    with pytest.raises(zoo.ConfigError, match=message):
+        zoo.create_model("resnet20.hubtest", pretrained=True, pretrained_cfg_overlay=overlay)
+    assert fake_hub.requests == []
+
+
 def test_an_unpinned_file_is_checked_against_the_hash_the_cache_names_it_by(
     fake_hub: FakeHub, hf_home: Path, caplog
 ) -> None:
@@ -269,7 +363,7 @@ def test_evicting_a_damaged_entry_leaves_a_store_other_repos_share_alone(tmp_pat
     link = tmp_path / "models--org--x" / "snapshots" / ("c" * 40) / "model.safetensors"
     link.parent.mkdir(parents=True)
     link.symlink_to(Path("../../blobs") / blob.name)
-    hub._evict(link)
+    hub._evict(link, hub._identity(link))
     assert not os.path.lexists(link) and not os.path.lexists(blob) and store.read_bytes() == b"shared"
 
 

@@ -67,8 +67,14 @@ def hub_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 
 def hub_offline() -> bool:
-    # huggingface_hub honours TRANSFORMERS_OFFLINE too; so does the zoo, so one switch turns both off
-    return (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").lower() in _TRUE
+    """Offline when the environment says so now (huggingface_hub honours TRANSFORMERS_OFFLINE too: one switch
+    turns both off), or when huggingface_hub is offline (set when it was imported, or by a program in code)."""
+    if (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").lower() in _TRUE:
+        return True
+    _hf()
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _hf() -> Any:
@@ -76,11 +82,8 @@ def _hf() -> Any:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
         import huggingface_hub
-        from huggingface_hub import constants
     except ImportError as e:  # pragma: no cover - a declared dependency
         raise ImportError("downloading weights needs huggingface_hub: pip install huggingface-hub") from e
-    # huggingface_hub read HF_HUB_OFFLINE once, when first imported (maybe while it was set); follow it now.
-    constants.HF_HUB_OFFLINE = hub_offline()
     return huggingface_hub
 
 
@@ -88,16 +91,32 @@ class HubUnreachable(WeightsNotFoundError):
     """The Hub did not answer (after huggingface_hub's own retries, about 25 s): no use asking it for another file."""
 
 
-def _evict(path: Path) -> None:
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """Which file ``path`` leads to now, or None if it is gone: device, inode (which a new file may reuse once the
+    old one is closed) and the time of its last change."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_ctime_ns
+
+
+def _evict(path: Path, checked: tuple[int, ...] | None) -> bool:
     """Remove a bad cache entry: the snapshot link and this repo's blob it names. One link only: the blob may
-    itself link into a store shared with other repos (Xet), whose file their blobs still need."""
+    itself link into a store shared with other repos (Xet), whose file their blobs still need. Only the file
+    that was ``checked``: one another process put there meanwhile (a good download) stays. False if it could
+    not be removed (a read-only or foreign cache)."""
+    if _identity(path) != checked:
+        return True  # gone or replaced already: the damaged file is not there any more
     for entry in (path, _blob(path)):
         if entry is None:
             continue
         try:
             entry.unlink(missing_ok=True)
-        except OSError as e:  # a read-only or foreign cache: the damage is reported by the caller anyway
+        except OSError as e:
             log.warning("could not remove the damaged cache entry %s: %s", entry, e)
+            return False
+    return True
 
 
 def snapshot_commit(path: Path) -> str | None:
@@ -110,9 +129,19 @@ def cached_file(
     repo_id: str, filename: str, *, revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None
 ) -> Path | None:
     """The file in the local Hub cache, found with no network request, or None."""
-    found = _hf().try_to_load_from_cache(
-        repo_id, filename, cache_dir=str(hub_cache_dir(cache_dir)), revision=revision or "main"
-    )
+    hf = _hf()
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ConfigError("repo_id", f"{repo_id!r} is not a Hub repo id: {io.first_line(e)}") from e
+    try:
+        found = hf.try_to_load_from_cache(
+            repo_id, filename, cache_dir=str(hub_cache_dir(cache_dir)), revision=revision or "main"
+        )
+    except ValueError as e:  # a name that would leave the repo's folder
+        raise ConfigError("filename", f"{filename!r} is not a file name in a Hub repo: {io.first_line(e)}") from e
     return Path(found) if isinstance(found, str) else None
 
 
@@ -133,22 +162,24 @@ def hub_file(
     tried = tried if tried is not None else []
     hf = _hf()
     from huggingface_hub import errors as hf_errors
-    from huggingface_hub.utils import validate_repo_id
 
-    try:
-        validate_repo_id(repo_id)
-    except hf_errors.HFValidationError as e:
-        raise ConfigError("repo_id", f"{repo_id!r} is not a Hub repo id: {io.first_line(e)}") from e
     cache = hub_cache_dir(cache_dir)
     where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
-    cached = cached_file(repo_id, filename, revision=revision, cache_dir=cache)
+    cached = cached_file(repo_id, filename, revision=revision, cache_dir=cache)  # the names checked first
     if cached is not None:
+        checked = _identity(cached)
         try:
             io.verify(cached, sha256 or _blob_sha256(cached), stamp_dir())
             return cached
+        except FileNotFoundError:  # evicted by another process meanwhile: as if it had not been there
+            cached = None
         except WeightsIntegrityError as e:
+            if not _evict(cached, checked):  # a download would hand back the same file
+                raise WeightsIntegrityError(
+                    f"cached {where} is damaged and could not be removed from the cache: {e}. Delete "
+                    f"{_blob(cached) or cached}, or set HF_HUB_CACHE to a cache the zoo can write"
+                ) from e
             log.warning("cached weights are damaged, fetching them again: %s", e)
-            _evict(cached)
     tried.append(f"Hub cache {cache} ({where}): " + ("damaged, evicted" if cached else "not there"))
     endpoint = hub_endpoint()
     if hub_offline():
@@ -156,27 +187,42 @@ def hub_file(
         raise WeightsNotFoundError(_not_found(where, tried))
     try:
         path = Path(hf.hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), endpoint=endpoint))
-    except hf_errors.LocalEntryNotFoundError as e:  # network down or server failing; EntryNotFoundError is its base
-        tried.append(f"Hub {endpoint}/{repo_id}: unreachable ({io.first_line(e.__cause__ or e)})")
-        raise HubUnreachable(_not_found(where, tried)) from e
-    except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError) as e:
-        tried.append(f"Hub {endpoint}/{repo_id}: {type(e).__name__}: {io.first_line(e)}")
-        raise WeightsNotFoundError(_not_found(where, tried)) from e
-    except Exception as e:  # a broken transfer: huggingface_hub removes its partial file
+    except Exception as e:
         if isinstance(e, ZooError):
             raise
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if isinstance(e, hf_errors.HfHubHTTPError) and status in (401, 403):  # a token it refuses, or no access
+        # huggingface_hub raises a refused first request (the HEAD) as a LocalEntryNotFoundError it caused
+        local = isinstance(e, hf_errors.LocalEntryNotFoundError)  # an EntryNotFoundError: asked first
+        status = _refused(e.__cause__ if local else e)
+        if status:  # a token it refuses, or no access
             tried.append(f"Hub {endpoint}/{repo_id}: access refused (HTTP {status}): check HF_TOKEN and the repo")
             raise WeightsNotFoundError(_not_found(where, tried)) from e
+        if local:  # network down or server failing
+            tried.append(f"Hub {endpoint}/{repo_id}: unreachable ({io.first_line(e.__cause__ or e)})")
+            raise HubUnreachable(_not_found(where, tried)) from e
+        if isinstance(e, (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError,
+                          hf_errors.EntryNotFoundError)):  # fmt: skip
+            tried.append(f"Hub {endpoint}/{repo_id}: {type(e).__name__}: {io.first_line(e)}")
+            raise WeightsNotFoundError(_not_found(where, tried)) from e
+        # a broken transfer: huggingface_hub removes its partial file
         tried.append(f"Hub {endpoint}/{repo_id}: download failed ({type(e).__name__}: {io.first_line(e)})")
         raise WeightsIntegrityError(_not_found(where, tried)) from e
+    checked = _identity(path)
     try:
         io.verify(path, sha256 or _blob_sha256(path), stamp_dir())
     except WeightsIntegrityError as e:
-        _evict(path)
-        raise WeightsIntegrityError(f"downloaded {where} is damaged and was removed from the cache: {e}") from e
+        removed = "was removed from" if _evict(path, checked) else "could not be removed from"
+        raise WeightsIntegrityError(f"downloaded {where} is damaged and {removed} the cache: {e}") from e
     return path
+
+
+def _refused(e: BaseException | None) -> int | None:
+    """401 or 403 when ``e`` is the Hub refusing a request outright (not a repo it reports as missing)."""
+    from huggingface_hub import errors as hf_errors
+
+    if not isinstance(e, hf_errors.HfHubHTTPError) or isinstance(e, hf_errors.RepositoryNotFoundError):
+        return None
+    status = getattr(e.response, "status_code", None)
+    return status if status in (401, 403) else None
 
 
 def _blob_sha256(path: Path) -> str | None:
@@ -188,7 +234,7 @@ def _blob_sha256(path: Path) -> str | None:
 
 def _blob(path: Path) -> Path | None:
     """The blob a snapshot link names (``blobs/<etag>``): one link followed, not a shared store behind it."""
-    return path.parent / os.readlink(path) if path.is_symlink() else None
+    return Path(os.path.normpath(path.parent / os.readlink(path))) if path.is_symlink() else None
 
 
 def _not_found(where: str, tried: list[str]) -> str:

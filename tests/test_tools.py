@@ -96,6 +96,10 @@ def test_zoo_count_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "| resnet20 " in out and "MACs" in out
     assert zoo_main(["count", "nothing*"]) == 2
+    capsys.readouterr()
+    assert zoo_main(["count", "resnet5O", "--input-size", "224"]) == 2  # a typo is named, not the size
+    err = capsys.readouterr().err
+    assert "'resnet5O' matches no registered model" in err and "--input-size" not in err
 
 
 # --- fast inference ------------------------------------------------------------------------------------

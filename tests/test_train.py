@@ -371,6 +371,21 @@ def test_torchrun_two_processes(shapes: Path, tmp_path: Path, extra: tuple[str, 
     assert command.startswith("torchrun --nproc_per_node=2 tools/train.py --dataset imagefolder"), command
 
 
+def test_a_truncated_or_damaged_archive_is_named(shapes: Path, tmp_path: Path, capsys) -> None:
+    whole = tmp_path / "whole.tar.gz"
+    with tarfile.open(whole, "w:gz") as tar:
+        tar.add(shapes / "train", arcname="train")
+    (tmp_path / "half.tar.gz").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    (tmp_path / "junk.tar.gz").write_bytes(b"not an archive" * 100)
+    for name in ("half.tar.gz", "junk.tar.gz"):
+        assert validate_main(["--model", "resnet20.c10", "--dataset", "imagefolder", "--root", str(tmp_path / name),
+                              "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]) == 2  # fmt: skip
+        assert (
+            f"--root: '{tmp_path / name}' is not a readable .tar.gz (truncated or damaged?)" in capsys.readouterr().err
+        )
+    assert not [p for p in (tmp_path / "cache" / "datasets").iterdir()]  # nothing half-unpacked left
+
+
 def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> None:
     archive = tmp_path / "shapes.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -491,6 +506,14 @@ def test_validate_refuses_a_bad_calibration_size_before_any_work(tmp_path: Path,
     assert validate_main(["--model", "resnet20", "resnet32", "--checkpoint", str(missing), "--dataset",
                           "imagefolder", "--root", str(missing)]) == 2  # fmt: skip
     assert "--checkpoint: scores one model; got 2 (--model resnet20 resnet32)" in capsys.readouterr().err
+    assert (
+        validate_main(["--model", "resnet20", "resnet20.c10", "--dataset", "imagefolder", "--root", str(missing)]) == 2
+    )
+    assert ("--model: an ensemble averages trained models: resnet20 would be a random initialization"
+            in capsys.readouterr().err)  # fmt: skip
+    assert validate_main(["--model", "resnet20.c10", "--dataset", "imagefolder", "--root", str(missing), "--output",
+                          str(tmp_path)]) == 2  # fmt: skip
+    assert f"--output: '{tmp_path}' is a folder; give the JSON file to write" in capsys.readouterr().err
 
 
 def test_an_ensemble_averages_its_members_logits_each_on_its_own_normalization() -> None:

@@ -363,7 +363,7 @@ def count_command(parser: argparse.ArgumentParser) -> Runner:
         try:
             costs = count_models(args.models, args.input_size, stages=args.stages)
         except (RuntimeError, ValueError) as e:  # a side the model cannot run on (smaller than its stem's stride)
-            if args.input_size is None:
+            if args.input_size is None or isinstance(e, ZooError):  # the zoo's own errors name what they refuse
                 raise
             raise ConfigError("--input-size", f"{args.input_size} is too small: {str(e).splitlines()[0]}") from e
         print(render(costs, args.format))

@@ -307,7 +307,11 @@ def run_validate(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from .validate import ValidateConfig, validate
 
+    default = Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', '+'.join(args.model))}.json"
+    output = Path(args.output or default)
     try:
+        if output.is_dir():  # found now, not after the scoring
+            raise ConfigError("--output", f"{str(output)!r} is a folder; give the JSON file to write")
         names = {f.name for f in dataclasses.fields(ValidateConfig)}
         config = ValidateConfig(**{k: v for k, v in vars(args).items() if k in names})
         r = validate(config)
@@ -332,8 +336,11 @@ def run_validate(args: argparse.Namespace) -> int:
             f"{q['activation_bits']}-bit activations): top-1 {q['top1']:.2f}% ({q['top1'] - r['top1']:+.2f})  "
             f"top-5 {q['top5']:.2f}%  loss {q['loss']:.4f}"
         )
-    output = args.output or Path("runs/validate") / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', '+'.join(args.model))}.json"
-    save_json(output, r)
+    try:
+        save_json(output, r)
+    except OSError as e:  # a full disk, a folder it may not write: the scores above stay on the screen
+        print(f"zoo validate: error: could not write {str(output)!r}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,12 +11,14 @@ the same whether the run was resumed before it or not.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +139,10 @@ def _unpack_once(archive: Path, cache_dir: Path) -> Path:
                                           "file or folder inside the archive")  # fmt: skip
                 tar.extractall(tmp)
         os.replace(tmp, target)
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as e:  # truncated, corrupt, not a tar.gz
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError("--root", f"{str(archive)!r} is not a readable .tar.gz (truncated or damaged?): "
+                          f"{type(e).__name__}: {e}") from e  # fmt: skip
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if target.is_dir():  # another process unpacked the same archive first: use its copy

@@ -170,6 +170,10 @@ def _ensemble(names: list[str], pretrained: bool) -> Ensemble:
             raise ConfigError(
                 "--model", f"{name} predicts {member.num_classes} classes, {names[0]} {members[0].num_classes}"
             )
+    bare = [name for name in names if not (pretrained or names_weights(name))]
+    if bare:  # a random member drags the mean towards chance, and the score would be credited to the others' weights
+        raise ConfigError("--model", f"an ensemble averages trained models: {', '.join(bare)} would be a random "
+                          "initialization; name its weights (ARCH.TAG, a folder) or give --pretrained")  # fmt: skip
     config = resolve_data_config(members[0])
     return Ensemble(members, mean=config["mean"], std=config["std"])
 

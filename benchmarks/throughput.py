@@ -157,6 +157,16 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
         big = [m for m in models if family_size(m) != 32]
         if big or args.img_size not in (None, 32):
             raise BadInput(f"--data: CIFAR images are 32 px; {', '.join(big) or '--img-size'} take another size")
+        if not Path(args.data).exists():
+            raise BadInput(f"--data: {args.data!r} does not exist (a CIFAR-10 image folder or .tar.gz)")
+        bare = [m for m in models if not zoo.list_pretrained(f"{m}.*")]
+        if bare:  # the rows are scored with the models' own weights
+            raise BadInput(f"--data: {', '.join(bare)} has no weights to score; drop --data or choose models with "
+                           "weights (zoo list --pretrained)")  # fmt: skip
+        if args.data_images < 1:
+            raise BadInput(f"--data-images: expected a positive number of images, got {args.data_images}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise BadInput(f"--out: {args.out!r} is a file; give the folder for results.json, results.csv, throughput.png")
     on_cpu = [r for r in args.runtimes if r in ("onnxruntime", "openvino", *INT8_RUNTIMES)]
     if on_cpu and device.type != "cpu":  # their runners use the CPU: rows beside GPU rows would mislead
         raise BadInput(f"--runtimes {' '.join(on_cpu)}: these run on the CPU here; use --device cpu")
@@ -164,6 +174,8 @@ def check(args: argparse.Namespace) -> tuple[torch.device, list[str]]:
         raise BadInput("--dtype int8 is an inference fast path for CPUs: use it with --optimize, --device cpu "
                        "and --mode infer or latency")  # fmt: skip
     compiles = args.compile or (args.optimize and not args.no_compile) or INT8 in args.runtimes
+    if args.compile_mode is not None and not compiles:  # it would be recorded for rows that ran eager
+        raise BadInput(f"--compile-mode {args.compile_mode}: no row compiles; add --compile (or --optimize)")
     if compiles and args.warmup < 1:
         raise BadInput("--warmup 0: compiled rows compile in their first call; give --warmup 1 or more")
     if args.compile_mode in CUDA_GRAPH_MODES and args.warmup < 3:
@@ -262,18 +274,19 @@ def write(
     plot once ``final``."""
     from zoo.io import atomic_write, save_json
 
+    if not rows:  # nothing measured (a failure before the first row): an earlier run's results stay as they were
+        return
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "results.json", {"environment": env, "ceiling_gflops": ceiling, "speedups": ratios, "rows": rows})
     if profiles:
         save_json(out / "profile.json", profiles)
-    if rows:
-        with atomic_write(out / "results.csv", "w") as f:
-            fields = list(dict.fromkeys(k for r in rows for k in r))  # OOM rows have fewer fields
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        if final:
-            plot(out / "throughput.png", rows)
+    with atomic_write(out / "results.csv", "w") as f:
+        fields = list(dict.fromkeys(k for r in rows for k in r))  # OOM rows have fewer fields
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    if final:
+        plot(out / "throughput.png", rows)
 
 
 def plot(path: Path, rows: list[dict[str, Any]]) -> None:

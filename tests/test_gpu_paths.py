@@ -64,6 +64,10 @@ def test_a_failing_sweep_still_writes_what_it_measured(tmp_path: Path, monkeypat
         throughput.main(args)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["batch_size"] for r in rows] == [1]
+    calls[:] = [None]  # again, failing before its first row: this run's results stay
+    with pytest.raises(RuntimeError, match="fell off the bus"):
+        throughput.main(args)
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
 
 
 def test_each_group_compiles_its_own_graphs(tmp_path: Path, monkeypatch) -> None:

@@ -304,12 +304,22 @@ def test_benchmark_compares_deployment_runtimes_in_one_table(tmp_path: Path) -> 
             "--warmup 2: --compile-mode "
             "reduce-overhead records CUDA graphs in the first calls; give --warmup 3 or more",
         ),
+        (["--compile-mode", "max-autotune"], "--compile-mode max-autotune: no row compiles; add --compile"),
+        (["--models", "resnet20", "--data", "no-such-data"], "--data: 'no-such-data' does not exist"),
+        (["--models", "resnet18_cifar", "--data", "."], "--data: resnet18_cifar has no weights to score"),
+        (["--models", "resnet20", "--data", ".", "--data-images", "0"], "--data-images: expected a positive number"),
     ],
 )
 def test_benchmark_bad_input(args: list[str], message: str, tmp_path: Path) -> None:
     result = run_script("benchmarks/throughput.py", *args, "--out", str(tmp_path), timeout=60)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_benchmark_out_must_be_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    result = run_script("benchmarks/throughput.py", "--smoke", "--out", str(tmp_path / "file"), timeout=60)
+    assert result.returncode == 2 and "--out: " in result.stderr and "is a file; give the folder" in result.stderr
 
 
 def test_benchmark_interrupted_keeps_finished_rows(tmp_path: Path) -> None:

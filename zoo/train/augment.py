@@ -50,8 +50,8 @@ def augment_batch(x: torch.Tensor, augment: Augment, fill: torch.Tensor, g: torc
 
 
 def _cutout(x: torch.Tensor, side: int, fill: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """One ``side`` x ``side`` square per image, wholly inside it, set to ``fill`` (the mean colour: 0 once
-    normalized); one mask for the whole batch."""
+    """One ``side`` x ``side`` square per image at its own random place, wholly inside it, set to ``fill`` (the
+    mean colour: 0 once normalized); the squares of the whole batch drawn as one mask tensor, no loop."""
     n, _, h, w = x.shape
     top, left = (torch.randint(0, size - side + 1, (n, 1, 1, 1), generator=g) for size in (h, w))
     rows, cols = torch.arange(h).view(1, 1, h, 1), torch.arange(w).view(1, 1, 1, w)

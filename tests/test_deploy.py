@@ -326,8 +326,8 @@ def test_predict_reads_folders_skips_unreadable_files_and_refuses_bad_input(
         assert zoo_main(["predict", *args, "--model", "resnet20"]) == 2, args
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
-    assert zoo_main(["predict", str(folder), "--model", "resnet18_cifar"]) == 2  # an architecture without weights
-    assert "--model: 'resnet18_cifar' has no published weights to predict with; give --checkpoint" in (
+    assert zoo_main(["predict", str(folder), "--model", "resnet34_cifar"]) == 2  # an architecture without weights
+    assert "--model: 'resnet34_cifar' has no published weights to predict with; give --checkpoint" in (
         capsys.readouterr().err
     )
 

@@ -237,6 +237,7 @@ def test_the_gpu_trip_trains_packs_within_the_return_limits_and_unpacks(tmp_path
     run = tmp_path / "here" / "resnet18"
     model = zoo.create_model(f"local-dir:{run / 'best'}", pretrained=True)
     assert model.num_classes == 3 and json.loads((run / "summary.json").read_text())["epochs"] == 1
+    assert (run / "metrics.jsonl").is_file() and (run / "curves.png").is_file()  # the model card's rows and curves
 
 
 def test_on_a_gpu_exports_allow_for_tf32_and_training_lets_cudnn_pick(monkeypatch) -> None:

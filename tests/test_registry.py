@@ -72,7 +72,7 @@ def test_pretrained_cfg() -> None:
     assert cfg["pool_size"] == (7, 7) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.95
     assert cfg["test_input_size"] == (3, 288, 288) and cfg["tag"] == "a1_in1k"  # resnet50's default weights'
     assert not {"weights", "top1", "sha256", "hf_hub_id"} & set(cfg)  # a random init never claims the weights
-    plain = zoo.create_model("resnet18_cifar").pretrained_cfg  # no weights at all: the family's conventions
+    plain = zoo.create_model("resnet34_cifar").pretrained_cfg  # no weights at all: the family's conventions
     assert plain["interpolation"] == "bilinear" and plain["crop_pct"] == 1.0 and "tag" not in plain
     cifar = zoo.create_model("resnet20")
     assert cifar.pretrained_cfg["input_size"] == (3, 32, 32) and cifar.default_cfg is cifar.pretrained_cfg

@@ -50,7 +50,7 @@ BAD_TRAINING_FLAGS = [  # (arguments, what the error must say); the data folder 
     (["--val-split", "1"], "--val-split: expected a fraction in (0, 1), got 1.0"),
     (["--val-split", "0"], "--val-split: expected a fraction in (0, 1), got 0.0"),
     (["--teacher", "resnet56.c10_kd3"], "--teacher: 'resnet56.c10_kd3' names no weights: unknown weights resnet56.c10_kd3"),
-    (["--teacher", "resnet18_cifar"], "--teacher: 'resnet18_cifar' names no weights"),
+    (["--teacher", "resnet34_cifar"], "--teacher: 'resnet34_cifar' names no weights"),
     (["--teacher", "local-dir:/nowhere"], "--teacher: 'local-dir:/nowhere': no config.json in that folder"),
     (["--distill-weight", "1.5"], "--distill-weight: expected a weight in [0, 1], got 1.5"),
     (["--distill-temperature", "0"], "--distill-temperature: expected a temperature > 0, got 0.0"),

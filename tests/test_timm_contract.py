@@ -316,11 +316,11 @@ def test_an_architecture_filter_excludes_its_tags_as_timms_does() -> None:
 
 
 def test_an_overlay_restates_the_data_config_of_a_model_without_weights() -> None:
-    model = zoo.create_model("resnet18_cifar", pretrained_cfg_overlay={"mean": (0.5,) * 3, "std": (0.5,) * 3})
+    model = zoo.create_model("resnet34_cifar", pretrained_cfg_overlay={"mean": (0.5,) * 3, "std": (0.5,) * 3})
     assert zoo.resolve_data_config(model)["mean"] == (0.5, 0.5, 0.5)
     assert timm.data.resolve_data_config(model=model)["mean"] == (0.5, 0.5, 0.5)
-    with pytest.raises(zoo.ConfigError, match=r"'resnet18_cifar' has no weights for \['hf_hub_id'\] to describe"):
-        zoo.create_model("resnet18_cifar", pretrained_cfg_overlay={"hf_hub_id": "someone/r18"})
+    with pytest.raises(zoo.ConfigError, match=r"'resnet34_cifar' has no weights for \['hf_hub_id'\] to describe"):
+        zoo.create_model("resnet34_cifar", pretrained_cfg_overlay={"hf_hub_id": "someone/r18"})
 
 
 def test_a_backbones_feature_info_answers_timms_accessors() -> None:

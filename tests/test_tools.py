@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision
 from hubservers import FakeHub
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import zoo
 from zoo import fold_batch_norms, hub, optimize_for_inference, quantize_int8
@@ -306,7 +306,7 @@ def test_benchmark_compares_deployment_runtimes_in_one_table(tmp_path: Path) -> 
         ),
         (["--compile-mode", "max-autotune"], "--compile-mode max-autotune: no row compiles; add --compile"),
         (["--models", "resnet20", "--data", "no-such-data"], "--data: 'no-such-data' does not exist"),
-        (["--models", "resnet18_cifar", "--data", "."], "--data: resnet18_cifar has no weights to score"),
+        (["--models", "resnet34_cifar", "--data", "."], "--data: resnet34_cifar has no weights to score"),
         (["--models", "resnet20", "--data", ".", "--data-images", "0"], "--data-images: expected a positive number"),
     ],
 )
@@ -438,6 +438,16 @@ def test_a_folder_that_would_not_load_leaves_the_old_one_in_place(tmp_path: Path
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
     zoo.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
+    # Written again, the folder is replaced whole: nothing of the earlier one (its results) stays beside the new.
+    (tmp_path / "out" / "results.json").write_text('{"results": []}')
+    write_folder(tmp_path / "out", tmp_path / "good.safetensors", config, Card("resnet20.x", "a test"), half=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    stored = load_file(tmp_path / "out" / "model.safetensors")  # --half: fp16 on disk, an fp32 model loaded
+    assert stored["fc.weight"].dtype == torch.float16 and stored["bn1.num_batches_tracked"].dtype == torch.int64
+    half = zoo.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
+    assert half.fc.weight.dtype == torch.float32
+    torch.testing.assert_close(half.fc.weight, model.fc.weight, atol=1e-3, rtol=1e-3)
 
 
 # --- the zoo command ---------------------------------------------------------------------------------------

@@ -426,10 +426,18 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> Non
         f"| validation, `zoo validate` {tta['precision']}, flip TTA | {tta['images']} | {tta['top1']:.2f} |"
         in (folder / "README.md").read_text()
     )
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps({**tta, "weights": str(tmp_path / "elsewhere")}))
+    assert f"Trained on {summary['device']}: 1 epochs" in (folder / "README.md").read_text()  # the run's own device
+    # an --int8 result restates the plain row: given with it, one row each, the later result's
+    done = subprocess.run([*push, "--eval", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and len(json.loads((folder / "results.json").read_text())["results"]) == len(rows)
+    other = tmp_path / "other.json"  # the file decides, not the name or path it was given as
+    other.write_text(json.dumps({**tta, "weights": "../elsewhere", "weights_sha256": "0" * 64}))
     done = subprocess.run([*push[:-4], "--eval", str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "--eval: " in done.stderr and f"not {str(out / 'best')!r}" in done.stderr
+    other.write_text(json.dumps({**tta, "weights": "../best"}))  # as typed elsewhere: the same file
+    done = subprocess.run([*push[:-4], "--eval", str(other), "--eval", str(report)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
     # Results of a written folder's own weights add rows to its card; adding them again replaces them.
     shifted = tmp_path / "val-flip-shift.json"
@@ -446,9 +454,9 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> Non
     assert [r.get("tta") for r in rows] == [None, "flip", None, None, "flip-shift"]
     card = (folder / "README.md").read_text()
     assert card.count("flip-shift TTA") == 1 and f"| {shift['top1']:.2f} |" in card and "## Use" in card
-    other.write_text(json.dumps({**shift, "weights": "resnet20.other"}))  # a published tag, not this folder's
+    other.write_text(json.dumps({**shift, "weights": "resnet20.c10", "weights_sha256": "1" * 64}))  # another file
     done = subprocess.run([*update[:-1], str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "scores 'resnet20.other', not 'resnet20.shapes'" in done.stderr
+    assert done.returncode == 2 and f"scored 'resnet20.c10', a file with sha256 {'1' * 64}, not" in done.stderr
     (folder / "results.json").unlink()  # a folder written from a bare weights file has none
     done = subprocess.run(update, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "has no results.json" in done.stderr
@@ -794,9 +802,13 @@ def test_a_tag_is_scored_with_its_weights_and_credited_only_to_them(cifar_sample
     done = subprocess.run([*push, str(implied)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for name, record, refusal in (
-        ("random", {**a, "weights": "random init"}, "scores 'random init', not 'resnet20.c10'"),
-        ("other-file", {**a, "weights_sha256": "0" * 64}, f"scored a file with sha256 {'0' * 64}, not"),
-        ("no-hash", {k: v for k, v in a.items() if k != "weights_sha256"}, "scored a file with sha256 None, not"),
+        (
+            "random",
+            {**{k: v for k, v in a.items() if k != "weights_sha256"}, "weights": "random init"},
+            "scored 'random init', a file with sha256 None, not",
+        ),
+        ("other-file", {**a, "weights_sha256": "0" * 64}, f"a file with sha256 {'0' * 64}, not"),
+        ("no-hash", {k: v for k, v in a.items() if k != "weights_sha256"}, "a file with sha256 None, not"),
     ):
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(record))

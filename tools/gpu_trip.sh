@@ -42,8 +42,12 @@ run() {
         sed -u 's/\r/\n/g' | grep --line-buffered -v -E '(batch|it)/s' | tee "$OUT/train.log" || trained=$?
     if [ -f "$work/resnet18/best/model.safetensors" ]; then  # packed now: whatever the check does, these come back
         # best/ without its optimizer state, and the run's record: in pieces under the size limit, with a checksum
-        tar -C "$work" -cf "$work/resnet18.tar" resnet18/best/model.safetensors resnet18/best/config.json \
-            resnet18/metrics.csv resnet18/summary.json resnet18/args.json resnet18/command.txt
+        local files=() f  # curves.png only where matplotlib is installed
+        for f in best/model.safetensors best/config.json metrics.csv metrics.jsonl curves.png summary.json args.json \
+            command.txt; do
+            [ -e "$work/resnet18/$f" ] && files+=("resnet18/$f")
+        done
+        tar -C "$work" -cf "$work/resnet18.tar" "${files[@]}"
         (cd "$work" && sha256sum resnet18.tar) >"$OUT/resnet18.tar.sha256"
         split -b "${PART:-15M}" -d "$work/resnet18.tar" "$OUT/resnet18.tar.part-"
     fi

@@ -25,8 +25,8 @@ from pathlib import Path
 import zoo
 from zoo import hub
 from zoo.errors import ConfigError, ZooError
-from zoo.io import folder_config, read_json, save_json, sha256_of
-from zoo.publish import Card, add_results, read_run, upload_folder, write_folder
+from zoo.io import folder_config, read_json, sha256_of
+from zoo.publish import Card, add_results, merge_results, read_run, upload_folder, write_folder
 
 PAPER_NETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110, "resnet1202": 1202}
 
@@ -63,20 +63,18 @@ def _teacher_name(teacher: str) -> str:
     return f"`{teacher}`"
 
 
-def _validation_rows(path: str, weights: Path, tag: str | None = None) -> list[dict]:
-    """Results-table rows from a ``zoo validate`` JSON file (TTA, int8) that scored ``weights`` (a run's
-    best checkpoint or a folder), or the published weights ``tag`` (``zoo validate --pretrained``)."""
+def _validation_rows(path: str, weights: Path) -> list[dict]:
+    """Results-table rows from a ``zoo validate`` JSON file (TTA, int8) that scored the file of ``weights`` (a run's
+    best checkpoint or a folder), under whatever name or path it was given (``--checkpoint``, a tag)."""
     r = read_json(path, "--eval")
     if not isinstance(r, dict) or not {"split", "images", "top1", "top5"} <= set(r):
         raise ConfigError("--eval", f"{path!r} is not a `zoo validate --output` result")
-    scored = r.get("weights", "")
-    if scored != tag and Path(scored.removeprefix("local-dir:")).resolve() != weights.resolve():
-        raise ConfigError("--eval", f"{path!r} scores {scored!r}, not {tag or str(weights)!r}")
-    own = sha256_of(weights / "model.safetensors")  # the name may match while the file does not
+    own = sha256_of(weights / "model.safetensors")  # the file is what was scored, whatever it was called
     if r.get("weights_sha256") != own:
         raise ConfigError(
-            "--eval", f"{path!r} scored a file with sha256 {r.get('weights_sha256')}, not {str(weights)!r} ({own})"
-        )
+            "--eval", f"{path!r} scored {r.get('weights', '?')!r}, a file with sha256 {r.get('weights_sha256')}, "
+            f"not {str(weights)!r} ({own})"
+        )  # fmt: skip
     split = "validation" if r["split"] == "val" else r["split"]
     how = f", {r['tta']} TTA" if r.get("tta") else ""
     rows = [{"split": f"{split}, `zoo validate` {r.get('precision', 'fp32')}{how}", "images": r["images"],
@@ -108,10 +106,10 @@ def from_run(args: argparse.Namespace) -> Path:
         results.append(
             {"split": "test", "images": "-", "top1": summary["test"]["acc1"], "top5": summary["test"]["acc5"]}
         )
-    for path in args.eval:
-        results += _validation_rows(path, run["best"])
+    for path in args.eval:  # a later result of a split replaces an earlier one (--int8 results restate fp32's)
+        results = merge_results(results, _validation_rows(path, run["best"]))
     wall = summary.get("wall_time_s") or last.get("elapsed_s", 0)
-    env = f"{args.machine}" if args.machine else "a CPU machine"
+    env = args.machine or summary.get("device") or "a machine not recorded"
     budget = f" (--time-budget {summary['time_budget_min']:g})" if summary.get("time_budget_min") else ""
     training = "\n".join([
         "## Training",
@@ -130,11 +128,10 @@ def from_run(args: argparse.Namespace) -> Path:
     describe = _describe(arch, dataset, True, run["args"].get("teacher"), start)
     card = Card(name, describe, dataset=args.card_dataset, results=results, training=training, license=args.license)
     extra = {n: Path(args.run) / n for n in ("curves.png", "metrics.csv") if (Path(args.run) / n).is_file()}
-    out = write_folder(args.out, run["best"] / "model.safetensors", config, card, extra=extra)
-    save_json(out / "results.json", {"name": name, "results": results, "epochs": summary.get("epochs"),
-                                         "wall_time_s": round(wall, 1), "best_epoch": best.get("epoch"),
-                                         "command": run["command"]})  # fmt: skip
-    return out
+    record = {"name": name, "results": results, "epochs": summary.get("epochs"), "wall_time_s": round(wall, 1),
+              "best_epoch": best.get("epoch"), "command": run["command"]}  # fmt: skip
+    return write_folder(args.out, run["best"] / "model.safetensors", config, card, extra=extra, record=record,
+                        half=args.half)  # fmt: skip
 
 
 def from_weights(args: argparse.Namespace) -> Path:
@@ -143,7 +140,20 @@ def from_weights(args: argparse.Namespace) -> Path:
     pretrained_cfg = {**model.pretrained_cfg, "tag": args.tag, "license": args.license}
     config = folder_config(args.arch, model.cfg.to_dict(), pretrained_cfg, num_features=model.num_features)
     card = Card(name, _describe(args.arch, args.card_dataset, False), dataset=args.card_dataset, license=args.license)
-    return write_folder(args.out, args.weights, config, card)
+    return write_folder(args.out, args.weights, config, card, half=args.half)
+
+
+def _report_pin(folder: Path) -> None:
+    """The written file's sha256, and a warning when the registry pins another for the folder's tag."""
+    digest = sha256_of(folder / "model.safetensors")
+    print(f"model.safetensors sha256 {digest}")
+    try:
+        pinned = zoo.registry.get_weights(folder.name)[1].sha256
+    except ZooError:  # not a registered tag: nothing pinned
+        return
+    if pinned and pinned != digest:
+        print(f"push_to_hub.py: warning: the registry pins {folder.name} to sha256 {pinned}: loading it now fails "
+              "until the pin is changed to the line above", file=sys.stderr)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="add the rows of a `zoo validate` result of --run's best checkpoint or of --folder's weights (repeatable)",
     )
-    p.add_argument("--machine", default="", help="where it was trained, for the card")
+    p.add_argument("--machine", default="", help="where it was trained, for the card (default: the run's device)")
+    p.add_argument(
+        "--half", action="store_true",
+        help="store the weights as fp16: half the file, loaded into an fp32 model (score the written folder)",
+    )  # fmt: skip
     p.add_argument("--note", default="", help="a paragraph for the card's training section")
     p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN)")
     p.add_argument("--private", action="store_true")
@@ -182,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.folder)
             zoo.create_model(f"local-dir:{folder}", pretrained=True)  # refuse to upload a folder that does not load
             if args.eval:
-                config = read_json(folder / "config.json", "--folder")
-                tag = (config.get("pretrained_cfg") or {}).get("tag")
-                name = f"{config.get('architecture')}.{str(tag).rpartition('.')[2]}" if tag else None  # arch.tag
-                add_results(folder, [row for path in args.eval for row in _validation_rows(path, folder, name)])
+                add_results(folder, [row for path in args.eval for row in _validation_rows(path, folder)])
                 print(f"updated {folder / 'README.md'} and {folder / 'results.json'}")
         else:
             if args.weights and not args.arch:
@@ -194,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out = args.out or f"hub/{arch}.{args.tag}"
             folder = from_run(args) if args.run else from_weights(args)
             print(f"wrote {folder}")
+            _report_pin(folder)
         if args.dry_run:
             return 0
         print(upload_folder(folder, args.repo_id, token=token, private=args.private))

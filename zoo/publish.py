@@ -119,21 +119,33 @@ def model_card(card: Card, config: dict[str, Any], params: int, macs: float | No
 
 
 def write_folder(
-    out: str | Path, weights: str | Path, config: dict[str, Any], card: Card, *, extra: dict[str, Path] | None = None
+    out: str | Path,
+    weights: str | Path,
+    config: dict[str, Any],
+    card: Card,
+    *,
+    extra: dict[str, Path] | None = None,
+    record: dict[str, Any] | None = None,
+    half: bool = False,
 ) -> Path:
-    """A Hub model folder: model.safetensors (verified; a tensors-only pickle is converted), config.json,
-    README.md and ``extra`` files. Written beside ``out`` and proved to load there first, so a folder already at
-    ``out`` keeps working when the new one does not."""
+    """A Hub model folder: model.safetensors (verified; a tensors-only pickle is converted; ``half``: its float
+    tensors stored as fp16, half the size, loaded back into an fp32 model), config.json, README.md, ``extra``
+    files and ``record`` as results.json. Built in a hidden folder beside ``out`` and proved to load there, then
+    put in place of the whole folder at once: an earlier folder at ``out`` keeps working when the new one does not,
+    and none of its files is left beside the new ones."""
     from .factory import create_model
 
     out, weights = Path(out), Path(weights)
     if not weights.is_file():
         raise WeightsNotFoundError(f"weights file {str(weights)!r} does not exist")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        if weights.suffix in LEGACY_SUFFIXES:
-            save_safetensors(staging / "model.safetensors", load_state_dict(weights))
+        if weights.suffix in LEGACY_SUFFIXES or half:
+            state = load_state_dict(weights)
+            if half:
+                state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            save_safetensors(staging / "model.safetensors", state)
         else:
             check_safetensors(weights)
             shutil.copyfile(weights, staging / "model.safetensors")
@@ -146,11 +158,29 @@ def write_folder(
         (staging / "README.md").write_text(model_card(card, config, params, macs))
         for name, path in (extra or {}).items():
             shutil.copyfile(path, staging / name)
-        for file in staging.iterdir():  # each replaced whole (a rename); the old ones stand until now
-            os.replace(file, out / file.name)
+        if record is not None:
+            save_json(staging / "results.json", record)
+        _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the folder ``staging`` at ``out`` by renames: an earlier ``out`` goes whole (moved aside, then removed)."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def merge_results(rows: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` then ``new``; a new row for a split already there (the same ``split`` text) replaces it."""
+    latest = {r["split"]: r for r in new}
+    return [r for r in rows if r["split"] not in latest] + list(latest.values())
 
 
 def add_results(folder: str | Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -160,9 +190,7 @@ def add_results(folder: str | Path, rows: list[dict[str, Any]]) -> list[dict[str
     if not (folder / "results.json").is_file():
         raise ConfigError("--folder", f"{str(folder)!r} has no results.json: write it with --run first")
     record = json.loads((folder / "results.json").read_text())
-    new = {r["split"]: r for r in rows}
-    kept = [r for r in record["results"] if r["split"] not in new]
-    record["results"] = kept + list(new.values())
+    record["results"] = merge_results(record["results"], rows)
     card = (folder / "README.md").read_text()
     head, sep, rest = card.partition("## Results\n\n")
     table_end = rest.find("\n\n## ")

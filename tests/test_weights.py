@@ -147,6 +147,13 @@ def load_from(hub_id: str = "testorg/resnet20", **overlay: object) -> torch.nn.M
     )
 
 
+def downloads_of(fake_hub: FakeHub) -> tuple[torch.nn.Module, int]:
+    """``load_from()``, and how many times it downloaded the weights (GET requests)."""
+    gets = lambda: sum(m == "GET" for m, _ in fake_hub.requests)
+    before = gets()
+    return load_from(), gets() - before
+
+
 def test_download_verify_and_warm_load_makes_no_request(fake_hub: FakeHub, hf_home: Path) -> None:
     import hashlib
 
@@ -233,11 +240,9 @@ def test_damaged_cache_is_fetched_again(fake_hub: FakeHub, hf_home: Path, caplog
     load_from()
     (blob,) = [p for p in hf_home.rglob("*") if p.parent.name == "blobs"]
     blob.write_bytes(blob.read_bytes()[:1000])  # truncated on disk
-    gets = sum(m == "GET" for m, _ in fake_hub.requests)
     with caplog.at_level(logging.WARNING):
-        model = load_from()
-    assert "damaged" in caplog.text
-    assert sum(m == "GET" for m, _ in fake_hub.requests) == gets + 1
+        model, downloads = downloads_of(fake_hub)
+    assert "damaged" in caplog.text and downloads == 1
     torch.testing.assert_close(model.fc.weight, fake_hub.state["fc.weight"])  # type: ignore[attr-defined]
 
 
@@ -254,9 +259,8 @@ def test_an_entry_another_process_evicts_meanwhile_is_fetched_again(
         return path
 
     monkeypatch.setattr(hub, "cached_file", found_then_evicted)
-    gets = sum(m == "GET" for m, _ in fake_hub.requests)
-    model = load_from()
-    assert sum(m == "GET" for m, _ in fake_hub.requests) == gets + 1
+    model, downloads = downloads_of(fake_hub)
+    assert downloads == 1
     torch.testing.assert_close(model.fc.weight, fake_hub.state["fc.weight"])  # type: ignore[attr-defined]
 
 
@@ -277,11 +281,9 @@ def test_a_good_copy_another_process_put_there_is_not_evicted_for_the_damaged_on
         return digest
 
     monkeypatch.setattr(zoo.io, "sha256_of", hashed_while_another_process_replaces_it)
-    gets = sum(m == "GET" for m, _ in fake_hub.requests)
-    load_from()
+    _, downloads = downloads_of(fake_hub)
     monkeypatch.undo()
-    assert blob.read_bytes() == good  # kept, and found by huggingface_hub: no second download
-    assert sum(m == "GET" for m, _ in fake_hub.requests) == gets
+    assert blob.read_bytes() == good and downloads == 0  # kept, and found by huggingface_hub: no second download
 
 
 def test_a_damaged_file_in_a_read_only_cache_is_named_not_fetched_again(
@@ -342,11 +344,10 @@ def test_an_unpinned_file_is_checked_against_the_hash_the_cache_names_it_by(
     data = bytearray(blob.read_bytes())
     data[-9] ^= 0xFF  # a flipped bit in a tensor: header and size still fine
     blob.write_bytes(bytes(data))
-    gets = sum(m == "GET" for m, _ in fake_hub.requests)
     with caplog.at_level(logging.WARNING):
-        model = load_from()
+        model, downloads = downloads_of(fake_hub)
     assert f"sha256 {hashlib.sha256(data).hexdigest()}, expected {blob.name}" in caplog.text
-    assert sum(m == "GET" for m, _ in fake_hub.requests) == gets + 1  # evicted, fetched again
+    assert downloads == 1  # evicted, fetched again
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, fake_hub.state[k], msg=k)  # type: ignore[attr-defined]
 

@@ -142,11 +142,17 @@ def optimize_parity(device: torch.device, out: Path) -> dict[str, Any]:
                 raise RuntimeError(f"optimize_for_inference({dtype}) differs from eager by {found[dtype]:.2e} "
                                    f"(> {tolerance})")  # fmt: skip
         if cuda:  # CUDA graphs reuse their output buffers: a returned output must survive the next call
+            from torch._dynamo.utils import counters
+
+            skipped = counters["inductor"]["cudagraph_skips"]
             graphs = zoo.optimize_for_inference(model, fast_precision(device), compile_mode="reduce-overhead")
             for _ in range(3):  # compile, record, replay
                 graphs(x)
             first = graphs(x)
             graphs(torch.randn_like(x))
+            found["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skipped
+            if found["cudagraph_skips"]:  # inductor ran it without graphs (it says why in its log): no proof
+                raise RuntimeError(f"inductor skipped CUDA graphs {found['cudagraph_skips']} time(s)")
             found["cuda-graphs"] = round(relative_diff(first, expected), 6)
             if not found["cuda-graphs"] <= 5e-2:
                 raise RuntimeError(f"a CUDA-graph output changed after the next call: {found['cuda-graphs']:.2e} "
@@ -233,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the benchmark rows run: the environment records it so
     environment = benchmark.environment(device)
     for name in args.steps:
         start = time.perf_counter()

@@ -135,6 +135,62 @@ def test_a_runtime_that_fails_here_is_passed_over_and_named(cache, monkeypatch: 
         zoo.optimize_for_inference(model, "fp32", example_input=torch.randn(4, 3, 32, 32))
 
 
+def test_an_installed_runtime_that_does_not_import_is_passed_over(cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def import_module(name: str, package: str | None = None):  # as with a missing libopenvino.so
+        if name.partition(".")[0] == "openvino":
+            raise ImportError("libopenvino.so.2600: cannot open shared object file")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    speed = {"inductor": 5.0, "onnxruntime": 1.0}
+    monkeypatch.setattr(backends, "_time", lambda m, x: speed[getattr(m, "backend", "inductor")])
+    with pytest.warns(UserWarning, match="passing over openvino, which failed here"):
+        fast = zoo.optimize_for_inference(
+            zoo.create_model("resnet20").eval(), "fp32", example_input=torch.randn(2, 3, 32, 32)
+        )
+    assert fast.backend == "onnxruntime"
+    assert fast.selection["failed"]["openvino"].startswith(
+        "MissingExtraError: openvino is installed but does not import (libopenvino.so.2600: cannot open shared"
+    )
+
+
+def test_the_inductor_path_alone_says_why_it_was_chosen(cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = zoo.create_model("resnet20").eval()
+    alone = zoo.optimize_for_inference(model, "fp32", compile=False)  # no runtime is timed against eager
+    assert alone.selection["backend"] == "inductor" and alone.selection["why"].startswith("the only candidate")
+    asked = zoo.optimize_for_inference(model, "fp32", backend="inductor", compile=False)
+    assert asked.selection["why"] == "asked for"
+
+
+def test_the_runtimes_run_on_torchs_thread_count(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.deploy import export, onnx_runner, openvino_runner
+
+    path = export(zoo.create_model("resnet20").eval(), tmp_path / "m.onnx", example_input=torch.randn(2, 3, 32, 32))
+    created = {}
+    import onnxruntime
+    import openvino
+
+    real_session, real_compile = onnxruntime.InferenceSession, openvino.Core.compile_model
+
+    def session(path, options=None, **kwargs):
+        created["onnxruntime"] = options.intra_op_num_threads
+        return real_session(path, options, **kwargs)
+
+    def compile_model(self, model, device, config=None):
+        created["openvino"] = (config or {}).get("INFERENCE_NUM_THREADS")
+        return real_compile(self, model, device, config or {})
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    monkeypatch.setattr(openvino.Core, "compile_model", compile_model)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # a process that limits torch's threads
+    onnx_runner(path), openvino_runner(path)
+    assert created == {"onnxruntime": 1, "openvino": 1}
+
+
 def test_bf16_leaves_onnx_runtime_out_and_bad_backends_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     assert backends.candidates("bf16", cpu, True) == ["inductor", "openvino"]  # ONNX Runtime's CPU provider: fp32

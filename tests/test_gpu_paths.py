@@ -48,6 +48,13 @@ def test_an_out_of_memory_setting_gets_its_row_and_the_sweep_goes_on(tmp_path: P
     assert rows[2]["img_per_s"] is None
 
 
+def test_p10_and_p90_are_interpolated_not_the_slowest_and_fastest_round() -> None:
+    result = benchmark.Result(benchmark.Setting("resnet20", "infer", 2, 32, "fp32", False, False, False, "zoo"))
+    result.img_per_s, result.latencies_ms = [50.0, 10.0, 30.0, 20.0, 40.0], [1.0, 2.0]
+    row = result.row({}, 1e6, {})
+    assert (row["img_per_s_p10"], row["img_per_s"], row["img_per_s_p90"]) == (14.0, 30.0, 46.0)
+
+
 def test_a_failing_sweep_still_writes_what_it_measured(tmp_path: Path, monkeypatch) -> None:
     real, calls = throughput.measure_group, []
 

@@ -189,8 +189,11 @@ def cache_key(model: nn.Module, example: torch.Tensor, precision: str, device: t
     versions = {"torch": torch.__version__, "zoo": __version__}
     for name in names:
         if name in RUNTIMES:
-            module = importlib.import_module(RUNTIMES[name][0][-1])  # the runtime itself
-            versions[name] = str(getattr(module, "__version__", "?"))
+            try:
+                module = importlib.import_module(RUNTIMES[name][0][-1])  # the runtime itself
+                versions[name] = str(getattr(module, "__version__", "?"))
+            except Exception as e:  # installed but broken (a missing library): building it fails and passes it over
+                versions[name] = f"not importable: {type(e).__name__}"
     cfg = getattr(model, "cfg", None)
     architecture = {
         "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
+import math
 import resource
 import statistics
 import subprocess
@@ -45,7 +47,7 @@ def git_commit() -> str:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True).stdout.strip()  # fmt: skip
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -166,7 +168,7 @@ class Result:
         if self.status != "ok":
             return {**asdict(s), "config": s.describe(), "status": self.status, "img_per_s": None, **env}
         lat = sorted(self.latencies_ms)
-        q = lambda xs, p: xs[min(len(xs) - 1, round(p * (len(xs) - 1)))]
+        q = _percentile  # interpolated: over 5 rounds, p10/p90 are not the slowest and fastest
         median = statistics.median(ips)
         achieved = 2 * macs * median / 1e9 * (3 if s.mode == "train" else 1)  # backward ~ 2x forward
         if s.mode == "loader":  # the data alone: no model computes
@@ -276,7 +278,7 @@ def predictor(
         fast = quantize_int8(model, calibration, compile=setting.compile)
         return fast, {"activation_bits": fast.quantization["activation_bits"]}
     if setting.runtime == "auto":  # optimize_for_inference as users call it: the fastest backend, remembered
-        fast = optimize_for_inference(model, setting.dtype, example_input=x)
+        fast = optimize_for_inference(model, setting.dtype, example_input=x, compile_mode=compile_mode)
         selection = getattr(fast, "selection", None) or {}
         return fast, {"backend": fast.backend, "backend_ms": selection.get("milliseconds")}
     if setting.optimize:
@@ -377,6 +379,7 @@ def measure_group(
     steps: dict[int, Callable[[], None]] = {}
     for i, result in enumerate(results):
         graphs = counters["stats"]["unique_graphs"]
+        step = None
         try:
             memory.reset()
             step = build_step(result.setting, device, compile_mode, calibration=calibration)
@@ -386,6 +389,9 @@ def measure_group(
             _sync(device)
             result.warmup_peak_mb = memory.peak_mb()
         except torch.cuda.OutOfMemoryError:
+            result.status = "oom"
+        if result.status == "oom":  # out of the except: its traceback no longer holds the step's tensors
+            step = None
             _out_of_memory(result, device)
             continue
         result.compiled_graphs = counters["stats"]["unique_graphs"] - graphs
@@ -403,8 +409,11 @@ def measure_group(
                     result.peak_mb = memory.peak_mb()
                 ips, lat = time_round(step, iters, device, result.setting.batch_size, result.setting.mode == "latency")
             except torch.cuda.OutOfMemoryError:
-                _out_of_memory(result, device)
+                result.status = "oom"
+            if result.status == "oom":  # out of the except, as above: the setting's memory goes with it
                 del steps[i]
+                step = None
+                _out_of_memory(result, device)
                 continue
             result.img_per_s.append(ips)
             result.latencies_ms += lat
@@ -468,8 +477,19 @@ def profile_ops(step: Callable[[], None], iters: int, device: torch.device, top:
     ]  # fmt: skip
 
 
+def _percentile(xs: list[float], p: float) -> float:
+    """The ``p`` quantile (0-1) of sorted ``xs``, interpolated between neighbours: over 5 rounds p10 and p90 are
+    not simply the slowest and the fastest."""
+    k = p * (len(xs) - 1)
+    lo = math.floor(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
 def _out_of_memory(result: Result, device: torch.device) -> None:
+    """A setting that ran out of memory: its row says so, and its memory (no longer referenced) goes back."""
     result.status, result.img_per_s, result.latencies_ms = "oom", [], []
+    gc.collect()  # a compiled step's reference cycles
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -523,17 +543,22 @@ def measure_ceiling(device: torch.device, dtype: str, seconds: float = 2.0) -> d
     conv, x, a, b = ceiling_operands(device, dtype)
     n = a.shape[0]
     conv_flops = 2 * x.shape[0] * 28 * 28 * 256 * 256 * 9
-    with torch.inference_mode():  # no autocast: the operands are in the dtype already, no casts are timed
-        return {
-            "conv": round(rate(lambda: conv(x), conv_flops), 1),
-            "matmul": round(rate(lambda: a @ b, 2 * n**3), 1),
-        }
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:  # the matmul in the math the convs run in (cuDNN: TF32 for fp32 by default; matmuls: strict fp32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+        with torch.inference_mode():  # no autocast: the operands are in the dtype already, no casts are timed
+            return {
+                "conv": round(rate(lambda: conv(x), conv_flops), 1),
+                "matmul": round(rate(lambda: a @ b, 2 * n**3), 1),
+            }
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
 def ceiling_operands(device: torch.device, dtype: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 3x3 conv with its input (channels_last) and two square matrices, all in ``dtype``; large enough to
-    saturate a big GPU (8192^2 matmul, batch 256 conv), smaller on a CPU. fp32 on CUDA runs as TF32 when
-    ``torch.backends`` allows it, for conv and matmul alike (recorded in every row)."""
+    saturate a big GPU (8192^2 matmul, batch 256 conv), smaller on a CPU. fp32 on CUDA runs as TF32 where cuDNN
+    allows it (its default), the ceiling's matmul then too (:func:`measure_ceiling`; recorded in every row)."""
     dt = DTYPES[dtype]
     big = device.type == "cuda"
     conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(device, dt).to(memory_format=torch.channels_last).eval()

@@ -228,9 +228,13 @@ def _export_onnx(
 
 
 def onnx_runner(path: str | os.PathLike[str]) -> Callable[[torch.Tensor], list[torch.Tensor]]:
-    """An ONNX Runtime session (CPU) of an ONNX file, called like the model; the file is read once."""
+    """An ONNX Runtime session (CPU) of an ONNX file, called like the model; the file is read once. It runs on
+    torch's thread count, as the zoo's own path does (its default, every core, would oversubscribe a process
+    that limits torch's threads, and would be timed against the zoo's path on more cores)."""
     ort = require("onnxruntime", "onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.detach().cpu().numpy()})]
 
 
@@ -261,9 +265,11 @@ def openvino_runner(
     path: str | os.PathLike[str] | Any, precision: str | None = None
 ) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """An OpenVINO model (an ONNX file, or a model OpenVINO holds) compiled for the CPU, in ``precision``
-    ("fp32", "bf16"; None: its default, bf16 where the CPU has it)."""
+    ("fp32", "bf16"; None: its default, bf16 where the CPU has it), on torch's thread count (as ``onnx_runner``)."""
     openvino = require("openvino", "openvino")
-    config = {"INFERENCE_PRECISION_HINT": OPENVINO_TYPES[precision]} if precision else {}
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = OPENVINO_TYPES[precision]
     compiled = openvino.Core().compile_model(path if not isinstance(path, (str, os.PathLike)) else str(path), "CPU",
                                              config)  # fmt: skip
     return lambda x: [torch.from_numpy(o) for o in compiled(x.detach().cpu().numpy()).values()]
@@ -287,7 +293,7 @@ def int8_runner(
         batches = [b.detach().cpu().numpy() for b in calibration]
         model = nncf.quantize(openvino.Core().read_model(str(path)), nncf.Dataset(batches), subset_size=len(batches))
         return openvino_runner(model)
-    ort = require("onnxruntime", "onnx")
+    require("onnxruntime", "onnx")
     from onnxruntime import quantization as q
 
     class Batches(q.CalibrationDataReader):
@@ -301,8 +307,7 @@ def int8_runner(
     q.quantize_static(str(path), str(out), Batches(), quant_format=q.QuantFormat.QDQ, per_channel=True,
                       activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                       reduce_range=cpu_info().int8_saturates)  # fmt: skip
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return lambda x: [torch.from_numpy(o) for o in session.run(None, {"input": x.detach().cpu().numpy()})]
+    return onnx_runner(out)
 
 
 def package_target(device: torch.device, portable: bool) -> dict[str, str]:

@@ -78,10 +78,14 @@ class TrainingDiverged(ZooError, FloatingPointError):
 def require(module: str, extra: str) -> object:
     """Import ``module`` from the optional extra ``extra``, or raise a MissingExtraError naming the install."""
     import importlib
+    import importlib.util
 
     try:
         return importlib.import_module(module)
     except ImportError as e:
+        if importlib.util.find_spec(module.partition(".")[0]) is not None:  # there, but broken (a missing library)
+            raise MissingExtraError(f"{module} is installed but does not import ({e}): reinstall it with "
+                                    f"pip install --force-reinstall 'resnet-zoo[{extra}]'") from e  # fmt: skip
         raise MissingExtraError(f"{module} is not installed: pip install 'resnet-zoo[{extra}]'") from e
 
 

@@ -185,6 +185,8 @@ def optimize_for_inference(
     if backend == "inductor" or (backend == "auto" and backends.candidates(precision, device, compile) == ["inductor"]):
         optimized = inductor()
         optimized.backend = "inductor"
+        why = "asked for" if backend == "inductor" else "the only candidate (no runtime here, not compiled, or a GPU)"
+        optimized.selection = {"backend": "inductor", "precision": precision, "why": why, "cached": False}
         if example_input is not None:
             optimized(example_input.to(device))
         return optimized
@@ -198,6 +200,7 @@ def optimize_for_inference(
         optimized = backends.choose(model, precision, example, device, compile, inductor, options)
     else:
         optimized = backends.build(model, backend, precision, example, inductor)
+        optimized.selection = {"backend": backend, "precision": precision, "why": "asked for", "cached": False}
     optimized.backend = getattr(optimized, "backend", "inductor")
     optimized(example)
     return optimized

@@ -120,8 +120,8 @@ def choose(model: nn.Module, precision: str, example: torch.Tensor, device: torc
 
     names = candidates(precision, device, compile)
     key = cache_key(model, example, precision, device, names, options)
-    cache = _cache_file()
-    known = _read_cache(cache).get(key)
+    cache = _cache_file(key)
+    known = _read_cache(cache)
     failed: dict[str, str] = {}
     if isinstance(known, dict) and known.get("backend") in names:
         try:
@@ -143,7 +143,7 @@ def choose(model: nn.Module, precision: str, example: torch.Tensor, device: torc
     record = {"backend": best, "precision": precision, "milliseconds": timings, "input_size": list(example.shape)}
     if failed:
         record["failed"] = failed
-    _write_cache(cache, key, record)
+    _write_cache(cache, record)
     log.info("backend auto: %s (%s)", best, ", ".join(f"{n} {t} ms" for n, t in timings.items()))
     chosen = built[best]
     chosen.selection = {**record, "cached": False}
@@ -207,24 +207,25 @@ def cache_key(model: nn.Module, example: torch.Tensor, precision: str, device: t
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _cache_file() -> Path:
+def _cache_file(key: str) -> Path:
+    """One file per key: processes choosing at once each write their own (one file for all lost their entries)."""
     from .hub import zoo_cache_dir
 
-    return zoo_cache_dir() / "backends.json"
+    return zoo_cache_dir() / "backends" / f"{key}.json"
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
+def _read_cache(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
+        return data if isinstance(data, dict) else None
     except (OSError, ValueError):  # none yet, or unreadable: time again
-        return {}
+        return None
 
 
-def _write_cache(path: Path, key: str, record: dict[str, Any]) -> None:
+def _write_cache(path: Path, record: dict[str, Any]) -> None:
     from .io import save_json
 
     try:
-        save_json(path, {**_read_cache(path), key: record})
+        save_json(path, record)  # atomically
     except OSError as e:  # a read-only cache folder costs a timing next time, nothing more
         log.warning("could not remember the backend choice in %s: %s", path, e)

@@ -167,6 +167,25 @@ def test_time_budget_run_stops_on_time_with_the_schedule_annealed(shapes: Path, 
         parse(args_for(shapes, tmp_path / "bad", "--time-budget", "0"))
 
 
+def test_the_time_budget_keeps_time_for_the_final_scoring_before_any_epoch_is_scored(
+    shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo.train import engine, step
+
+    validate, events = engine._validate, []
+
+    class Recorded(step.Budget):
+        def __setattr__(self, name: str, value: object) -> None:
+            events.extend([("reserve", value)] if name == "reserve" and value else [])
+            super().__setattr__(name, value)
+
+    monkeypatch.setattr(engine, "_validate", lambda *a: (events.append(("validate", None)), validate(*a))[1])
+    monkeypatch.setattr(engine, "Budget", Recorded)
+    train(parse(args_for(shapes, tmp_path / "run", "--epochs", "3", "--eval-every", "3", "--time-budget", "10")))
+    assert events[0][0] == "reserve" and events[0][1] > 0, events  # estimated after epoch 1, before epoch 3 scored
+    assert [e for e, _ in events].count("validate") == 1
+
+
 def test_a_test_split_is_scored_once_with_time_kept_for_it_in_the_budget(
     shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -337,9 +337,12 @@ def _train(args: TrainConfig, procs: Processes) -> dict[str, Any]:
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc1']:.2f}%" if "val_acc1" in row else "not evaluated",
                 row["img_per_s"], f"{best['val_acc1']:.2f}% (epoch {best['epoch']})" if best else "-",
             )  # fmt: skip
+        scored = len(data.val) + (len(data.test) if data.test is not None else 0)
         if evaluated:  # the final validation and checkpoint will take about as long, and the test split at that pace
             test_share = len(data.test) / len(data.val) if data.test is not None and len(data.val) else 0.0
             step.budget.reserve = time.perf_counter() - finished + validated_s * test_share
+        elif not step.budget.reserve:  # none scored yet (--eval-every): about a third of a training step per image
+            step.budget.reserve = stats["seconds"] / max(len(data.train), 1) / 3 * scored
         procs.barrier()
         if stats["done"]:
             if procs.main and epoch < args.epochs:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -23,7 +25,7 @@ import zoo
 from zoo import hub
 from zoo.cli import COMMANDS
 from zoo.cli import main as zoo_main
-from zoo.io import atomic_path, folder_config, save_safetensors, sha256_of, verify
+from zoo.io import atomic_path, folder_config, is_disk_full, save_safetensors, sha256_of, verify
 from zoo.train.checkpoints import Checkpoints
 from zoo.train.cli import main as train_main
 from zoo.train.cli import parse
@@ -190,6 +192,24 @@ def test_short_runs_work(shapes: Path, tmp_path: Path) -> None:  # noqa: F811
         train(parse(args_for(shapes, tmp_path / schedule, "--epochs", "1", "--schedule", schedule)))
 
 
+def test_torch_saves_full_disk_is_known_under_the_error_it_raises_instead(tmp_path: Path) -> None:
+    class Full(io.RawIOBase):  # a file on a device with 1000 bytes left
+        written = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(data)
+
+    with pytest.raises(RuntimeError, match="unexpected pos") as info:  # the zip writer's error, raised while handling
+        torch.save({"x": torch.randn(10_000)}, Full())
+    assert is_disk_full(info.value) and not is_disk_full(RuntimeError("unexpected pos"))
+
+
 def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
     checkpoints = Checkpoints(tmp_path)
     model = zoo.create_model("resnet20")
@@ -218,8 +238,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path: Pat
         SafetensorError(
             'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
         ),
+        SafetensorError("I/O error: No space left on device (os error 28)"),  # safetensors 0.8's wording
     ],
-    ids=["oserror", "safetensors"],
+    ids=["oserror", "safetensors", "safetensors-0.8"],
 )
 def test_a_full_disk_while_writing_a_file_keeps_the_previous_one(tmp_path: Path, monkeypatch, error) -> None:
     path = tmp_path / "weights.safetensors"
@@ -398,7 +419,7 @@ def test_an_archive_that_writes_outside_its_folder_is_refused(tmp_path: Path, mo
     import io
     import tarfile
 
-    from zoo.train.data import _unpack_once
+    from zoo.train.archive import unpack_once
 
     if not filters:  # as on Python before 3.10.12 / 3.11.4, which lack extraction filters
         monkeypatch.delattr(tarfile, "data_filter")
@@ -408,7 +429,7 @@ def test_an_archive_that_writes_outside_its_folder_is_refused(tmp_path: Path, mo
         info.size = 4
         tar.addfile(info, io.BytesIO(b"evil"))
     with pytest.raises((zoo.ConfigError, tarfile.TarError)):
-        _unpack_once(archive, tmp_path / "cache")
+        unpack_once(archive, tmp_path / "cache")
     assert not (tmp_path / "cache" / "outside.txt").exists() and not (tmp_path / "outside.txt").exists()
 
 
@@ -445,7 +466,7 @@ def test_validation_images_decoded_into_memory_take_the_training_size(tmp_path: 
 def test_an_archive_unpacked_by_another_process_first_is_used(tmp_path: Path, monkeypatch) -> None:
     import tarfile
 
-    from zoo.train import data
+    from zoo.train import archive as unpacking
 
     root = _folder(tmp_path / "data", {"a": [32] * 2})
     archive = tmp_path / "images.tar.gz"
@@ -458,10 +479,32 @@ def test_an_archive_unpacked_by_another_process_first_is_used(tmp_path: Path, mo
             shutil.copytree(src, dst)
         real(src, dst)
 
-    monkeypatch.setattr(data.os, "replace", second)
-    target = data._unpack_once(archive, tmp_path / "cache")
+    monkeypatch.setattr(unpacking.os, "replace", second)
+    target = unpacking.unpack_once(archive, tmp_path / "cache")
     assert (target / "images" / "train" / "a").is_dir()
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # this process's copy is gone
+
+
+def test_an_unpacked_archive_is_readable_by_others_and_a_killed_unpacks_copy_is_removed(tmp_path: Path) -> None:
+    import stat
+    import tarfile
+
+    from zoo.io import usual_mode
+    from zoo.train.archive import STALE_SECONDS, unpack_once
+
+    root = _folder(tmp_path / "data", {"a": [32] * 2})
+    archive = tmp_path / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="images")
+    key = hashlib.sha256(f"{archive.resolve()}:{archive.stat().st_size}:{archive.stat().st_mtime_ns}".encode())
+    datasets = tmp_path / "cache" / "datasets"
+    stale, busy = datasets / f".images-{key.hexdigest()[:16]}.old", datasets / f".images-{key.hexdigest()[:16]}.busy"
+    for left in (stale, busy):
+        (left / "images").mkdir(parents=True)
+    os.utime(stale, (time.time() - STALE_SECONDS - 60,) * 2)  # a killed unpack's, a day ago; busy: another's now
+    target = unpack_once(archive, tmp_path / "cache")
+    assert stat.S_IMODE(target.stat().st_mode) == usual_mode(folder=True)  # not mkdtemp's 0700: a shared cache
+    assert not stale.exists() and busy.exists()
 
 
 def test_distributed_evaluation_sees_each_image_once(tmp_path: Path) -> None:

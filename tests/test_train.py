@@ -354,6 +354,18 @@ def test_resume_from_moved_data_names_the_move(shapes: Path, tmp_path: Path, cap
     assert f"--root {str(shapes)!r} -> {str(moved)!r}" in caplog.text and "resumed from" in caplog.text
 
 
+def test_a_run_started_into_an_output_another_run_is_writing_is_refused(shapes: Path, tmp_path: Path) -> None:
+    from zoo.train.checkpoints import claim
+
+    out = tmp_path / "run"
+    busy = rf"--output: .* is being written by another run now \(process {os.getpid()}\): wait for it to end"
+    with claim(out, main=True), pytest.raises(zoo.ConfigError, match=busy):  # a run started a moment earlier
+        train(parse(args_for(shapes, out, "--epochs", "1")))
+    assert not out.exists()
+    train(parse(args_for(shapes, out, "--epochs", "1")))  # once that run has ended
+    assert (out / "summary.json").is_file()
+
+
 def test_a_failed_start_leaves_the_output_as_it_was_and_resume_stays_in_its_run(shapes: Path, tmp_path: Path) -> None:
     with pytest.raises(zoo.ZooError):  # the data cannot be read: found after the folder was claimed
         train(parse(args_for(tmp_path / "no-such-data", tmp_path / "typo")))

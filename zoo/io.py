@@ -41,6 +41,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def usual_mode(folder: bool = False) -> int:
+    """The mode a file (or folder) gets when created the usual way: what mkstemp's and mkdtemp's 0600/0700 become
+    once the file is finished, so other users of a shared cache can read it."""
+    return (0o777 if folder else 0o666) & ~_UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary sibling of ``path`` to write; on success it is synced and replaces ``path``.
@@ -55,7 +61,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
         if tmp.is_file():  # a writer may have made a folder or removed the file
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual mode
+            os.chmod(tmp, usual_mode())  # mkstemp makes 0600; a finished file gets the usual mode
         os.replace(tmp, path)
     except BaseException as e:
         if tmp.is_dir() and not tmp.is_symlink():  # what a failing writer made of it
@@ -67,11 +73,23 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
         raise
 
 
-def is_disk_full(e: BaseException) -> bool:
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    # safetensors' writer (Rust) reports the OS error in its message: "IoError(Os { code: 28, kind: StorageFull"
-    return isinstance(e, SafetensorError) and any(m in str(e) for m in ("StorageFull", "QuotaExceeded", "code: 28"))
+# safetensors' writer (Rust) reports the OS error in its message: "IoError(Os { code: 28, kind: StorageFull" in
+# older releases, "I/O error: No space left on device (os error 28)" in newer ones (122: the quota)
+_FULL_MESSAGES = ("StorageFull", "QuotaExceeded", "code: 28", "os error 28", "os error 122")
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """Whether ``e``, or an error it was raised from or while handling, is a full disk or quota: torch.save's zip
+    writer, for one, raises "unexpected pos" while handling the OSError."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, SafetensorError) and any(m in str(e) for m in _FULL_MESSAGES):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 @contextlib.contextmanager

@@ -4,10 +4,12 @@ and the training state saved and resumed."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,6 +20,11 @@ from ..errors import ConfigError
 from ..io import read_json, save_model_folder, save_torch
 from .config import TRAINING_KEYS, TrainConfig
 from .step import Step
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("zoo.train")
 
@@ -112,6 +119,38 @@ def _epoch_order(folder: Path) -> tuple[int, int]:
 # What a run leaves in its --output folder: a folder holding any of these holds a run.
 RUN_FILES = ("args.json", "command.txt", "metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "last", "best",
              "checkpoints")  # fmt: skip
+
+
+@contextlib.contextmanager
+def claim(output: Path, main: bool) -> Iterator[None]:
+    """Hold ``output`` for this run (its main process) until it ends: a second run started into it meanwhile is
+    refused, where both would pass check_output before either wrote a file. The lock (flock, released when the
+    process ends however it ends) lives in the zoo's cache, so the output folder holds the run's files only."""
+    if not main or fcntl is None:  # the main process claims for all; no flock (Windows): unguarded
+        yield
+        return
+    from ..hub import zoo_cache_dir
+
+    lock = zoo_cache_dir() / "runs" / f"{hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:16]}.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError as e:  # a read-only cache: the run goes on unguarded
+        log.warning("could not claim %s for this run (%s): another run started into it would not be refused", output, e)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError("--output", f"{str(output)!r} is being written by another run now (process {holder}): "
+                              "wait for it to end, or choose another --output") from None  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_output(args: TrainConfig, output: Path) -> Path | None:

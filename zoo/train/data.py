@@ -11,14 +11,9 @@ the same whether the run was resumed before it or not.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import os
-import shutil
-import tarfile
-import tempfile
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import ConfigError
 from ..hub import zoo_cache_dir
 from ..io import save_torch
+from .archive import unpack_once
 from .augment import Augment, augment_batch
 
 log = logging.getLogger(__name__)
@@ -114,46 +110,6 @@ def _load_cifar(name: str, root: Path, val_split: float, split_seed: int, downlo
     return Dataset(subset(full, tr), subset(full, va), split(test), list(train.classes), in_memory=True)
 
 
-def _unpack_once(archive: Path, cache_dir: Path) -> Path:
-    """Unpack a .tar.gz into the cache, once per archive content, atomically."""
-    stat = archive.stat()
-    key = hashlib.sha256(f"{archive.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = cache_dir / "datasets" / f"{archive.name.split('.')[0]}-{key}"
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        log.info("unpacking %s into %s", archive, target)
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")  # "data": no absolute paths, links out or devices
-            else:  # Python before 3.10.12 / 3.11.4: the same refusals for what an image folder holds, by hand
-                for member in tar.getmembers():
-                    if (
-                        not (member.isfile() or member.isdir())
-                        or Path(member.name).is_absolute()
-                        or ".." in (Path(member.name).parts)
-                    ):
-                        raise ConfigError("--root", f"{str(archive)!r} holds {member.name!r}, which is not a plain "
-                                          "file or folder inside the archive")  # fmt: skip
-                tar.extractall(tmp)
-        os.replace(tmp, target)
-    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as e:  # truncated, corrupt, not a tar.gz
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConfigError("--root", f"{str(archive)!r} is not a readable .tar.gz (truncated or damaged?): "
-                          f"{type(e).__name__}: {e}") from e  # fmt: skip
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if target.is_dir():  # another process unpacked the same archive first: use its copy
-            return target
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def _find_root(path: Path) -> Path:
     """The folder holding ``train/`` (an archive may wrap it in one more folder)."""
     if (path / "train").is_dir():
@@ -192,7 +148,7 @@ def _load_image_folder(
     if root.is_file():
         if not root.name.endswith((".tar.gz", ".tgz", ".tar")):
             raise ConfigError("--root", f"{str(root)!r} is a file; expected a folder or a .tar.gz of one")
-        root = _unpack_once(root, cache_dir)
+        root = unpack_once(root, cache_dir)
     root = _find_root(root)
     classes, files, labels = _scan(root / "train")
     train = Split(torch.tensor(labels, dtype=torch.int64), files=files)

@@ -29,7 +29,7 @@ from ..layers import SyncBatchNorm2d
 from ..optimize import compile_problem
 from ..weights import DATA_CONFIG_KEYS
 from .augment import Augment
-from .checkpoints import Checkpoints, Resumed, check_output, replace_run, resume, training_state
+from .checkpoints import Checkpoints, Resumed, check_output, claim, replace_run, resume, training_state
 from .config import TrainConfig
 from .data import Dataset, FileBatches, Split, TensorBatches, _seed, load_dataset
 from .distill import Distillation, load_teacher
@@ -117,7 +117,8 @@ def train(args: TrainConfig) -> dict[str, Any]:
     """Run training as ``args`` says; returns the summary (also written to ``output/summary.json``)."""
     procs = Processes.start(args.device)
     try:
-        return _train(args, procs)
+        with claim(Path(args.output), procs.main):
+            return _train(args, procs)
     finally:
         procs.stop()
 

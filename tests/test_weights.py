@@ -422,7 +422,7 @@ def test_checkpoint_path_num_classes_and_in_chans(tmp_path: Path, caplog) -> Non
         torch.testing.assert_close(loaded(x), source(x))
     with caplog.at_level(logging.INFO, logger="zoo"):
         gray = zoo.create_model("resnet18", checkpoint_path=path, in_chans=1, num_classes=10).eval()
-    assert "re-initialized a 10-class head" in caplog.text
+    assert "the weights have a head of 1000 classes; initialized a 10-class head" in caplog.text
     torch.testing.assert_close(gray.conv1.weight, source.conv1.weight.sum(1, keepdim=True))
     with torch.no_grad():  # a gray image through the adapted conv = the same image as RGB through the original
         g = torch.randn(1, 1, 64, 64)
@@ -431,6 +431,36 @@ def test_checkpoint_path_num_classes_and_in_chans(tmp_path: Path, caplog) -> Non
         )
     five = zoo.create_model("resnet18", checkpoint_path=path, in_chans=5)
     torch.testing.assert_close(five.conv1.weight[:, 3:5], source.conv1.weight[:, :2] * 3 / 5)
+
+
+def test_a_backbones_weights_take_a_fresh_head_when_num_classes_asks_for_one(tmp_path: Path, caplog) -> None:
+    source = zoo.create_model("resnet18").eval()
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items() if not k.startswith("fc.")}, path)
+    with caplog.at_level(logging.INFO, logger="zoo"):
+        model = zoo.create_model("resnet18", checkpoint_path=path, num_classes=10).eval()
+    assert "the weights have no head; initialized a 10-class head" in caplog.text and model.fc.out_features == 10
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x), source.forward_features(x))
+    with pytest.raises(zoo.StateDictError, match=r"fc\.weight"):  # no head, and none asked for: not silently random
+        zoo.create_model("resnet18", checkpoint_path=path)
+
+
+def test_a_checkpoint_with_an_ema_loads_the_ema_as_timm_does(tmp_path: Path) -> None:
+    raw, ema = zoo.create_model("resnet20"), zoo.create_model("resnet20")
+    torch.save({"state_dict": raw.state_dict(), "state_dict_ema": ema.state_dict(), "epoch": 9}, tmp_path / "c.pth")
+    loaded = zoo.create_model("resnet20", checkpoint_path=tmp_path / "c.pth")
+    torch.testing.assert_close(loaded.fc.weight, ema.fc.weight)
+    assert not torch.equal(loaded.fc.weight, raw.fc.weight)
+    import timm.models
+
+    model = timm.create_model("resnet18", num_classes=10)
+    torch.save({"model": model.state_dict(), "model_ema": {k: v + 1 for k, v in model.state_dict().items()}},
+               tmp_path / "deit-style.pth")  # fmt: skip
+    ours = zoo.create_model("resnet18", num_classes=10, checkpoint_path=tmp_path / "deit-style.pth")
+    timm.models.load_checkpoint(model, str(tmp_path / "deit-style.pth"))  # use_ema=True, its default
+    torch.testing.assert_close(ours.fc.weight, model.fc.weight)
 
 
 def test_legacy_pth_loads_and_code_pickles_are_refused(tmp_path: Path) -> None:

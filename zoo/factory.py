@@ -337,7 +337,9 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
             probe = source.builder(**kwargs)
     model = probe
     model_keys = {k: v.shape for k, v in model.state_dict().items()}
-    head_replaced = head is not None and model_keys.get(f"{classifier}.weight") != head.shape
+    # a head of other classes, or none (a backbone's weights) where num_classes= asks for one: a fresh head
+    head_replaced = model_keys.get(f"{classifier}.weight") != head.shape if head is not None else (
+        "num_classes" in kwargs and f"{classifier}.weight" in model_keys)  # fmt: skip
     # in_chans: the model's own, which a folder's zoo_config sets as well as the in_chans= option
     state = fit_state_dict(
         state, model_keys, first_conv=first_conv, classifier=classifier, in_chans=_in_chans(model),
@@ -347,7 +349,8 @@ def _build_with_weights(source: Source, state: dict[str, torch.Tensor], kwargs: 
     state = {k: v.to(dtypes[k]) if v.is_floating_point() and k in dtypes else v for k, v in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     if head_replaced and getattr(model, "num_classes", 0):
-        log.info("the weights' head has %d classes; re-initialized a %d-class head", head.shape[0], model.num_classes)
+        had = f"a head of {head.shape[0]} classes" if head is not None else "no head"
+        log.info("the weights have %s; initialized a %d-class head", had, model.num_classes)
         model.reset_classifier(model.num_classes)
     left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
     if left:  # fit_state_dict should have named them; this guards builders with unusual modules

@@ -92,9 +92,12 @@ class Weights:
 
 
 def clean_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Unwrap the common checkpoint containers: ``{"state_dict": ...}``, ``{"model": ...}``, ``module.``."""
-    for key in ("state_dict", "model", "model_state_dict", "model_ema"):
+    """Unwrap the common checkpoint containers: ``{"state_dict": ...}``, ``{"model": ...}``, ``module.``. The EMA's
+    weights first where a checkpoint holds both, as timm's ``load_checkpoint`` (``use_ema=True``) takes them."""
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict"):
         if key in state and isinstance(state[key], dict):
+            if key.endswith("_ema"):
+                log.info("the checkpoint holds an EMA of its weights: loading %r, as timm does", key)
             state = state[key]
             break
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

@@ -358,6 +358,23 @@ def test_convert_torchvision_checkpoint_checks_logits(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.fc.weight, reference.fc.weight)
 
 
+@pytest.mark.parametrize("source", ["torchvision-headless", "timm-gray"])
+def test_convert_checks_a_headless_or_gray_checkpoint_against_its_reference(source: str, tmp_path: Path) -> None:
+    if source == "torchvision-headless":
+        state = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+        classes = "0 classes"
+    else:
+        import timm
+
+        state, classes = timm.create_model("resnet18", in_chans=1, num_classes=10).state_dict(), "10 classes"
+    torch.save(state, tmp_path / "r18.pth")
+    result = run_script(
+        "tools/convert.py", str(tmp_path / "r18.pth"), "--arch", "resnet18", "--out", str(tmp_path / "r18.safetensors")
+    )
+    assert result.returncode == 0, result.stderr
+    assert "logits match" in result.stdout and classes in result.stdout
+
+
 def test_convert_cifar_layout(tmp_path: Path) -> None:
     source = zoo.create_model("resnet20")
     renamed = {("linear." + k[3:] if k.startswith("fc.") else k): v for k, v in source.state_dict().items()}

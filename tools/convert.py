@@ -38,13 +38,25 @@ class Mismatch(Exception):
     """The converted weights do not compute what the source model computes."""
 
 
+def in_chans_of(state: dict[str, torch.Tensor]) -> int:
+    """The input channels of the weights' first conv (a deep stem's first is conv1.0)."""
+    first = state.get("conv1.weight", state.get("conv1.0.weight"))
+    return first.shape[1] if first is not None and first.ndim == 4 else 3
+
+
 def reference_model(arch: str, state: dict[str, torch.Tensor]) -> tuple[str, torch.nn.Module] | None:
-    """The same network from torchvision or timm, holding the source weights, when one exists."""
-    num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
+    """The same network from torchvision or timm, holding the source weights, when one exists: with their head
+    (none: the pooled features out) and their input channels."""
+    num_classes = state["fc.weight"].shape[0] if "fc.weight" in state else 0
+    in_chans = in_chans_of(state)
     if arch in TORCHVISION:
         import torchvision
 
-        model = getattr(torchvision.models, arch)(num_classes=num_classes)
+        model = getattr(torchvision.models, arch)(num_classes=num_classes or 1000)
+        if not num_classes:
+            model.fc = torch.nn.Identity()
+        if in_chans != 3:  # torchvision's stem, for other input channels
+            model.conv1 = torch.nn.Conv2d(in_chans, model.conv1.out_channels, 7, 2, 3, bias=False)
     else:
         try:
             import timm
@@ -52,7 +64,7 @@ def reference_model(arch: str, state: dict[str, torch.Tensor]) -> tuple[str, tor
             return None
         if arch not in timm.list_models():
             return None
-        model = timm.create_model(arch, num_classes=num_classes)
+        model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans)
         arch = f"timm {arch}"
     model.load_state_dict(state)
     return arch, model.eval()
@@ -88,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             if ref is not None:
                 name, reference = ref
                 size = model.pretrained_cfg["input_size"][-1]
-                x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-                loaded = zoo.create_model(args.arch, checkpoint_path=tmp).eval()
+                x = torch.randn(2, in_chans_of(state), size, size, generator=torch.Generator().manual_seed(0))
+                loaded = zoo.create_model(args.arch, checkpoint_path=tmp, num_classes=num_classes).eval()
                 with torch.no_grad():
                     diff = (loaded(x) - reference(x)).abs().max().item()
                 if diff > 1e-5:

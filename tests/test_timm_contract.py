@@ -331,7 +331,7 @@ def test_a_backbones_feature_info_answers_timms_accessors() -> None:
                  lambda f: f.reduction([0, 2]), lambda f: f.get("num_chs"), lambda f: f.get("module", 0),
                  lambda f: f.get_dicts(keys=["num_chs", "reduction"]), lambda f: f.get_dicts(keys=["module"], idx=2),
                  lambda f: f.get_dicts(idx=[0, 1])):  # fmt: skip
-        got, want = call(ours), call(theirs)
-        if isinstance(want, list) and isinstance(want[0], dict):  # timm's entries carry its "index" besides
-            want = [{k: v for k, v in w.items() if k in got[0]} for w in want]
-        assert got == want
+        assert call(ours) == call(theirs)
+    # as Hugging Face transformers' TimmBackbone reads them: each map's index, and every map of the model
+    assert [d["index"] for d in ours.get_dicts()] == [d["index"] for d in theirs.get_dicts()] == [2, 3, 4]
+    assert ours.info == theirs.info and ours.out_indices == tuple(theirs.out_indices)

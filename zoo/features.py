@@ -20,16 +20,24 @@ from .layers import BATCH_NORMS, checkpointed
 
 
 class FeatureInfo(Sequence[dict[str, Any]]):
-    """One dict per feature map: ``num_chs``, ``reduction`` (stride) and ``module`` name."""
+    """One dict per feature map: ``num_chs``, ``reduction`` (stride), ``module`` name and ``index`` (its place among
+    the whole model's maps, as timm's entries carry it). Iterated, indexed and counted: the maps a backbone returns;
+    ``info`` and the accessors' ``idx``: the whole model's, as in timm."""
 
     def __init__(
         self, entries: Sequence[dict[str, Any]], out_indices: Sequence[int] | None = None,
         whole: Sequence[dict[str, Any]] | None = None,
     ) -> None:  # fmt: skip
-        self._entries = tuple(dict(e) for e in entries)
         # which maps of the whole model these are (timm's ``feature_info.out_indices`` of a backbone)
-        self.out_indices = tuple(range(len(self._entries)) if out_indices is None else out_indices)
-        self._whole = self._entries if whole is None else tuple(dict(e) for e in whole)  # every map of the model
+        self.out_indices = tuple(range(len(entries)) if out_indices is None else out_indices)
+        self._entries = tuple({**e, "index": i} for e, i in zip(entries, self.out_indices, strict=True))
+        # every map of the model
+        self._whole = self._entries if whole is None else tuple({**e, "index": i} for i, e in enumerate(whole))
+
+    @property
+    def info(self) -> list[dict[str, Any]]:
+        """Every map of the whole model (timm's ``feature_info.info``)."""
+        return [dict(e) for e in self._whole]
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         return self._entries[index]

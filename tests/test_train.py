@@ -429,6 +429,11 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> Non
                           "--output", str(report), "--int8"]) == 0  # fmt: skip
     result = json.loads(report.read_text())
     assert result["top1"] == pytest.approx(summary["best"]["val_acc1"], abs=0.001)  # rounded to 3 places
+    assert (result["val_split"], result["split_seed"]) == (0.25, 0)  # which val split: the run's
+    assert validate_main(["--model", "resnet20", "--checkpoint", str(out / "best"), "--dataset", "imagefolder",
+                          "--root", str(archive), "--val-split", "0.25", "--split-seed", "1", "--cache-dir",
+                          str(tmp_path / "cache")]) == 2  # fmt: skip
+    assert "--split-seed: " in capsys.readouterr().err  # another seed's val split holds images the run trained on
     assert result["images"] in (59, 60)  # 25% of each class; the unreadable file may fall in either split
     assert result["images"] + result["skipped_images"] == 60  # scored, and left out unreadable: the split's files
     int8 = result["int8"]  # calibrated on all (<= 512) training images, scored on the same val images

@@ -17,7 +17,7 @@ from ..data import check_class_order, create_transform, preprocessing_overrides,
 from ..errors import ConfigError, not_one_of
 from ..factory import check_folder_architecture, names_weights, weights_file
 from ..hardware import PRECISIONS, cpu_info, device_label, resolve_precision
-from ..io import sha256_of
+from ..io import read_json, sha256_of
 from ..optimize import _import_pt2e, quantize_int8
 from .config import flag
 from .data import DATASETS, FileBatches, Split, TensorBatches, load_dataset, subset
@@ -96,6 +96,8 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         model = create_model(args.model[0], pretrained=pretrained, checkpoint_path=checkpoint)
     else:
         model = _ensemble(args.model, args.pretrained)
+    if checkpoint is not None:
+        _check_run_split(checkpoint, args)
     procs = Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(args.precision, procs.device, flag="--precision")
     model.to(procs.device)
@@ -126,6 +128,7 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         **_scored_weights(args.model, model, checkpoint, pretrained),
         "dataset": args.dataset,
         "split": args.split,
+        **({"val_split": args.val_split, "split_seed": args.split_seed} if args.split != "test" else {}),
         "images": metrics["images"],  # the scored ones: unreadable files are left out and counted
         "skipped_images": split.skipped + getattr(batches, "skipped", 0),
         "top1": round(metrics["acc1"], 3),
@@ -151,6 +154,24 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         result["int8"] = _score_int8(model, getattr(data, source), batches, config, args)
         result["int8"]["calibration_split"] = source
     return result
+
+
+def _check_run_split(checkpoint: Path, args: ValidateConfig) -> None:
+    """A training run's checkpoint scored on its own data's val split must be split as the run split it: with
+    another --val-split or --split-seed, that val split holds images the run trained on."""
+    found = [p / "args.json" for p in (checkpoint.parent, checkpoint.parent.parent) if (p / "args.json").is_file()]
+    if args.split != "val" or not found:
+        return
+    run = read_json(found[0], "--checkpoint")
+    same_data = run.get("dataset") == args.dataset and Path(str(run.get("root"))).resolve() == Path(args.root).resolve()
+    theirs = (run.get("val_split"), run.get("split_seed"))
+    if same_data and theirs != (args.val_split, args.split_seed):
+        raise ConfigError(
+            "--split-seed" if theirs[0] == args.val_split else "--val-split",
+            f"{str(checkpoint)!r} was trained on the rest of --val-split {theirs[0]} --split-seed {theirs[1]}; "
+            f"the val split of --val-split {args.val_split} --split-seed {args.split_seed} holds images it trained "
+            "on. Give the run's",
+        )
 
 
 def _ensemble(names: list[str], pretrained: bool) -> Ensemble:

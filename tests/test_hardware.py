@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -323,10 +324,13 @@ print(default, kept, after, held - rss_mb())
 @pytest.mark.skipif(not hardware._glibc(), reason="glibc's malloc only")
 def test_kept_memory_is_reused_without_page_faults_and_can_be_released() -> None:
     # reused: the pages stay mapped (0 faults in most runs; in some, one of the three buffers lands on fresh heap
-    # above the kept one and faults once, so at most one 64 MB buffer's worth is allowed). Once in a full suite all
-    # three faulted again (the machine's memory reclaim, as far as could be told): the best of three processes counts.
+    # above the kept one and faults once, so at most one 64 MB buffer's worth is allowed). Twice in a full suite
+    # (sessions 33 and 34) three processes in a row faulted every buffer again, a state that passed within minutes
+    # and did not come back when the files run before it were rerun: the best of five processes, a second apart,
+    # counts. keep_freed_memory not working fails all five.
     runs = []
-    for _ in range(3):
+    for attempt in range(5):
+        time.sleep(attempt and 1.0)
         run = subprocess.run([sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, check=True)
         runs.append(run.stdout.split())
         if int(runs[-1][2]) <= 16_384 + 1_000:

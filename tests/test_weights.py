@@ -16,7 +16,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 import zoo
 from zoo import hub
-from zoo.io import folder_config, save_model_folder
+from zoo.io import file_identity, folder_config, save_model_folder
 from zoo.registry import _weights, get_weights, register_weights
 from zoo.weights import Weights
 
@@ -255,7 +255,7 @@ def test_an_entry_another_process_evicts_meanwhile_is_fetched_again(
     def found_then_evicted(*args, **kwargs):  # between this process's lookup and its check
         path = found(*args, **kwargs)
         if path is not None:
-            hub._evict(path, hub._identity(path))
+            hub._evict(path, file_identity(path))
         return path
 
     monkeypatch.setattr(hub, "cached_file", found_then_evicted)
@@ -364,7 +364,7 @@ def test_evicting_a_damaged_entry_leaves_a_store_other_repos_share_alone(tmp_pat
     link = tmp_path / "models--org--x" / "snapshots" / ("c" * 40) / "model.safetensors"
     link.parent.mkdir(parents=True)
     link.symlink_to(Path("../../blobs") / blob.name)
-    hub._evict(link, hub._identity(link))
+    hub._evict(link, file_identity(link))
     assert not os.path.lexists(link) and not os.path.lexists(blob) and store.read_bytes() == b"shared"
 
 

@@ -91,22 +91,12 @@ class HubUnreachable(WeightsNotFoundError):
     """The Hub did not answer (after huggingface_hub's own retries, about 25 s): no use asking it for another file."""
 
 
-def _identity(path: Path) -> tuple[int, ...] | None:
-    """Which file ``path`` leads to now, or None if it is gone: device, inode (which a new file may reuse once the
-    old one is closed) and the time of its last change."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino, st.st_ctime_ns
-
-
 def _evict(path: Path, checked: tuple[int, ...] | None) -> bool:
     """Remove a bad cache entry: the snapshot link and this repo's blob it names. One link only: the blob may
     itself link into a store shared with other repos (Xet), whose file their blobs still need. Only the file
     that was ``checked``: one another process put there meanwhile (a good download) stays. False if it could
     not be removed (a read-only or foreign cache)."""
-    if _identity(path) != checked:
+    if io.file_identity(path) != checked:
         return True  # gone or replaced already: the damaged file is not there any more
     for entry in (path, _blob(path)):
         if entry is None:
@@ -167,7 +157,7 @@ def hub_file(
     where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
     cached = cached_file(repo_id, filename, revision=revision, cache_dir=cache)  # the names checked first
     if cached is not None:
-        checked = _identity(cached)
+        checked = io.file_identity(cached)
         try:
             io.verify(cached, sha256 or _blob_sha256(cached), stamp_dir())
             return cached
@@ -206,7 +196,7 @@ def hub_file(
         # a broken transfer: huggingface_hub removes its partial file
         tried.append(f"Hub {endpoint}/{repo_id}: download failed ({type(e).__name__}: {io.first_line(e)})")
         raise WeightsIntegrityError(_not_found(where, tried)) from e
-    checked = _identity(path)
+    checked = io.file_identity(path)
     try:
         io.verify(path, sha256 or _blob_sha256(path), stamp_dir())
     except WeightsIntegrityError as e:

@@ -250,21 +250,33 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+    """Which file ``path`` leads to now and its state, or None if it is gone: size, mtime, ctime, device and
+    inode. Any write to the file changes its ctime, even one that sets its mtime back; a new file may reuse a
+    freed inode, but not with the same ctime."""
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino
+
+
 def verify(path: str | os.PathLike[str], sha256: str | None, stamps: Path | None = None) -> None:
     """Check a weights file before it is trusted: header and size always, the hash when one is pinned.
 
     With ``stamps`` (a folder), a file whose hash was checked once is remembered there by (size,
-    mtime, ctime, device, inode), so a warm load does not re-hash hundreds of megabytes; any write
-    to the file, even one that sets its mtime back, changes its ctime.
+    mtime, ctime, device, inode: ``file_identity``), so a warm load does not re-hash hundreds of megabytes.
     """
     if Path(path).name.endswith(".safetensors"):  # judged by the link's name: cache blobs have no suffix
         check_safetensors(path)
     path = Path(path).resolve()
     if not sha256:
         return
-    st = path.stat()
     stamp = stamps / sha256 if stamps is not None else None
-    seen = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_dev} {st.st_ino}"
+    identity = file_identity(path)
+    if identity is None:
+        raise FileNotFoundError(path)
+    seen = " ".join(map(str, identity))
     if stamp is not None and stamp.is_file() and stamp.read_text() == seen:
         return
     actual = sha256_of(path)

@@ -423,6 +423,80 @@ def test_predict_reads_grayscale_images_for_a_one_channel_model(tmp_path: Path) 
         zoo.predict.Classifier(zoo.create_model("resnet20", in_chans=4, num_classes=10))
 
 
+def test_16_bit_and_float_images_are_scaled_not_clipped_by_predict_and_the_trainer(tmp_path: Path) -> None:
+    """Pillow's convert clips 16-bit (I;16, I) and float (F) pixels to 255: such a file read as white or black."""
+    import numpy as np
+    from PIL import Image
+
+    from zoo.train.data import read_image
+
+    gray = np.asarray(Image.effect_noise((32, 32), 60)).astype(np.float64)  # 8-bit content, mean about 128
+    Image.fromarray(gray.astype(np.uint8)).save(tmp_path / "gray8.png")
+    Image.fromarray((gray * 257).astype(np.uint16)).save(tmp_path / "gray16.png")  # mode I;16
+    Image.fromarray((gray * 257).astype(np.uint16)).save(tmp_path / "gray16.tif")
+    body = (gray * 257).astype(">u2").tobytes()
+    (tmp_path / "gray16.pgm").write_bytes(b"P5 32 32 65535\n" + body)  # mode I
+    Image.fromarray((gray / 255).astype(np.float32)).save(tmp_path / "gray-float.tif")  # mode F, 0-1
+    files = sorted(tmp_path.iterdir())
+    assert {Image.open(f).mode for f in files} == {"L", "I;16", "I", "F"}
+    for f in files:
+        assert np.abs(np.asarray(read_image(str(f)), dtype=np.float64)[..., 0] - gray).max() <= 1, f.name
+    classifier = zoo.predict.Classifier(zoo.create_model("resnet20", pretrained=True), topk=10)
+    scores = [[t["score"] for t in sorted(p.topk, key=lambda t: t["index"])] for p in classifier(files, progress=False)]
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(scores[:1] * len(files)), atol=0.02, rtol=0)
+
+
+def test_export_goes_by_the_file_name_and_says_what_a_weights_file_leaves_assumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import save_file
+
+    assert [deploy.format_for(n, None) for n in ("m.pt2", "m.onnx", "m")] == ["pt2", "onnx", "onnx"]
+    assert deploy.format_for("m.pt2", "onnx") == "onnx"
+    assert zoo_main(["export", "resnet20", "--format", "onnx", "--output", str(tmp_path / "m.pt2")]) == 2
+    assert "--output: " in (err := capsys.readouterr().err) and "a .pt2 name is for --format pt2" in err, err
+    (tmp_path / "onnx.pt2").write_bytes(b"\x08\x09 an ONNX file, not a zip archive")
+    with pytest.raises(zoo.ConfigError, match="holds no AOTInductor metadata: not a zoo.export .pt2 package"):
+        zoo.load_package(tmp_path / "onnx.pt2")
+    written = []
+
+    def fake_export(model, path, **options):  # what the command asks for, without compiling
+        written.append(options)
+        Path(path).write_bytes(b"x")
+        return Path(path)
+
+    monkeypatch.setattr(deploy, "export", fake_export)
+    weights = tmp_path / "mine.safetensors"
+    save_file(zoo.create_model("resnet20").state_dict(), weights)
+    assert zoo_main(["export", "resnet20", "--checkpoint", str(weights), "--output", str(tmp_path / "m.pt2")]) == 0
+    assert written[0]["format"] == "pt2"  # by the name, as the help says
+    err = capsys.readouterr().err  # its metadata records the architecture's preprocessing and labels: said
+    assert f"export: {weights} carries no preprocessing: assumed" in err
+    assert f"export: {weights} names no classes: labelled as resnet20's published weights label theirs" in err
+
+
+def test_predict_takes_a_torchvision_model_tta_as_validate_does_and_names_a_pipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import os
+
+    from PIL import Image
+
+    Image.effect_noise((32, 32), 50).convert("RGB").save(tmp_path / "noise.png")
+    model = torchvision.models.resnet18(num_classes=7)  # no num_classes attribute: its output's width
+    config = {"input_size": (3, 32, 32), "mean": zoo.data.CIFAR10_MEAN, "std": zoo.data.CIFAR10_STD}
+    classifier = zoo.predict.Classifier(model, data_config=config, topk=7)
+    assert classifier.num_classes == 7 and classifier.labels == tuple("0123456")
+    (prediction,) = classifier([tmp_path / "noise.png"], progress=False)
+    assert sorted(t["index"] for t in prediction.topk) == list(range(7))
+    for tta in ([], ["--tta"], ["--tta", "flip-shift"]):  # validate's modes, a bare --tta meaning flip
+        assert zoo_main(["predict", str(tmp_path / "noise.png"), "--model", "resnet20", *tta]) == 0, tta
+    capsys.readouterr()
+    os.mkfifo(tmp_path / "pipe")
+    assert zoo_main(["predict", str(tmp_path / "pipe"), "--model", "resnet20"]) == 2
+    assert f"PATH: {str(tmp_path / 'pipe')!r} is not a regular file or a folder" in capsys.readouterr().err
+
+
 def test_a_replaced_head_loses_the_weights_class_names_everywhere() -> None:
     model = zoo.create_model("resnet20.c10", pretrained=True)
     assert len(zoo.data.label_names(model)) == 10

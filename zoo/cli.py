@@ -17,6 +17,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from typing import Any
 
 from . import __version__
 from .counting import CONVENTION, FORMATS, Cost
@@ -140,6 +141,28 @@ def assumed_preprocessing(name: str, config: dict, overrides: dict) -> str:
             "--image-size")  # fmt: skip
 
 
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tta [MODE]``, as validate and predict both take it."""
+    from .train.views import TTA_MODES
+
+    parser.add_argument(
+        "--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
+        help="test-time augmentation, mean logits of: flip (image and mirror, the default), "
+        "flip-shift (also both shifted one pixel up-left and down-right)",
+    )  # fmt: skip
+
+
+def note_weights_file(command: str, path: str, arch: str, model: Any, config: dict, overrides: dict) -> None:
+    """Say on stderr what a weights file leaves assumed: it carries no preprocessing and no class names."""
+    from .data import label_names
+
+    print(f"{command}: {assumed_preprocessing(path, config, overrides)}", file=sys.stderr)
+    names = label_names(model)
+    if names:  # those of the architecture's published weights
+        print(f"{command}: {path} names no classes: labelled as {arch}'s published weights label theirs "
+              f"({', '.join(names[:3])}, ...); the indices are its own", file=sys.stderr)  # fmt: skip
+
+
 def _positive(flag: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise ConfigError(flag, f"expected a positive integer, got {value}")
@@ -149,7 +172,8 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("name", help="model name (arch, arch.tag, hf-hub:..., local-dir:..., YAML)")
     parser.add_argument("--pretrained", action="store_true", help="with its weights (a tag or folder implies it)")
     parser.add_argument("--checkpoint", default=None, help="a weights file for NAME (any layout zoo.layouts reads)")
-    parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    parser.add_argument("--format", choices=("onnx", "pt2"), default=None, help="default: pt2 for a .pt2 --output, "
+                        "else onnx")  # fmt: skip
     parser.add_argument("--output", required=True, help="the file to write (.onnx, or .pt2 for --format pt2)")
     parser.add_argument("--batch-size", type=int, default=2, help="the example batch (default 2)")
     parser.add_argument("--image-size", "--img-size", type=int, default=None,
@@ -173,12 +197,13 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         import torch
 
         from .data import resolve_data_config
-        from .deploy import check_options, export
+        from .deploy import check_options, export, format_for
         from .factory import create_model, names_weights
         from .hardware import explain
 
         _positive("--batch-size", args.batch_size)
         _positive("--image-size", args.image_size)
+        args.format = format_for(args.output, args.format)
         flags = {"format": "--format", "dtype": "--dtype", "path": "--output", "batch": "--batch-size",
                  "static": "--static-batch"}  # fmt: skip
         dtype = check_options(args.format, args.dtype, Path(args.output), args.batch_size, not args.static_batch,
@@ -191,7 +216,10 @@ def export_command(parser: argparse.ArgumentParser) -> Runner:
         model = create_model(args.name, pretrained=pretrained, features_only=args.features_only,
                              checkpoint_path=args.checkpoint)  # fmt: skip
         overrides = preprocessing(args, model.pretrained_cfg["input_size"][0])  # recorded in the file's metadata
-        size = resolve_data_config(model, use_test_size=True, **overrides)["input_size"]
+        config = resolve_data_config(model, use_test_size=True, **overrides)
+        size = config["input_size"]
+        if args.checkpoint is not None:  # the file's metadata records what is assumed: said, as predict says it
+            note_weights_file("export", args.checkpoint, args.name, model, config, overrides)
         tag = args.checkpoint or ((model.pretrained_cfg or {}).get("weights") if pretrained else None)
         path = export(
             model, args.output, format=args.format, example_input=torch.randn(args.batch_size, *size),
@@ -230,14 +258,13 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         "--precision", choices=PRECISIONS, default="auto",
         help="torch and fast runtimes; auto: bf16 where the CPU has bf16 hardware (AVX-512 BF16, AMX), else fp32",
     )  # fmt: skip
-    parser.add_argument("--tta", choices=("flip",), default=None, help="average each image with its mirror image")
+    add_tta_argument(parser)
     add_preprocessing_arguments(parser)
 
     def run(args: argparse.Namespace) -> int:
         import json
         from pathlib import Path
 
-        from .data import label_names
         from .factory import check_folder_architecture, create_model
         from .hardware import explain
         from .predict import IMAGE_SUFFIXES, Classifier, find_images
@@ -268,12 +295,7 @@ def predict_command(parser: argparse.ArgumentParser) -> Runner:
         classifier = Classifier(model, runtime=args.runtime, batch_size=args.batch_size, tta=args.tta, topk=args.topk,
                                 precision=args.precision, data_config=overrides)  # fmt: skip
         if checkpoint is not None and checkpoint.is_file():
-            print(f"predict: {assumed_preprocessing(str(checkpoint), classifier.data_config, overrides)}",
-                  file=sys.stderr)  # fmt: skip
-            names = label_names(model)
-            if names:  # a file carries no class names either: those of the architecture's published weights
-                print(f"predict: {checkpoint} names no classes: labelled as {args.model}'s published weights label "
-                      f"theirs ({', '.join(names[:3])}, ...); the indices are its own", file=sys.stderr)  # fmt: skip
+            note_weights_file("predict", str(checkpoint), args.model, model, classifier.data_config, overrides)
         device = next(model.parameters()).device
         print(f"predict: {args.runtime} runtime, {explain(args.precision, classifier.precision, device)}",
               file=sys.stderr)  # fmt: skip

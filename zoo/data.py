@@ -196,3 +196,21 @@ def create_transform(config: dict[str, Any], *, training: bool = False) -> Any:
     else:  # torchvision's Resize(int) resizes the short side, keeping the aspect ratio
         scale = scaled[0] if size[0] == size[1] else scaled
     return T.Compose([T.Resize(scale, interpolation=interpolation), T.CenterCrop(size), *normalize])
+
+
+def open_image(path: Any, mode: str = "RGB") -> Any:
+    """The image file at ``path`` as a Pillow image in ``mode`` ("RGB" or "L"), decoded whole.
+
+    Pillow's ``convert`` clips rather than scales: a 16-bit grayscale file (PNG, TIFF, PGM: modes ``I;16``
+    and ``I``) would come out nearly white and a float one (mode ``F``, values 0-1) black. Those are
+    scaled to 8 bits first: 16-bit by 255/65535; float by 255 when no value exceeds 1, else taken as 0-255.
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode.startswith("I") or image.mode == "F":
+            values = np.asarray(image, dtype=np.float64)
+            scale = 255 / 65535 if image.mode != "F" else 255.0 if values.max(initial=0) <= 1 else 1.0
+            return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)).convert(mode)
+        return image.convert(mode)

@@ -49,7 +49,7 @@ def export(
     model: nn.Module,
     path: str | os.PathLike[str],
     *,
-    format: str = "onnx",
+    format: str | None = None,
     example_input: torch.Tensor | None = None,
     dynamic_batch: bool = True,
     check: bool = True,
@@ -61,7 +61,8 @@ def export(
     """Write ``model`` (put in eval mode) as an ONNX file or an AOTInductor ``.pt2`` package.
 
     Args:
-        format: ``"onnx"`` (``torch.onnx.export(dynamo=True)``, opset 18, preprocessing and labels in
+        format: None (the default) goes by the file name: ``"pt2"`` for a ``.pt2`` name, else ``"onnx"``.
+            ``"onnx"`` (``torch.onnx.export(dynamo=True)``, opset 18, preprocessing and labels in
             ``metadata_props``) or ``"pt2"`` (``torch.export``, then ``aoti_compile_and_package``; load it
             with ``torch._inductor.aoti_load_package(path)``, no zoo needed).
         example_input: what the export traces and the check runs; default two random images at the
@@ -83,6 +84,7 @@ def export(
             ``cpu_features``; :func:`load_package` checks them). True: unfrozen AVX2 code, for any x86-64 CPU
             with AVX2 (build once, ship to machines you do not know), in fp32 unless ``dtype`` says otherwise.
     """
+    format = format_for(path, format)
     if portable and format != "pt2":
         raise ConfigError("portable", f"applies to format 'pt2' (an AOTInductor package), not {format!r}")
     model = model.eval()
@@ -123,6 +125,11 @@ def export(
     return path
 
 
+def format_for(path: str | os.PathLike[str], format: str | None) -> str:
+    """``format``, or the one the file name says when it is None: pt2 for a ``.pt2`` name, else onnx."""
+    return format if format is not None else "pt2" if Path(path).suffix == ".pt2" else "onnx"
+
+
 def check_options(
     format: str,
     dtype: str,
@@ -148,6 +155,9 @@ def check_options(
         )  # fmt: skip
     if format == "pt2" and path.suffix != ".pt2":
         raise ConfigError(name["path"], f"an AOTInductor package's name ends in .pt2, got {str(path)!r}")
+    if format == "onnx" and path.suffix == ".pt2":  # load_package would take it for a package
+        raise ConfigError(name["path"], f"{str(path)!r}: a .pt2 name is for {name['format']} pt2; name an ONNX file "
+                          ".onnx")  # fmt: skip
     if not 1 <= batch <= MAX_BATCH:
         raise ConfigError(name["batch"], f"expected a batch of 1 to {MAX_BATCH} images, got {batch}")
     if dynamic_batch and batch < 2:
@@ -337,10 +347,13 @@ def package_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """A ``.pt2`` package's metadata, read from the archive without loading its compiled code."""
     import zipfile
 
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if name.endswith("wrapper_metadata.json"):
-                return json.loads(archive.read(name))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith("wrapper_metadata.json"):
+                    return json.loads(archive.read(name))
+    except zipfile.BadZipFile:  # an ONNX file or anything else: no zip archive at all
+        pass
     raise ConfigError("path", f"{str(path)!r} holds no AOTInductor metadata: not a zoo.export .pt2 package")
 
 

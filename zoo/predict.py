@@ -2,6 +2,7 @@
 
 ``Classifier(model, runtime="onnxruntime")(files)`` yields one :class:`Prediction` per
 readable image; unreadable files are skipped and kept in ``classifier.skipped`` (of the last call).
+A model from elsewhere (torchvision's) is taken too, given its preprocessing in ``data_config``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import check_data_config_keys, create_transform, label_names, resolve_data_config
+from .data import check_data_config_keys, create_transform, label_names, open_image, resolve_data_config
 from .errors import ConfigError, not_one_of, require
 from .hardware import resolve_precision
 from .train.views import tta_views
@@ -49,6 +50,8 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         elif path.is_file():
             found.append(path)
+        elif path.exists():  # a pipe, a socket, a device: Pillow reads files it can seek in
+            raise ConfigError("PATH", f"{str(given)!r} is not a regular file or a folder")
         else:
             raise ConfigError("PATH", f"{str(given)!r} does not exist")
     return found
@@ -56,7 +59,8 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 def runner_precision(runtime: str, precision: str, device: torch.device) -> str:
     """The precision ``runtime`` computes in: ``precision`` resolved for the torch runtimes ("auto": the
-    device's fastest native one); an ONNX runtime runs its fp32 file (OpenVINO may pick bf16 itself)."""
+    device's fastest native one); an ONNX runtime runs its fp32 file, OpenVINO held to fp32 too (its own default
+    is bf16 on a bf16 CPU)."""
     if runtime not in RUNTIMES:
         raise ConfigError("--runtime", not_one_of(runtime, RUNTIMES))
     if runtime in ("onnxruntime", "openvino"):
@@ -100,6 +104,17 @@ def make_runner(model: nn.Module, runtime: str, example: torch.Tensor, precision
     return lambda x: run(x)[0]
 
 
+def _num_classes(model: nn.Module, input_size: Sequence[int]) -> int:
+    """The classes ``model`` predicts: its ``num_classes`` (a zoo or timm model; 0 for a headless one), else
+    (torchvision's models have no such attribute) the width of its output for one image."""
+    if hasattr(model, "num_classes"):
+        return int(model.num_classes or 0)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model(torch.zeros(1, *input_size, device=device))
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2 else 0
+
+
 class Classifier:
     """A model with its preprocessing, label names and runtime: files in, top-k predictions out."""
 
@@ -125,7 +140,7 @@ class Classifier:
         if channels not in (1, 3):
             raise ConfigError("--model", f"takes {channels}-channel images; predict reads RGB (3) or grayscale (1)")
         self.mode = "L" if channels == 1 else "RGB"  # what Pillow decodes each file to
-        self.num_classes = int(getattr(model, "num_classes", 0) or 0)
+        self.num_classes = _num_classes(model.eval(), config["input_size"])
         cfg = getattr(model, "pretrained_cfg", None) or {}
         if not self.num_classes:
             name = cfg.get("weights") or cfg.get("architecture") or type(model).__name__
@@ -165,8 +180,7 @@ class Classifier:
         from PIL import Image
 
         try:
-            with Image.open(path) as image:
-                return self.transform(image.convert(self.mode))
+            return self.transform(open_image(path, self.mode))
         # Pillow's ways of saying a file is no image it can read: not an image or truncated (OSError), a broken
         # PNG chunk (SyntaxError), a short multi-frame file (EOFError), a decompression bomb, a bad mode
         except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as e:

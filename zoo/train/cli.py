@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli import add_preprocessing_arguments, assumed_preprocessing
+from ..cli import add_preprocessing_arguments, add_tta_argument, assumed_preprocessing
 from ..errors import ConfigError, ZooError
 from ..hardware import PRECISIONS
 from ..io import save_json
@@ -290,11 +290,7 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision", choices=PRECISIONS, default="auto", help="auto: bf16 where the CPU or GPU has it, else fp32"
     )
-    p.add_argument(
-        "--tta", nargs="?", const="flip", default=None, choices=TTA_MODES,
-        help="test-time augmentation, mean logits of: flip (image and mirror, the default), "
-        "flip-shift (also both shifted one pixel up-left and down-right)",
-    )  # fmt: skip
+    add_tta_argument(p)
     p.add_argument("--int8", action="store_true", help="also score the int8 model (x86 CPUs) and the change")
     p.add_argument(
         "--calibration-images", type=int, default=512, help="--int8: a seeded sample of the train split (val if scored)"

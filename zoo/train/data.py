@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..data import open_image
 from ..errors import ConfigError
 from ..hub import zoo_cache_dir
 from ..io import save_torch
@@ -181,8 +182,7 @@ def _small_images(sample: Sequence[str]) -> bool:
 def read_image(path: str) -> Image.Image | None:
     """An RGB image, or None when the file cannot be decoded (counted by the caller, not fatal)."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return open_image(path)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         log.debug("unreadable image %s: %s", path, e)
         return None

@@ -456,7 +456,7 @@ def test_export_goes_by_the_file_name_and_says_what_a_weights_file_leaves_assume
     assert zoo_main(["export", "resnet20", "--format", "onnx", "--output", str(tmp_path / "m.pt2")]) == 2
     assert "--output: " in (err := capsys.readouterr().err) and "a .pt2 name is for --format pt2" in err, err
     (tmp_path / "onnx.pt2").write_bytes(b"\x08\x09 an ONNX file, not a zip archive")
-    with pytest.raises(zoo.ConfigError, match="holds no AOTInductor metadata: not a zoo.export .pt2 package"):
+    with pytest.raises(zoo.ConfigError, match=r"holds no AOTInductor metadata: not a zoo\.export \.pt2 package"):
         zoo.load_package(tmp_path / "onnx.pt2")
     written = []
 

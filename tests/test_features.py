@@ -47,7 +47,13 @@ def test_backbone_keys_are_the_classifiers() -> None:
             dict(out_indices=(5,)),
             r"out_indices: 5 in \(5,\) is out of range; this model has 5 feature maps, 0..4",
         ),
+        (
+            dict(out_indices=(-6,)),
+            r"out_indices: -6 in \(-6,\) is out of range; this model has 5 feature maps, 0..4 .* or -5..-1 from the end",
+        ),
         (dict(out_indices=(1, 1)), r"out_indices: \(1, 1\) names a feature map twice"),
+        (dict(out_indices=(1.0, 2)), r"out_indices: 1.0 in \(1.0, 2\) is not an integer"),
+        (dict(out_indices=(True,)), r"out_indices: True in \(True,\) is not an integer"),
         (
             dict(out_indices="3"),
             r"out_indices: expected an int \(the last n maps\) or a non-empty list of ints, got '3'",
@@ -63,6 +69,18 @@ def test_backbone_keys_are_the_classifiers() -> None:
 def test_bad_feature_options(kwargs: dict, message: str) -> None:
     with pytest.raises(zoo.ConfigError, match=message):
         zoo.create_model("resnet18", features_only=True, **kwargs)
+
+
+def test_out_indices_take_numpy_integers_as_timm_does() -> None:
+    import numpy as np
+
+    for given, expected in (
+        (np.arange(1, 5), (1, 2, 3, 4)),
+        ([np.int64(1), np.int32(4)], (1, 4)),
+        (np.int64(2), (3, 4)),
+    ):
+        backbone = zoo.create_model("resnet18", features_only=True, out_indices=given)
+        assert backbone.out_indices == expected and all(type(i) is int for i in backbone.out_indices)
 
 
 def test_frozen_stages_get_no_gradient_and_stay_in_eval() -> None:

@@ -335,3 +335,8 @@ def test_a_backbones_feature_info_answers_timms_accessors() -> None:
     # as Hugging Face transformers' TimmBackbone reads them: each map's index, and every map of the model
     assert [d["index"] for d in ours.get_dicts()] == [d["index"] for d in theirs.get_dicts()] == [2, 3, 4]
     assert ours.info == theirs.info and ours.out_indices == tuple(theirs.out_indices)
+    # indexed, counted and iterated over the whole model's maps, as timm's: its pattern for the maps returned
+    assert len(ours) == len(theirs) == 5 and list(ours) == list(theirs) and ours[4] == theirs[4]
+    assert [ours[i] for i in ours.out_indices] == [theirs[i] for i in theirs.out_indices]
+    other = ours.from_other((1, 4))
+    assert other.channels() == theirs.from_other((1, 4)).channels() == [64, 512] and other.info == ours.info

@@ -9,6 +9,7 @@ load unchanged.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,25 +20,34 @@ from .errors import ConfigError, not_one_of
 from .layers import BATCH_NORMS, checkpointed
 
 
-class FeatureInfo(Sequence[dict[str, Any]]):
-    """One dict per feature map: ``num_chs``, ``reduction`` (stride), ``module`` name and ``index`` (its place among
-    the whole model's maps, as timm's entries carry it). Iterated, indexed and counted: the maps a backbone returns;
-    ``info`` and the accessors' ``idx``: the whole model's, as in timm."""
+def _as_index(value: Any) -> int | None:
+    """``value`` as an int when it is one (numpy's integers too, as timm takes them), else None; a bool is not."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
-    def __init__(
-        self, entries: Sequence[dict[str, Any]], out_indices: Sequence[int] | None = None,
-        whole: Sequence[dict[str, Any]] | None = None,
-    ) -> None:  # fmt: skip
-        # which maps of the whole model these are (timm's ``feature_info.out_indices`` of a backbone)
+
+class FeatureInfo(Sequence[dict[str, Any]]):
+    """One dict per feature map of the whole model: ``num_chs``, ``reduction`` (stride), ``module`` name and
+    ``index``, indexed, counted and iterated as timm's ``FeatureInfo`` is. ``out_indices``: the maps a backbone
+    returns, which the accessors (``channels()``, ``reduction()``, ``module_name()``, ``get``, ``get_dicts``) give
+    when called without ``idx``; with ``idx``, maps of the whole model."""
+
+    def __init__(self, entries: Sequence[dict[str, Any]], out_indices: Sequence[int] | None = None) -> None:
+        self._entries = tuple({**e, "index": i} for i, e in enumerate(entries))
         self.out_indices = tuple(range(len(entries)) if out_indices is None else out_indices)
-        self._entries = tuple({**e, "index": i} for e, i in zip(entries, self.out_indices, strict=True))
-        # every map of the model
-        self._whole = self._entries if whole is None else tuple({**e, "index": i} for i, e in enumerate(whole))
+
+    def from_other(self, out_indices: int | Sequence[int] | None) -> FeatureInfo:
+        """The same maps, another backbone's choice of them (timm's ``from_other``; checked as ``resolve``)."""
+        return FeatureInfo(self._entries, self.resolve(out_indices))
 
     @property
     def info(self) -> list[dict[str, Any]]:
-        """Every map of the whole model (timm's ``feature_info.info``)."""
-        return [dict(e) for e in self._whole]
+        """Every map of the model (timm's ``feature_info.info``)."""
+        return [dict(e) for e in self._entries]
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
         return self._entries[index]
@@ -49,9 +59,9 @@ class FeatureInfo(Sequence[dict[str, Any]]):
         return iter(self._entries)
 
     def __repr__(self) -> str:
-        return f"FeatureInfo({list(self._entries)})"
+        return f"FeatureInfo({list(self._entries)}, out_indices={self.out_indices})"
 
-    # timm's accessors: None, these maps; ``idx`` (an int or a list of them), maps of the whole model by index
+    # timm's accessors: None, the maps a backbone returns; ``idx`` (an int or a list of them), maps by index
     def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
         return self.get_dicts([key], idx)[key] if isinstance(idx, int) else [e[key] for e in self.get_dicts(idx=idx)]
 
@@ -60,8 +70,8 @@ class FeatureInfo(Sequence[dict[str, Any]]):
             return dict(entry) if keys is None else {k: entry[k] for k in keys}
 
         if isinstance(idx, int):
-            return pick(self._whole[idx])
-        return [pick(e) for e in (self._entries if idx is None else [self._whole[i] for i in idx])]
+            return pick(self._entries[idx])
+        return [pick(self._entries[i]) for i in (self.out_indices if idx is None else idx)]
 
     def channels(self, idx: int | Sequence[int] | None = None) -> Any:
         return self.get("num_chs", idx)
@@ -72,35 +82,45 @@ class FeatureInfo(Sequence[dict[str, Any]]):
     def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
         return self.get("module", idx)
 
-    def resolve(self, out_indices: int | Sequence[int] | None) -> tuple[int, ...]:
-        """Validate ``out_indices``: a list (negative counts from the end), an int n (the last n maps, as
-        timm's), or None (all maps). Returned in network order, the order the maps are computed and returned in
-        by every form of backbone (and by NetsPresso's), whatever order they were given in."""
+    def resolve(self, out_indices: Any) -> tuple[int, ...]:
+        """Validate ``out_indices``: a list of the model's maps (negative counts from the end; numpy's integers
+        too), an int n (the last n maps, as timm's), or None (all maps). Returned in network order, the order the
+        maps are computed and returned in by every form of backbone (and by NetsPresso's), whatever order they
+        were given in."""
         n = len(self)
         if out_indices is None:
             return tuple(range(n))
-        if isinstance(out_indices, int) and not isinstance(out_indices, bool):
-            if not 0 < out_indices <= n:
-                raise ConfigError("out_indices", f"{out_indices} (the last n maps) is out of range; this model has "
+        last_n = _as_index(out_indices)
+        if last_n is not None:
+            if not 0 < last_n <= n:
+                raise ConfigError("out_indices", f"{last_n} (the last n maps) is out of range; this model has "
                                   f"{n} feature maps, give 1..{n}")  # fmt: skip
-            return tuple(range(n - out_indices, n))
-        if not isinstance(out_indices, Sequence) or isinstance(out_indices, str) or not out_indices:
+            return tuple(range(n - last_n, n))
+        given = (
+            tuple(out_indices)
+            if hasattr(out_indices, "__iter__") and not isinstance(out_indices, str | bytes | dict)
+            else ()
+        )
+        if not given:
             raise ConfigError("out_indices", f"expected an int (the last n maps) or a non-empty list of ints, "
                               f"got {out_indices!r}")  # fmt: skip
         resolved = []
-        for i in out_indices:
-            if not isinstance(i, int) or isinstance(i, bool) or not -n <= i < n:
+        for value in given:
+            i = _as_index(value)
+            if i is None:
+                raise ConfigError("out_indices", f"{value!r} in {given!r} is not an integer")
+            if not -n <= i < n:
                 raise ConfigError(
                     "out_indices",
-                    f"{i!r} in {tuple(out_indices)!r} is out of range; this model has {n} feature maps, "
-                    f"0..{n - 1} (0 is the stem, reductions {self.reduction()})",
+                    f"{i} in {given!r} is out of range; this model has {n} feature maps, 0..{n - 1} (0 is the "
+                    f"stem, reductions {self.reduction(list(range(n)))}) or -{n}..-1 from the end",
                 )
             resolved.append(i % n)
         if len(set(resolved)) != len(resolved):
-            raise ConfigError("out_indices", f"{tuple(out_indices)!r} names a feature map twice")
+            raise ConfigError("out_indices", f"{given!r} names a feature map twice")
         return tuple(sorted(resolved))
 
-    def take_indices(self, indices: int | Sequence[int] | None) -> tuple[tuple[int, ...], int]:
+    def take_indices(self, indices: Any) -> tuple[tuple[int, ...], int]:
         """timm's ``feature_take_indices``: None -> every map, an int n -> the last n, a list -> those
         (negative from the end). Returns the indices and the largest of them."""
         try:
@@ -108,9 +128,6 @@ class FeatureInfo(Sequence[dict[str, Any]]):
         except ConfigError as e:
             raise ConfigError("indices", e.problem) from None
         return taken, max(taken)
-
-    def select(self, indices: Sequence[int]) -> FeatureInfo:
-        return FeatureInfo([self._entries[i] for i in indices], [self.out_indices[i] for i in indices], self._whole)
 
 
 def stem_and_stages(model: nn.Module, k: int) -> list[str]:
@@ -120,7 +137,7 @@ def stem_and_stages(model: nn.Module, k: int) -> list[str]:
     stages = len(model.feature_info) - 1  # entry 0 is the stem
     if k > stages:
         raise ConfigError("--freeze-stages", f"expected -1 (none) to {stages}, the model's stages; got {k}")
-    last = model.feature_info.module_name()[k]
+    last = model.feature_info[k]["module"]
     names = []
     for name, _ in model.named_children():
         names.append(name)
@@ -207,12 +224,12 @@ class FeatureExtractor(Backbone):
     ) -> None:
         super().__init__(model, frozen_stages, norm_eval)
         all_info: FeatureInfo = model.feature_info
-        self.out_indices = all_info.resolve(out_indices)
-        self.feature_info = all_info.select(self.out_indices)
+        self.feature_info = all_info.from_other(out_indices)
+        self.out_indices = self.feature_info.out_indices
         self.as_dict = as_dict
         self.grad_checkpointing = False
 
-        names = all_info.module_name()
+        names = [entry["module"] for entry in all_info]
         last = names[max(self.out_indices)]
         self._returns = {names[i]: pos for pos, i in enumerate(self.out_indices)}
         self._stages = set(names[1:])
@@ -248,9 +265,8 @@ class FeatureGetter(Backbone):
         norm_eval: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(model, frozen_stages, norm_eval)
-        all_info: FeatureInfo = model.feature_info
-        self.out_indices = model.prune_intermediate_layers(all_info.resolve(out_indices))
-        self.feature_info = all_info.select(self.out_indices)
+        self.out_indices = model.prune_intermediate_layers(model.feature_info.resolve(out_indices))
+        self.feature_info = model.feature_info.from_other(self.out_indices)
         self.model = model
         self._freeze(model, set(dict(model.named_children())), prefix="model.")
         self.train(model.training)

@@ -176,6 +176,7 @@ BAD = [
     ("head/params/num_layers", 2, r"head\.params\.num_layers: the zoo's head is one linear layer; got 2"),
     ("backbone/params/groups", 32, r"backbone\.params\.groups: groups=32, width_per_group=64 need block='bottleneck'"),
     ("backbone/params/return_stage_idx", [4], r"params\.return_stage_idx: expected a list of stage indices in 0..3, got \[4\]"),
+    ("backbone/params/return_stage_idx", [1, 1], r"params\.return_stage_idx: \[1, 1\] names a stage twice"),
 ]  # fmt: skip
 
 
@@ -205,6 +206,23 @@ def test_missing_key_and_bad_yaml(tmp_path: Path) -> None:
     broken.write_text("model: {architecture: [")
     with pytest.raises(zoo.ConfigError, match="not valid YAML"):
         zoo.create_model(str(broken))
+    doubled = tmp_path / "doubled.yaml"  # PyYAML would keep the last silently; NetsPresso (OmegaConf) refuses it
+    doubled.write_text(
+        RESNET18.replace("      params:\n", "      params: {block_type: basicblock}\n      params:\n", 1)
+    )
+    with pytest.raises(zoo.ConfigError, match=r"doubled\.yaml: not valid YAML: found duplicate key 'params'"):
+        zoo.create_model(str(doubled))
+    both = _mutated("backbone/params/zero_init_residual", False)  # torchvision's name beside the zoo's
+    both["model"]["architecture"]["backbone"]["params"]["zero_init_last"] = True
+    with pytest.warns(FutureWarning), pytest.raises(zoo.ConfigError, match=r"zero_init_residual: given together with"):
+        zoo.create_model_from_config(both)
+    stages = _mutated("backbone/stage_params/3/replace_stride_with_dilation", True)["model"]["architecture"]
+    for stage in stages["backbone"]["stage_params"][1:3]:  # pooling where it strides, dilation after: not buildable
+        stage["replace_stride_with_pooling"] = True
+    with pytest.raises(
+        zoo.ConfigError, match=r"stage_params\[3\]\.replace_stride_with_pooling: false in a dilated stage"
+    ):
+        zoo.create_model_from_config({"model": {"architecture": stages}})
     for doc, message in (({1: 2}, r"^model: missing"), ({"model": {1: "x", "foo": "y"}}, r"^model\.1: unknown key")):
         with pytest.raises(zoo.ConfigError, match=message):  # YAML keys that are numbers: named, no TypeError
             zoo.create_model_from_config(doc)

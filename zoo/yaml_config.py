@@ -29,7 +29,8 @@ from .errors import ConfigError, check_bool, check_choice, check_int, check_rate
 BLOCK_TYPES = {"basicblock": "basic", "bottleneck": "bottleneck"}
 STEMS = ("imagenet", "cifar")
 # Older documents' names -> the current ones (they still build, with a FutureWarning).
-RENAMED = {"block": "block_type", "norm_layer": "norm_type", "plane": "channels", "layers": "num_blocks"}
+RENAMED = {"block": "block_type", "norm_layer": "norm_type", "plane": "channels", "layers": "num_blocks",
+           "zero_init_residual": "zero_init_last"}  # fmt: skip
 
 ROOT = "model.architecture.backbone"
 PARAMS = {
@@ -38,7 +39,7 @@ PARAMS = {
     "stem", "stem_width", "shortcut", "in_chans", "num_classes", "output_stride", "drop_path_rate", "groups",
     "width_per_group", "act_layer", "zero_init_last", "global_pool",
     # older documents' options
-    "zero_init_residual", "expansion",
+    "expansion",
 }  # fmt: skip
 STAGE = {"channels", "num_blocks", "replace_stride_with_dilation", "replace_stride_with_pooling"}
 HEAD_PARAMS = {"num_classes", "num_layers", "intermediate_channels", "act_type", "dropout_prob"}
@@ -183,9 +184,8 @@ def parse(document: Any) -> Document:
             fields[key] = _choice(at(f".{key}"), p[key], allowed)
     if "drop_path_rate" in p:
         fields["drop_path_rate"] = check_rate(at(".drop_path_rate"), p["drop_path_rate"])
-    for key in ("zero_init_last", "zero_init_residual"):
-        if key in p:
-            fields["zero_init_last"] = _bool(at(f".{key}"), p[key])
+    if "zero_init_last" in p:
+        fields["zero_init_last"] = _bool(at(".zero_init_last"), p["zero_init_last"])
     if p.get("expansion") is not None:
         want = 4 if fields["block"] == "bottleneck" else 1
         if p["expansion"] != want:
@@ -194,7 +194,7 @@ def parse(document: Any) -> Document:
     layers, channels, dilate, pool = _stages(backbone.get("stage_params"))
     fields.update(layers=tuple(layers), channels=tuple(channels))
     fields["output_stride"] = _output_stride(dilate, stem, p.get("output_stride"))
-    fields["shortcut"] = _shortcut(pool, p.get("shortcut"))
+    fields["shortcut"] = _shortcut(pool, dilate, p.get("shortcut"))
 
     head_params: dict[str, Any] = {}
     head_problem = None
@@ -277,6 +277,8 @@ def _out_indices(field: str, idx: Any, stages: int) -> tuple[int, ...] | None:
         or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < stages for i in idx)
     ):
         raise ConfigError(field, f"expected a list of stage indices in 0..{stages - 1}, got {idx!r}")
+    if len(set(idx)) != len(idx):
+        raise ConfigError(field, f"{idx!r} names a stage twice")
     return tuple(i + 1 for i in idx)
 
 
@@ -307,12 +309,19 @@ def _output_stride(dilate: list[bool], stem: str, given: Any) -> int:
     return natural
 
 
-def _shortcut(pool: list[bool], given: Any) -> str:
+def _shortcut(pool: list[bool], dilate: list[bool], given: Any) -> str:
     """Per-stage ``replace_stride_with_pooling`` as the shortcut kind it amounts to."""
     flags = pool[1:]
     if pool[:1] == [True]:
         raise ConfigError(
             f"{ROOT}.stage_params[0].replace_stride_with_pooling", "the first stage has no stride to replace"
+        )
+    if any(flags) and not all(flags) and any(dilate):  # pooling where it strides, none where it dilates
+        raise ConfigError(
+            f"{ROOT}.stage_params[{dilate.index(True)}].replace_stride_with_pooling",
+            "false in a dilated stage, true in strided ones: the zoo's pooling shortcut is one kind for every "
+            "stage and pools 2x2 in a dilated one (as timm), NetsPresso Trainer not at all there; neither way "
+            "is the same network",
         )
     if any(flags) and not all(flags):
         first = flags.index(not flags[0]) + 1
@@ -350,6 +359,19 @@ def _head(head: Any) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of a key given twice in one mapping, silently; NetsPresso (OmegaConf) refuses it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Document:
     """Parse a YAML file (or an already-loaded mapping) into its :class:`Document`."""
     if isinstance(path_or_mapping, Mapping):
@@ -358,7 +380,7 @@ def load(path_or_mapping: str | os.PathLike[str] | Mapping[str, Any]) -> Documen
     if not path.is_file():
         raise ConfigError(str(path), "no such config file")
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as e:
         raise ConfigError(str(path), f"not valid YAML: {e}") from e
     return parse(document)

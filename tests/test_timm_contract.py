@@ -306,6 +306,8 @@ def test_create_model_takes_timms_own_keyword_conventions() -> None:
     assert zoo.create_model("resnet50", pretrained_cfg={"crop_pct": 1.0}).pretrained_cfg["crop_pct"] == 1.0
     with pytest.raises(zoo.ConfigError, match=r"pretrained_cfg: expected a tag name or a mapping, got int"):
         zoo.create_model("resnet50", pretrained_cfg=3)
+    with pytest.raises(zoo.ConfigError, match=r"scriptable: True: torch\.jit\.script cannot compile the zoo's models"):
+        zoo.create_model("resnet18", scriptable=True, exportable=True, no_jit=True)
 
 
 def test_an_architecture_filter_excludes_its_tags_as_timms_does() -> None:

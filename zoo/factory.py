@@ -215,8 +215,11 @@ def create_model(model_name: str, pretrained: bool = False, **options: Any) -> n
 
 def _timm_options(options: dict[str, Any]) -> dict[str, Any]:
     """timm.create_model's conventions: an option given as None keeps its default (timm's train.py passes
-    ``drop_path_rate=None``...), and ``scriptable``, ``exportable`` and ``no_jit`` are accepted (the zoo's
-    layers are scriptable and exportable, with no JIT-only parts)."""
+    ``drop_path_rate=None``...), and ``exportable`` and ``no_jit`` are accepted (the zoo's layers export, with
+    no JIT-only parts). ``scriptable=True`` is refused: ``torch.jit.script`` (deprecated) cannot compile them."""
+    if options.get("scriptable"):
+        raise ConfigError("scriptable", "True: torch.jit.script cannot compile the zoo's models (TorchScript is "
+                          "deprecated in this torch); torch.jit.trace, torch.export and zoo.export can")  # fmt: skip
     return {k: v for k, v in options.items() if v is not None and k not in ("scriptable", "exportable", "no_jit")}
 
 

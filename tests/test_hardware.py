@@ -143,7 +143,9 @@ def test_explicit_precisions_are_checked_and_slow_bf16_is_named(simulate) -> Non
 
 
 @pytest.mark.parametrize(("flags", "fast"), [(ZEN3, "fp32"), (ZEN4, "bf16")])
-def test_every_entry_point_defaults_to_auto(simulate, flags: str, fast: str, tmp_path: Path) -> None:
+def test_every_entry_point_defaults_to_auto(
+    simulate, flags: str, fast: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     simulate(flags)
     model = zoo.create_model("resnet20").eval()
     optimized = zoo.optimize_for_inference(model, compile=False)
@@ -153,6 +155,11 @@ def test_every_entry_point_defaults_to_auto(simulate, flags: str, fast: str, tmp
     assert deploy.check_options("onnx", "auto", tmp_path / "m.onnx", 2, True, CPU) == "fp32"  # ONNX files are fp32
     assert runner_precision("torch", "auto", CPU) == runner_precision("fast", "auto", CPU) == fast
     assert runner_precision("onnxruntime", "auto", CPU) == "fp32"
+    monkeypatch.setattr("zoo.backends.missing_modules", lambda backend: ["onnxscript"])  # stops it before an export
+    with pytest.raises(
+        zoo.MissingExtraError, match="backend 'onnxruntime' needs onnxscript"
+    ):  # not "runs fp32, not bf16"
+        zoo.optimize_for_inference(model, backend="onnxruntime")
     with pytest.raises(zoo.ConfigError, match=r"--precision: 'bf16': --runtime openvino runs an fp32 ONNX file"):
         runner_precision("openvino", "bf16", CPU)
     assert TrainConfig().precision == ValidateConfig(model=("resnet20",)).precision == "auto"

@@ -242,6 +242,7 @@ BAD = [
     (dict(layers=(2, 0, 2, 2)), r"layers\[1\]: expected a positive integer, got 0"),
     (dict(channels=(64, 128)), r"channels: has 2 entries but layers has 4"),
     (dict(groups=32), r"groups: groups=32, width_per_group=64 need block='bottleneck'"),
+    (dict(width_per_group=128), r"^width_per_group: groups=1, width_per_group=128 need block='bottleneck'"),
 ]
 
 

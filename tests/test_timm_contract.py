@@ -222,8 +222,14 @@ def test_the_registry_answers_timms_calls() -> None:
         expected = [n for n in expected if "." not in n or n in set(list_pretrained())]  # and more tags
         assert common == expected, kwargs
     assert zoo.list_models(module="resnet") == zoo.list_models() and zoo.list_models(module="vit") == []
-    for name, key in (("resnet50", "input_size"), ("resnet50.tv2_in1k", "test_input_size"), ("resnet18", "nothing")):
-        assert zoo.get_pretrained_cfg_value(name, key) == timm.models.get_pretrained_cfg_value(name, key)
+    for name, key in (("resnet50", "input_size"), ("resnet50.tv2_in1k", "test_input_size"), ("resnet18", "nothing"),
+                      ("resnet50d", "first_conv"), ("resnet50", "classifier"), ("resnet50.tv_in1k", "tag")):  # fmt: skip
+        assert zoo.get_pretrained_cfg_value(name, key) == timm.models.get_pretrained_cfg_value(name, key), (name, key)
+    # as the model built with those weights carries them: the label names themselves, not the label set's name
+    assert (
+        zoo.get_pretrained_cfg_value("resnet50", "label_names")
+        == zoo.create_model("resnet50").pretrained_cfg["label_names"]
+    )
     for name in ("resnet50", "resnet50.tv_in1k", "resnet5O", "resnet20"):
         assert zoo.is_model(name) == (timm.is_model(name) or name == "resnet20")
 
@@ -241,6 +247,25 @@ def test_a_folder_saved_by_timm_loads_in_the_zoo_with_its_outputs(tmp_path: Path
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x))
     assert model.pretrained_cfg["weights"] == f"local-dir:{tmp_path / 'folder'}" and model.num_classes == 5
+
+
+def test_a_folder_in_older_timms_single_dict_layout_keeps_its_preprocessing_and_labels(tmp_path: Path) -> None:
+    """Older save_for_hf wrote one flat config.json (no pretrained_cfg); timm still splits it when it loads one."""
+    reference = live(timm.create_model("resnet18", num_classes=3)).eval()
+    timm.models.save_for_hf(reference, str(tmp_path / "folder"), safe_serialization=True)
+    flat = {"architecture": "resnet18", "num_classes": 3, "num_features": 512, "input_size": [3, 160, 160],
+            "interpolation": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 1.0,
+            "labels": ["ant", "bee", "cat"]}  # fmt: skip
+    (tmp_path / "folder" / "config.json").write_text(json.dumps(flat))
+    model = zoo.create_model(f"local-dir:{tmp_path / 'folder'}", pretrained=True)
+    cfg = model.pretrained_cfg
+    assert (cfg["input_size"], cfg["mean"], cfg["crop_pct"], cfg["interpolation"]) == (
+        (3, 160, 160),
+        (0.5,) * 3,
+        1.0,
+        "bicubic",
+    )
+    assert cfg["label_names"] == ("ant", "bee", "cat") and model.num_classes == 3
 
 
 def test_a_hub_repo_with_only_a_pickle_loads_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,6 +331,14 @@ def test_create_model_takes_timms_own_keyword_conventions() -> None:
     assert zoo.create_model("resnet50", pretrained_cfg={"crop_pct": 1.0}).pretrained_cfg["crop_pct"] == 1.0
     with pytest.raises(zoo.ConfigError, match=r"pretrained_cfg: expected a tag name or a mapping, got int"):
         zoo.create_model("resnet50", pretrained_cfg=3)
+    # a whole record, as timm hands it out or as a model carries it: its derived entries change nothing
+    tv = zoo.create_model("resnet50", pretrained_cfg=timm.models.get_pretrained_cfg("resnet50.tv_in1k"))
+    assert tv.pretrained_cfg == zoo.create_model("resnet50.tv_in1k").pretrained_cfg
+    again = zoo.create_model("resnet50", pretrained_cfg=zoo.create_model("resnet50.tv2_in1k").pretrained_cfg)
+    assert again.pretrained_cfg == zoo.create_model("resnet50.tv2_in1k").pretrained_cfg
+    theirs_only = timm.models.get_pretrained_cfg("resnet50.fb_ssl_yfcc100m_ft_in1k")  # a tag the zoo lacks: its repo
+    record = zoo.create_model("resnet50", pretrained_cfg=theirs_only).pretrained_cfg
+    assert "test_input_size" not in record and record["crop_pct"] == theirs_only.crop_pct  # not resnet50.a1_in1k's
     with pytest.raises(zoo.ConfigError, match=r"scriptable: True: torch\.jit\.script cannot compile the zoo's models"):
         zoo.create_model("resnet18", scriptable=True, exportable=True, no_jit=True)
 

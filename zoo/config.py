@@ -166,7 +166,7 @@ def _validate(cfg: ResNetConfig) -> None:
                 )
     if cfg.block == "basic" and (cfg.groups, cfg.width_per_group) != (1, 64):
         raise ConfigError(
-            "groups",
+            "groups" if cfg.groups != 1 else "width_per_group",  # the one given
             f"groups={cfg.groups}, width_per_group={cfg.width_per_group} need block='bottleneck'; "
             "a basic block has no inner width (widen it through channels)",
         )

@@ -6,7 +6,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from .errors import ConfigError, StateDictError, UnknownModelError, WeightsNotFo
 from .features import make_backbone
 from .io import load_state_dict, read_json, verify
 from .layouts import to_zoo
-from .registry import get_entry, get_weights, is_model, split_name
+from .registry import get_entry, get_weights, is_model, list_pretrained, split_name
 from .resnet import ResNet
 from .weights import DATA_CONFIG_KEYS, Weights, fit_state_dict
 
@@ -89,6 +89,11 @@ def _folder_config(config: Any, path: Path) -> dict[str, Any]:
     """A Hub folder's config.json as a dict, or a ConfigError naming the file and what is wrong."""
     if not isinstance(config, dict):
         raise ConfigError(str(path), f"expected a JSON object, got a {type(config).__name__}")
+    if "pretrained_cfg" not in config and "zoo_config" not in config and "architecture" in config:
+        # older timm's save_for_hf: one flat dict, its data config at the top level (split as timm splits it)
+        flat = {("label_names" if k == "labels" else k): v for k, v in config.items() if k != "num_features"}
+        config = {"architecture": flat.pop("architecture"), "pretrained_cfg": flat,
+                  **{k: flat[k] for k in ("num_classes", "label_names") if k in flat}}  # fmt: skip
     for key, kind in (("pretrained_cfg", dict), ("zoo_config", dict), ("architecture", str), ("model_args", dict)):
         if config.get(key) is not None and not isinstance(config[key], kind):
             raise ConfigError(f"{path}: {key}", f"expected a JSON {'object' if kind is dict else 'string'}")
@@ -191,6 +196,14 @@ def weights_file(model_name: str, *, cache_dir: str | os.PathLike[str] | None = 
     return _weights_file(resolve(model_name, cache_dir=cache_dir), checkpoint_path=None, cache_dir=cache_dir)
 
 
+# Entries of a whole pretrained_cfg (timm's ``PretrainedCfg.to_dict()``, or a model's own) that the model derives
+# from its architecture, or that say nothing of the weights: given back, they change nothing.
+DERIVED_CFG_KEYS = frozenset({"architecture", "classifier", "first_conv", "pool_size", "custom_load",
+                              "fixed_input_size", "url", "paper_ids", "paper_name", "notes", "tag"})  # fmt: skip
+_CFG_RENAMED = {"hf_hub_filename": "filename"}
+WEIGHTS_DEFAULTS = {f.name: f.default for f in fields(Weights) if f.default is not MISSING and f.name != "bundled"}
+
+
 def create_model(model_name: str, pretrained: bool = False, **options: Any) -> nn.Module:
     """Build a model by name, optionally with pretrained weights.
 
@@ -202,14 +215,21 @@ def create_model(model_name: str, pretrained: bool = False, **options: Any) -> n
             and architecture options (``num_classes``, ``in_chans``, ``norm_layer``, ...).
     """
     options = _timm_options(options)
-    tag = options.pop("pretrained_cfg", None)
-    if isinstance(tag, str):  # timm's pretrained_cfg="tag": the weights of that tag
-        model_name = f"{split_name(model_name)[0]}.{tag}" if isinstance(model_name, str) else model_name
-    elif tag is not None:  # a dict (or timm's PretrainedCfg): read as an overlay of the weights' record
-        tag = tag.to_dict() if hasattr(tag, "to_dict") else tag
-        if not isinstance(tag, Mapping):
-            raise ConfigError("pretrained_cfg", f"expected a tag name or a mapping, got {type(tag).__name__}")
-        options["pretrained_cfg_overlay"] = {**tag, **(options.get("pretrained_cfg_overlay") or {})}
+    cfg = options.pop("pretrained_cfg", None)
+    if cfg is not None and not isinstance(cfg, str):  # a dict, timm's PretrainedCfg or a model's own
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+        if not isinstance(cfg, Mapping):
+            raise ConfigError("pretrained_cfg", f"expected a tag name or a mapping, got {type(cfg).__name__}")
+        record = {_CFG_RENAMED.get(k, k): v for k, v in cfg.items() if k not in DERIVED_CFG_KEYS}
+        # by its tag: the zoo's record of that tag (its pin, its name), or when it names no repo of its own
+        arch = split_name(model_name)[0] if isinstance(model_name, str) else None
+        known = arch is not None and f"{arch}.{cfg.get('tag')}" in list_pretrained(arch)
+        if "hf_hub_id" in record and not known:  # weights the zoo has no record of: this one replaces it, as timm's
+            record = {**WEIGHTS_DEFAULTS, **record}  # entries left out are the defaults, not another tag's
+        options["pretrained_cfg_overlay"] = {**record, **(options.get("pretrained_cfg_overlay") or {})}
+        cfg = cfg.get("tag") if known or "hf_hub_id" not in record else None
+    if cfg and isinstance(model_name, str):  # timm's pretrained_cfg="tag": the weights of that tag
+        model_name = f"{split_name(model_name)[0]}.{cfg}"
     return build(resolve(model_name, cache_dir=options.get("cache_dir")), pretrained, **options)
 
 

@@ -159,7 +159,8 @@ def optimize_for_inference(
 
     ``dtype`` "auto" (the default) is the device's fastest native precision: bf16 on CPUs with
     AVX-512 BF16 or AMX and on Ampere+ GPUs, fp16 on Volta and Turing GPUs, else fp32
-    (``zoo.hardware.resolve_precision``); the result's ``precision`` says which.
+    (``zoo.hardware.resolve_precision``); fp32 with ``backend="onnxruntime"``, whose CPU provider computes
+    nothing else; the result's ``precision`` says which.
 
     ``backend``: "inductor" folds every batch norm into its conv, converts to channels_last, casts
     the weights to ``dtype`` and with ``compile`` compiles with inductor and weight freezing;
@@ -174,6 +175,8 @@ def optimize_for_inference(
 
     device = next(model.parameters()).device
     precision = resolve_precision(dtype, device, flag="dtype")
+    if dtype == "auto" and precision not in backends.RUNTIME_PRECISIONS.get(backend, (precision,)):
+        precision = "fp32"  # auto on a runtime: what it computes in (ONNX Runtime's CPU provider: fp32 only)
     backends.check_backend(backend, precision, device)
     log.info("optimize_for_inference: %s on %s", precision, device)
     if device.type == "cpu":

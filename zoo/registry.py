@@ -155,12 +155,14 @@ def list_models(
 
 
 def get_pretrained_cfg_value(model_name: str, cfg_key: str) -> Any:
-    """One field of the weights ``model_name`` names (an arch: its default weights), or None when they have no
-    such field, as timm's: ``get_pretrained_cfg_value("resnet50", "input_size")`` -> ``(3, 224, 224)``."""
-    from dataclasses import asdict
+    """One field of the ``pretrained_cfg`` of the weights ``model_name`` names (an arch: its default weights), as
+    the model built with them carries it, or None when it has no such field, as timm's:
+    ``get_pretrained_cfg_value("resnet50", "input_size")`` -> ``(3, 224, 224)``."""
+    from .data import default_pretrained_cfg
 
-    spec = get_weights(model_name)[1]
-    return asdict(spec).get(cfg_key) if hasattr(spec, "__dataclass_fields__") else getattr(spec, cfg_key, None)
+    full, spec = get_weights(model_name)
+    arch, tag = split_name(full)
+    return spec.pretrained_cfg(default_pretrained_cfg(get_entry(arch).config), tag=tag).get(cfg_key)
 
 
 def expand_models(patterns: Iterable[str], flag: str = "models") -> list[str]:

@@ -433,12 +433,31 @@ def test_archive_input_and_validate(shapes: Path, tmp_path: Path, capsys) -> Non
     assert validate_main(["--model", "resnet20", "--checkpoint", str(out / "best"), "--dataset", "imagefolder",
                           "--root", str(archive), "--val-split", "0.25", "--split-seed", "1", "--cache-dir",
                           str(tmp_path / "cache")]) == 2  # fmt: skip
-    assert "--split-seed: " in capsys.readouterr().err  # another seed's val split holds images the run trained on
+    err = capsys.readouterr().err  # another seed's val split holds images the run trained on: the run's are named
+    assert "--split-seed: " in err and "Give the run's: --val-split 0.25 --split-seed 0" in err, err
+    # data with a val/ folder of its own: --val-split and --split-seed carve nothing, so no split is refused
+    shutil.copytree(shapes / "train", tmp_path / "own-val" / "train")
+    shutil.copytree(shapes / "train" / "circle", tmp_path / "own-val" / "val" / "circle")
+    for shape in ("square", "triangle"):
+        (tmp_path / "own-val" / "val" / shape).mkdir()
+        shutil.copy(shapes / "train" / shape / "000.png", tmp_path / "own-val" / "val" / shape)
+    run_args = json.loads((out / "args.json").read_text())
+    (out / "args.json").write_text(json.dumps({**run_args, "root": str(tmp_path / "own-val")}))
+    assert validate_main(["--model", "resnet20", "--checkpoint", str(out / "best"), "--dataset", "imagefolder",
+                          "--root", str(tmp_path / "own-val"), "--val-split", "0.5", "--cache-dir",
+                          str(tmp_path / "cache")]) == 0, capsys.readouterr().err  # fmt: skip
+    (out / "args.json").write_text(json.dumps(run_args))
     assert result["images"] in (59, 60)  # 25% of each class; the unreadable file may fall in either split
     assert result["images"] + result["skipped_images"] == 60  # scored, and left out unreadable: the split's files
     int8 = result["int8"]  # calibrated on all (<= 512) training images, scored on the same val images
     assert int8["calibration_images"] in (180, 181) and int8["top1"] == pytest.approx(result["top1"], abs=10)
     assert int8["calibration_split"] == "train"
+    # another size: scored from the files, and calibrated from them too (not from the decoded images)
+    resized = ["--image-size", "36", "--calibration-images", "16", "--output", str(tmp_path / "36.json")]
+    assert validate_main(["--model", "resnet20", "--checkpoint", str(out / "best"), "--dataset", "imagefolder",
+                          "--root", str(archive), "--val-split", "0.25", "--cache-dir", str(tmp_path / "cache"),
+                          "--int8", *resized]) == 0, capsys.readouterr().err  # fmt: skip
+    assert json.loads((tmp_path / "36.json").read_text())["int8"]["calibration_images"] == 16
 
     # Flip TTA scored by `zoo validate`, then carried into the model card by push_to_hub --eval.
     tta_report = tmp_path / "val-tta.json"

@@ -56,6 +56,7 @@ class Dataset:
     test: Split | None  # a held-out test split, reported at the end, never used to choose
     classes: list[str]
     in_memory: bool
+    val_carved: bool = True  # val is a seeded share of the training images (--val-split, --split-seed), not its own
 
     @property
     def num_classes(self) -> int:
@@ -164,7 +165,7 @@ def _load_image_folder(
     if in_memory:
         train = _decode_cached(train, cache_dir)
         val = _decode_cached(val, cache_dir, size=(train.images.shape[3], train.images.shape[2]))  # training's size
-    return Dataset(train, val, None, classes, in_memory)
+    return Dataset(train, val, None, classes, in_memory, val_carved=not (root / "val").is_dir())
 
 
 def _small_images(sample: Sequence[str]) -> bool:

@@ -96,8 +96,6 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         model = create_model(args.model[0], pretrained=pretrained, checkpoint_path=checkpoint)
     else:
         model = _ensemble(args.model, args.pretrained)
-    if checkpoint is not None:
-        _check_run_split(checkpoint, args)
     procs = Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     precision = resolve_precision(args.precision, procs.device, flag="--precision")
     model.to(procs.device)
@@ -106,6 +104,8 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
         download=args.download, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
     )  # fmt: skip
     data = load()
+    if checkpoint is not None and data.val_carved:
+        _check_run_split(checkpoint, args)
     split = getattr(data, args.split)
     if split is None:
         raise ConfigError("--split", f"{args.dataset} at {args.root!r} has no {args.split} split")
@@ -119,7 +119,8 @@ def validate(args: ValidateConfig) -> dict[str, Any]:
     )  # fmt: skip
     config = resolve_data_config(model, use_test_size=True, **overrides)
     if split.images is not None and not _as_decoded(split, config) and args.dataset == "imagefolder":
-        split = getattr(load(in_memory=False), args.split)  # another size or crop: from the files, transformed
+        data = load(in_memory=False)  # another size or crop: from the files, transformed (int8's calibration too)
+        split = getattr(data, args.split)
     batches = _eval_batches(split, config, args)
     start = time.perf_counter()
     metrics = evaluate(model, batches, procs, precision, tta=args.tta)
@@ -170,7 +171,7 @@ def _check_run_split(checkpoint: Path, args: ValidateConfig) -> None:
             "--split-seed" if theirs[0] == args.val_split else "--val-split",
             f"{str(checkpoint)!r} was trained on the rest of --val-split {theirs[0]} --split-seed {theirs[1]}; "
             f"the val split of --val-split {args.val_split} --split-seed {args.split_seed} holds images it trained "
-            "on. Give the run's",
+            f"on. Give the run's: --val-split {theirs[0]} --split-seed {theirs[1]}",
         )
 
 

@@ -181,9 +181,18 @@ def test_the_time_budget_keeps_time_for_the_final_scoring_before_any_epoch_is_sc
 
     monkeypatch.setattr(engine, "_validate", lambda *a: (events.append(("validate", None)), validate(*a))[1])
     monkeypatch.setattr(engine, "Budget", Recorded)
-    train(parse(args_for(shapes, tmp_path / "run", "--epochs", "3", "--eval-every", "3", "--time-budget", "10")))
+    run = ["--epochs", "3", "--eval-every", "3", "--time-budget", "10", "--keep-checkpoints", "3"]
+    train(parse(args_for(shapes, tmp_path / "run", *run)))
     assert events[0][0] == "reserve" and events[0][1] > 0, events  # estimated after epoch 1, before epoch 3 scored
     assert [e for e, _ in events].count("validate") == 1
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "epoch-0002" / "state.pt", weights_only=False)
+    events.clear()  # a resumed run keeps that time from its first epoch on, not from after it
+    train(
+        parse(
+            args_for(shapes, tmp_path / "run", *run, "--resume", str(tmp_path / "run" / "checkpoints" / "epoch-0002"))
+        )
+    )
+    assert events[0] == ("reserve", saved["budget_reserve"]) and saved["budget_reserve"] > 0, events
 
 
 def test_a_test_split_is_scored_once_with_time_kept_for_it_in_the_budget(

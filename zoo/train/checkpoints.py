@@ -209,6 +209,7 @@ def training_state(step: Step, epoch: int, best: dict | None, args: TrainConfig,
         "best": best,
         "layout": layout,
         "elapsed_s": elapsed_s,
+        "budget_reserve": step.budget.reserve,  # kept for the final scoring: a resumed run's first epochs need it too
         "model": step.raw.state_dict() if step.ema is not None else None,  # EMA runs save the EMA as the model
         "optimizer": step.optimizer.state_dict(),
         "schedule": step.schedule.state_dict(),
@@ -257,6 +258,7 @@ def resume(ckpt: Path, step: Step, layout: dict[str, int], classes: list[str], c
     if step.scaler is not None and state["scaler"] is not None:
         step.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
+    step.budget.reserve = state.get("budget_reserve", 0.0)
     best = state["best"]
     folder = state["best_folder"] if "best_folder" in state else _named_best(ckpt, int(state["epoch"]), best)
     if not checkpoints.restore_best(ckpt, folder, write=main) and best is not None:

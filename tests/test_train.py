@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -389,13 +390,46 @@ def test_a_failed_start_leaves_the_output_as_it_was_and_resume_stays_in_its_run(
         train(parse(args_for(shapes, tmp_path / "a", "--epochs", "1", "--resume", "--weight-decay", "0.1")))
 
 
-@pytest.mark.parametrize("extra", [(), ("--no-in-memory", "--workers", "0")], ids=["in-memory", "streamed"])
+def test_ranks_score_and_test_one_model_without_sync_bn(tmp_path: Path) -> None:
+    """Without SyncBatchNorm each rank's running statistics are its own batches': validation averages them (as
+    timm's distribute_bn), and the test split takes rank 0's best weights, which only rank 0 may be able to read."""
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        textwrap.dedent("""\
+        import torch
+        import torch.distributed as dist
+        from zoo.train.processes import Processes
+
+        procs = Processes.start("cpu")
+        bn = torch.nn.BatchNorm2d(2)
+        bn.running_mean.fill_(float(procs.rank))  # 0 and 1
+        bn.num_batches_tracked.fill_(5)
+        procs.average_buffers(bn)
+        assert bn.running_mean.eq(0.5).all() and bn.num_batches_tracked.item() == 5, bn.running_mean
+        if procs.main:
+            torch.nn.init.constant_(bn.weight, 7.0)
+        procs.broadcast_state(bn)
+        assert bn.weight.eq(7.0).all() and bn.running_mean.eq(0.5).all()
+        print("rank", procs.rank, "ok")
+        procs.stop()
+    """)
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout.count(" ok") == 2, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "extra", [("--sync-bn",), ("--no-in-memory", "--workers", "0")], ids=["in-memory-sync-bn", "streamed"]
+)
 def test_torchrun_two_processes(shapes: Path, tmp_path: Path, extra: tuple[str, ...]) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "tools/train.py", *args_for(shapes, out, "--epochs", "1", "--sync-bn", "--time-budget", "60", *extra)],
+         "tools/train.py", *args_for(shapes, out, "--epochs", "1", "--time-budget", "60", *extra)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -409,6 +443,12 @@ def test_torchrun_two_processes(shapes: Path, tmp_path: Path, extra: tuple[str, 
     assert row["steps"] == 5  # the ranks kept one schedule under a (generous) time budget: 90 images each / 16
     command = (out / "command.txt").read_text()
     assert command.startswith("torchrun --nproc_per_node=2 tools/train.py --dataset imagefolder"), command
+    # the val score is the saved model's, on one process too (without --sync-bn: the ranks' statistics averaged)
+    report = tmp_path / "val.json"
+    assert validate_main(["--model", "resnet20", "--checkpoint", str(out / "best"), "--dataset", "imagefolder",
+                          "--root", str(shapes), "--val-split", "0.25", "--cache-dir", str(tmp_path / "cache"),
+                          "--workers", "0", "--output", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["top1"] == pytest.approx(summary["best"]["val_acc1"], abs=0.001)
 
 
 def test_a_truncated_or_damaged_archive_is_named(shapes: Path, tmp_path: Path, capsys) -> None:

@@ -247,6 +247,9 @@ def _build_step(args: TrainConfig, procs: Processes, model: nn.Module, frozen: l
 
 def _validate(step: Step, model: nn.Module, batches: Any, procs: Processes, precision: str) -> dict[str, float]:
     """The epoch's validation columns: the model's and, with an EMA, the EMA's."""
+    for scored in (model, step.ema.module if step.ema is not None else None):
+        if scored is not None:
+            procs.average_buffers(scored)
     val = evaluate(model, batches, procs, precision)
     row = {"val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"]}
     if step.ema is not None:
@@ -366,9 +369,13 @@ def _summary(args: TrainConfig, procs: Processes, output: Path, data: Dataset, b
         summary["time_budget_min"] = args.time_budget
     if metrics is not None and metrics.rows:
         summary.update(final=metrics.rows[-1], wall_time_s=metrics.rows[-1]["elapsed_s"])
-    if data.test is not None and checkpoints.best is not None and best is not None:
-        # The test split is looked at once, with the weights the validation split chose.
-        eval_model.load_state_dict(load_file(checkpoints.best / "model.safetensors"))
+    # rank 0 wrote the best checkpoint, so it decides (the others' view of --output may be another node's, or stale)
+    kept = procs.broadcast(torch.tensor([int(procs.main and checkpoints.best is not None)]))
+    if data.test is not None and best is not None and kept.item():
+        # The test split is looked at once, with the weights the validation split chose, rank 0's on every rank
+        if procs.main:
+            eval_model.load_state_dict(load_file(checkpoints.best / "model.safetensors"))
+        procs.broadcast_state(eval_model)
         test_batches = _batches(args, data.test, False, eval_model, *mean_std, procs)
         summary["test"] = evaluate(eval_model, test_batches, procs, args.precision)
     if procs.main:

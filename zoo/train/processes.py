@@ -86,6 +86,22 @@ class Processes:
             dist.broadcast(t, src=0)
         return t
 
+    def average_buffers(self, module: torch.nn.Module) -> None:
+        """Make ``module``'s float buffers (batch norms' running statistics) their mean over the ranks, as timm's
+        ``distribute_bn``: without SyncBatchNorm each rank's hold its own batches' statistics, so the ranks would
+        score different models and rank 0 save yet another."""
+        if self.grouped:
+            for buffer in module.buffers():
+                if buffer.is_floating_point():
+                    dist.all_reduce(buffer)
+                    buffer.div_(self.world)
+
+    def broadcast_state(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's weights and buffers (rank 0 read them from a file the others may not see)."""
+        if self.grouped:
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
     def stop(self) -> None:
         if self.grouped:
             dist.destroy_process_group()

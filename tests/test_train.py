@@ -304,6 +304,16 @@ def test_checkpoints_keep_the_newest_even_beside_a_later_epoch_left_by_an_earlie
     checkpoints.save(9999, weights, {}, {}, best=False)
     newest = checkpoints.save(10000, weights, {}, {}, best=False)  # sorts before epoch-9999 as text
     assert newest.is_dir() and not (tmp_path / "checkpoints" / "epoch-9999").exists()
+    # --keep-checkpoints 2, resumed from epoch 5 (best) beside epochs 9 and 10 of the abandoned continuation
+    earlier = Checkpoints(tmp_path / "resumed", keep=2)
+    for epoch in (5, 9, 10):
+        earlier.save(epoch, weights, {}, {}, best=epoch == 5)
+    resumed = Checkpoints(tmp_path / "resumed", keep=2)
+    kept = lambda: sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    resumed.save(6, weights, {}, {}, best=False)
+    assert kept() == ["epoch-0005", "epoch-0006", "epoch-0010"]  # its own newest, and the newest it found
+    resumed.save(7, weights, {}, {}, best=False)
+    assert kept() == ["epoch-0005", "epoch-0006", "epoch-0007"]  # its own two newest, as --keep-checkpoints 2 says
 
 
 def test_a_resumed_run_puts_best_back_where_it_was_at_that_epoch(tmp_path: Path) -> None:

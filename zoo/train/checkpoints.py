@@ -56,6 +56,7 @@ class Checkpoints:
         self.root = output / "checkpoints"
         self.keep = keep  # most recent epochs kept, besides best
         self.best_name: str | None = None  # the folder best points at, as this run decided it (not read off the link)
+        self._saved: list[Path] = []  # this run's folders, in the order it saved them
 
     @property
     def last(self) -> Path | None:
@@ -88,8 +89,13 @@ class Checkpoints:
         if best:
             _point(self.output / "best", final)
             self.best_name = final.name
+        self._saved.append(final.resolve())
+        # The newest `keep` are this run's own; until it has saved as many, the newest of those an earlier run left
+        # (a resumed run's; later epochs of a continuation it abandoned sort after its own, but are not newer)
+        mine = self._saved[-self.keep :]
         epochs = sorted(self.root.glob("epoch-*"), key=_epoch_order)  # epoch-10000 after epoch-9999
-        keep = {final.resolve(), self.best, *(p.resolve() for p in epochs[-self.keep :])}  # a resumed run's newest too
+        left = [p.resolve() for p in epochs if p.resolve() not in self._saved]
+        keep = {self.best, *mine, *left[len(left) - max(0, self.keep - len(mine)) :]}
         for old in epochs:
             if old.resolve() not in keep:
                 shutil.rmtree(old, ignore_errors=True)

@@ -181,7 +181,12 @@ def _speed_and_run_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", nargs="?", const=True, default=None, help="continue from output/last (or PATH)")
     run.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     run.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and after the last)")
-    run.add_argument("--keep-checkpoints", type=int, default=1, help="latest epochs kept besides the best")
+    run.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=1,
+        help="the run's latest epochs kept besides the best (after --resume: its own, not later ones it left)",
+    )
     run.add_argument("--seed", "--random_seed", type=int, default=0)
 
 
